@@ -106,7 +106,9 @@ impl From<SplitArg> for Split {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -133,7 +135,12 @@ fn main() -> Result<()> {
 
 fn data_prepare(a: PrepareArgs) -> Result<()> {
     let start = Instant::now();
-    let cfg = PrepareConfig { raw: a.raw, out: a.out.clone(), seed: a.seed, max_tokens: a.max_tokens as usize };
+    let cfg = PrepareConfig {
+        raw: a.raw,
+        out: a.out.clone(),
+        seed: a.seed,
+        max_tokens: a.max_tokens as usize,
+    };
     let summary = prepare(&cfg)?;
     let took = start.elapsed();
     let load = Instant::now();
@@ -150,7 +157,12 @@ fn data_prepare(a: PrepareArgs) -> Result<()> {
             took.as_secs_f64()
         );
     }
-    tracing::info!(tunes = ds.records.len(), seconds = took.as_secs_f64(), load_ms, "dataset prepared");
+    tracing::info!(
+        tunes = ds.records.len(),
+        seconds = took.as_secs_f64(),
+        load_ms,
+        "dataset prepared"
+    );
     Ok(())
 }
 
@@ -166,6 +178,10 @@ fn data_export(a: ExportArgs) -> Result<()> {
         write_atomic(&stem.with_extension("mid"), &mid)?;
         println!("% {} — \"{}\"\n{abc}", r.id, r.caption);
     }
-    println!("wrote {} tunes as .abc and .mid to {}", a.n, a.out.display());
+    println!(
+        "wrote {} tunes as .abc and .mid to {}",
+        a.n,
+        a.out.display()
+    );
     Ok(())
 }

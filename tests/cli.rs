@@ -1,6 +1,8 @@
 //! The `qd` binary as a user runs it: without LD_LIBRARY_PATH, with bad arguments, and
 //! `qd data prepare --json` / `qd data export` on a small corpus and on the real one.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -29,22 +31,43 @@ fn bad_arguments_are_refused_clearly() {
     let o = qd(&["data", "prepare", "--max-tokens", "lots"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-tokens"));
-    let o = qd(&["data", "prepare", "--raw", "/nonexistent/raw", "--out", "/nonexistent/out"]);
+    let o = qd(&[
+        "data",
+        "prepare",
+        "--raw",
+        "/nonexistent/raw",
+        "--out",
+        "/nonexistent/out",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("make setup"));
 }
 
 fn write_tiny_corpus(raw: &Path) {
-    for c in ["essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"] {
+    for c in [
+        "essenFolksong",
+        "oneills1850",
+        "ryansMammoth",
+        "airdsAirs",
+        "miscFolk",
+    ] {
         std::fs::create_dir_all(raw.join(c)).unwrap();
     }
     let tunes: String = (0..30)
         .map(|i| {
             let p = ["C", "D", "E", "F", "G", "A", "B", "c"];
-            format!("X:{i}\nT:Reel {i}\nR:reel\nM:C|\nL:1/8\nK:G\nG{}{}B d2 g2|[1 e4 d4:|2 g8|]\n\n", p[i % 8], p[i / 8])
+            format!(
+                "X:{i}\nT:Reel {i}\nR:reel\nM:C|\nL:1/8\nK:G\nG{}{}B d2 g2|[1 e4 d4:|2 g8|]\n\n",
+                p[i % 8],
+                p[i / 8]
+            )
         })
         .collect();
-    std::fs::write(raw.join("ryansMammoth/reels.abc"), tunes + "X:31\nT:bad\nM:C\nK:G\nA [CEG] |\n").unwrap();
+    std::fs::write(
+        raw.join("ryansMammoth/reels.abc"),
+        tunes + "X:31\nT:bad\nM:C\nK:G\nA [CEG] |\n",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -53,7 +76,15 @@ fn prepare_json_and_export() {
     let raw = dir.path().join("raw");
     let out = dir.path().join("folk");
     write_tiny_corpus(&raw);
-    let o = qd(&["data", "prepare", "--raw", raw.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+    let o = qd(&[
+        "data",
+        "prepare",
+        "--raw",
+        raw.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["found"], 31);
@@ -61,7 +92,18 @@ fn prepare_json_and_export() {
     assert_eq!(v["skipped"]["chord"], 1);
 
     let samples = dir.path().join("samples");
-    let o = qd(&["data", "export", "--data", out.to_str().unwrap(), "--split", "train", "-n", "2", "--out", samples.to_str().unwrap()]);
+    let o = qd(&[
+        "data",
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--split",
+        "train",
+        "-n",
+        "2",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let abc = std::fs::read_to_string(samples.join("01.abc")).unwrap();
     assert!(abc.starts_with("X:1\nT:Reel"), "{abc}");
@@ -75,15 +117,33 @@ fn prepare_json_and_export() {
 fn prepare_real_corpus() {
     let raw = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/raw");
     if !raw.join("essenFolksong").exists() {
-        eprintln!("prepare_real_corpus: {} is missing; run `make setup`", raw.display());
+        eprintln!(
+            "prepare_real_corpus: {} is missing; run `make setup`",
+            raw.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let o = qd(&["data", "prepare", "--raw", raw.to_str().unwrap(), "--out", dir.path().to_str().unwrap(), "--json"]);
+    let o = qd(&[
+        "data",
+        "prepare",
+        "--raw",
+        raw.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let (found, parsed) = (v["found"].as_u64().unwrap(), v["parsed"].as_u64().unwrap());
     assert!(found > 12_000, "found {found}");
-    assert!(parsed as f64 >= 0.85 * found as f64, "parsed {parsed} of {found}");
-    assert!(v["bars_fit"].as_f64().unwrap() > 0.9, "bars_fit {}", v["bars_fit"]);
+    assert!(
+        parsed as f64 >= 0.85 * found as f64,
+        "parsed {parsed} of {found}"
+    );
+    assert!(
+        v["bars_fit"].as_f64().unwrap() > 0.9,
+        "bars_fit {}",
+        v["bars_fit"]
+    );
 }

@@ -1,6 +1,8 @@
 //! `qd data prepare` on a small corpus written by the test: determinism of the split and
 //! the captions, vocabulary round trips, and the summary's counts.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use common::folk::caption::prompt_words;
@@ -20,12 +22,17 @@ fn write_corpus(raw: &Path) {
             "X:{i}\nT:Lied {i}\nO:Europa, Mitteleuropa, Deutschland\nR:Liebeslied]\nM:2/4\nL:1/16\nK:G\n{notes}|{notes}|]\n\n"
         ));
     }
-    essen.push_str("X:99\nT:dup\nO:Luxemburg\nR:Ballade]\nM:2/4\nL:1/16\nK:G\nCDEFCCBc|CDEFCCBc|]\n\n");
+    essen.push_str(
+        "X:99\nT:dup\nO:Luxemburg\nR:Ballade]\nM:2/4\nL:1/16\nK:G\nCDEFCCBc|CDEFCCBc|]\n\n",
+    );
     essen.push_str("X:100\nT:chords\nM:2/4\nL:1/16\nK:G\n[CEG]4 |]\n\n");
     std::fs::write(raw.join("essenFolksong/kinder0.abc"), essen).unwrap();
     let mut oneill = String::new();
     for i in 0..20 {
-        let (a, b) = (["d", "e", "f", "g", "a"][i % 5], ["B", "A", "G", "F"][i / 5]);
+        let (a, b) = (
+            ["d", "e", "f", "g", "a"][i % 5],
+            ["B", "A", "G", "F"][i / 5],
+        );
         oneill.push_str(&format!(
             "X: {i}\nT: The {i} Reel\nN: \"Lively\" \"collected by F. O'Neill\"\nM:C|\nL:1/8\nK:D\n{a}{b}AF D2 {a}2|(3ABc d>e f2 e2:|\n\n"
         ));
@@ -39,7 +46,12 @@ fn prepare_into(dir: &Path, seed: u64) -> common::folk::dataset::Summary {
     if !raw.exists() {
         write_corpus(&raw);
     }
-    let cfg = PrepareConfig { raw, out: dir.join(format!("out{seed}")), seed, max_tokens: 1024 };
+    let cfg = PrepareConfig {
+        raw,
+        out: dir.join(format!("out{seed}")),
+        seed,
+        max_tokens: 1024,
+    };
     prepare(&cfg).unwrap()
 }
 
@@ -58,7 +70,11 @@ fn prepare_counts_parses_and_skips() {
     assert_eq!(s.attributes["genre"].get("reel"), Some(&20));
     assert_eq!(s.attributes["origin"].get("irish"), Some(&20));
     assert_eq!(s.attributes["tempo"].get("lively"), Some(&20));
-    assert!((s.bars_fit - 1.0).abs() < 1e-9, "fixture bars all fit: {}", s.bars_fit);
+    assert!(
+        (s.bars_fit - 1.0).abs() < 1e-9,
+        "fixture bars all fit: {}",
+        s.bars_fit
+    );
 }
 
 #[test]
@@ -74,9 +90,18 @@ fn same_seed_same_split_and_captions() {
     prepare_into(dir.path(), 4);
     let x = Dataset::load(&dir.path().join("out3")).unwrap();
     let y = Dataset::load(&dir.path().join("out4")).unwrap();
-    let captions = |d: &Dataset| d.records.iter().map(|r| r.caption.clone()).collect::<Vec<_>>();
+    let captions = |d: &Dataset| {
+        d.records
+            .iter()
+            .map(|r| r.caption.clone())
+            .collect::<Vec<_>>()
+    };
     let splits = |d: &Dataset| d.records.iter().map(|r| r.split).collect::<Vec<_>>();
-    assert_ne!(captions(&x), captions(&y), "another seed gives other captions");
+    assert_ne!(
+        captions(&x),
+        captions(&y),
+        "another seed gives other captions"
+    );
     assert_ne!(splits(&x), splits(&y), "another seed gives another split");
 }
 
@@ -91,13 +116,19 @@ fn records_decode_and_prompts_encode() {
         assert_eq!(ds.vocab.encode_tune(&toks), r.tune);
         let (ids, unknown) = ds.vocab.encode_prompt(&r.caption);
         assert_eq!(ids, r.prompt);
-        assert!(unknown.is_empty(), "training captions are in the vocabulary");
+        assert!(
+            unknown.is_empty(),
+            "training captions are in the vocabulary"
+        );
         assert_eq!(prompt_words(&r.caption).len(), r.prompt.len());
     }
     let (_, unknown) = ds.vocab.encode_prompt("a zorblax reel");
     assert_eq!(unknown, vec!["zorblax".to_string()]);
     assert!(ds.vocab.decode_tune(&[ds.vocab.len() as u32]).is_err());
-    assert!(ds.vocab.decode_tune(&[4]).is_err(), "a prompt word is not a tune token");
+    assert!(
+        ds.vocab.decode_tune(&[4]).is_err(),
+        "a prompt word is not a tune token"
+    );
 }
 
 #[test]
@@ -110,5 +141,8 @@ fn a_corrupt_dataset_is_refused() {
     let err = Dataset::load(&dir.path().join("out0")).unwrap_err();
     assert!(format!("{err:#}").contains("not a qd dataset"), "{err:#}");
     let missing = Dataset::load(&dir.path().join("nowhere")).unwrap_err();
-    assert!(format!("{missing:#}").contains("qd data prepare"), "{missing:#}");
+    assert!(
+        format!("{missing:#}").contains("qd data prepare"),
+        "{missing:#}"
+    );
 }

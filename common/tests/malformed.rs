@@ -1,6 +1,8 @@
 //! Property tests: no input makes the parser, the bar accounting or the MIDI export
 //! panic, and whatever parses round-trips through rendered ABC.
 
+#![allow(clippy::unwrap_used)]
+
 use common::folk::abc::parse_tune;
 use common::folk::bars::check_bars;
 use common::folk::midi::to_midi;
@@ -18,7 +20,9 @@ fn exercise(text: &str) {
     let abc = to_abc(&p.tokens, 1, "t");
     let again = parse_tune(&abc).expect("rendered ABC parses");
     assert_eq!(tokens_text(&again.tokens), tokens_text(&p.tokens));
-    let Token::Meter(m) = p.tokens[0] else { panic!("first token is not the meter") };
+    let Token::Meter(m) = p.tokens[0] else {
+        panic!("first token is not the meter")
+    };
     let ev = events(&p.tokens).expect("parsed tokens group into events");
     let _ = check_bars(&ev, m);
     to_midi(&p.tokens, 120).expect("parsed tokens export to MIDI");
@@ -32,13 +36,59 @@ fn abc_char() -> impl Strategy<Value = char> {
     ]
 }
 
+/// Whole ABC symbols, so that random sequences often parse and exercise round trips.
+fn abc_symbol() -> impl Strategy<Value = &'static str> {
+    proptest::sample::select(vec![
+        "A",
+        "B2",
+        "c/",
+        "d3/2",
+        "^f",
+        "_B,",
+        "=e'",
+        "z",
+        "z4",
+        "G//",
+        "|",
+        "||",
+        "|]",
+        "|:",
+        ":|",
+        "::",
+        "[1",
+        ":|2",
+        "(3",
+        "(2",
+        "(3:2:4",
+        ">",
+        "<",
+        "-",
+        "\"Am\"",
+        "{g}",
+        "!fermata!",
+        "~",
+        " ",
+        "\n",
+        "(",
+        ")",
+        "x2",
+        "a'",
+        "C,,",
+    ])
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 5000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bodies_never_panic(body in proptest::collection::vec(abc_char(), 0..200)) {
         let body: String = body.into_iter().collect();
         exercise(&format!("X:1\nM:6/8\nL:1/8\nK:G\n{body}\n"));
+    }
+
+    #[test]
+    fn random_symbol_sequences_round_trip(parts in proptest::collection::vec(abc_symbol(), 0..60)) {
+        exercise(&format!("X:1\nM:3/4\nL:1/16\nK:Bb\n{}\n", parts.concat()));
     }
 
     #[test]

@@ -102,11 +102,29 @@ fn field(line: &str) -> Option<(u8, &str)> {
         .then(|| (b[0], &line[2..]))
 }
 
+/// A field's value without a trailing `% comment`.
+fn strip_comment(value: &str) -> &str {
+    value.split('%').next().unwrap_or("").trim()
+}
+
 /// Fields that carry nothing qd uses and are read past wherever they stand.
 const IGNORED_FIELDS: &[u8] = b"ABCDFGHINOPQRSTWZImrsUw+";
 
-/// Parses one tune (as split by [`split_tunes`]).
+/// How a collection writes its tunes, where it departs from ABC 2.1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dialect {
+    /// A line of music ends a bar even without a bar line (the Essen collection writes
+    /// one phrase per line and leaves the bar line at its end implicit).
+    pub line_ends_bar: bool,
+}
+
+/// Parses one tune (as split by [`split_tunes`]) in standard ABC.
 pub fn parse_tune(text: &str) -> Result<Parsed, Skip> {
+    parse_tune_in(text, Dialect::default())
+}
+
+/// Parses one tune written in a collection's dialect.
+pub fn parse_tune_in(text: &str, dialect: Dialect) -> Result<Parsed, Skip> {
     let mut meta = Meta::default();
     let mut meter = None;
     let mut unit = None;
@@ -117,8 +135,10 @@ pub fn parse_tune(text: &str) -> Result<Parsed, Skip> {
         if line.starts_with('%') || line.is_empty() {
             continue;
         }
-        let Some((f, value)) = field(line) else { return Err(Skip::NoKey) };
-        let value = value.trim();
+        let Some((f, value)) = field(line) else {
+            return Err(Skip::NoKey);
+        };
+        let value = strip_comment(value);
         match f {
             b'X' => meta.number = value.parse().ok(),
             b'T' => meta.titles.push(value.to_string()),
@@ -156,7 +176,7 @@ pub fn parse_tune(text: &str) -> Result<Parsed, Skip> {
             continue;
         }
         if let Some((f, value)) = field(line) {
-            let value = value.trim();
+            let value = strip_comment(value);
             match f {
                 b'M' if Meter::parse(value) == Some(meter) => {}
                 b'K' if Key::parse(value) == Some(key) => {}
@@ -169,11 +189,24 @@ pub fn parse_tune(text: &str) -> Result<Parsed, Skip> {
             continue;
         }
         body.line(line.as_bytes())?;
+        if dialect.line_ends_bar
+            && matches!(
+                body.out.last(),
+                Some(Token::Note(_) | Token::Rest | Token::Dur(_))
+            )
+        {
+            body.push(Token::Bar(Bar::Single));
+        }
     }
     if !body.out.iter().any(|t| matches!(t, Token::Note(_))) {
         return Err(Skip::Empty);
     }
-    Ok(Parsed { meta, meter, key, tokens: body.out })
+    Ok(Parsed {
+        meta,
+        meter,
+        key,
+        tokens: body.out,
+    })
 }
 
 /// Parses an `L:` value into eighth notes.
@@ -212,8 +245,17 @@ pub(crate) fn parse_pitch(b: &[u8]) -> Option<(Pitch, usize)> {
             return None;
         }
     }
-    let octave = i8::try_from(octave).ok().filter(|o| Pitch::OCTAVES.contains(o))?;
-    Some((Pitch { accidental, letter: c.to_ascii_uppercase(), octave }, i))
+    let octave = i8::try_from(octave)
+        .ok()
+        .filter(|o| Pitch::OCTAVES.contains(o))?;
+    Some((
+        Pitch {
+            accidental,
+            letter: c.to_ascii_uppercase(),
+            octave,
+        },
+        i,
+    ))
 }
 
 /// Parses a note length suffix (`2`, `/`, `//`, `3/2`, `/4`); returns the multiple of
@@ -224,11 +266,15 @@ fn parse_length(b: &[u8]) -> Option<(Dur, usize)> {
         let start = *i;
         while b.get(*i).is_some_and(u8::is_ascii_digit) {
             *i += 1;
-            if *i - start > 3 {
+            if *i - start > 4 {
                 return None;
             }
         }
-        Some(if *i > start { std::str::from_utf8(&b[start..*i]).ok()?.parse().ok() } else { None })
+        Some(if *i > start {
+            std::str::from_utf8(&b[start..*i]).ok()?.parse().ok()
+        } else {
+            None
+        })
     };
     let num = digits(&mut i)?.unwrap_or(1);
     let mut den: i64 = 1;
@@ -239,7 +285,13 @@ fn parse_length(b: &[u8]) -> Option<(Dur, usize)> {
             return None;
         }
     }
-    ((1..=64).contains(&num) && den >= 1).then(|| (Dur::new(num, den), i))
+    ((1..=4096).contains(&num) && den >= 1).then(|| (Dur::new(num, den), i))
+}
+
+/// Whether a length in eighths is one qd keeps: at most 8 whole notes, in at most
+/// 1/64ths of an eighth (so every kept length renders to a suffix that parses again).
+fn length_ok(d: Dur) -> bool {
+    d <= Dur::from_integer(64) && *d.denom() <= 64
 }
 
 /// The body scanner's state.
@@ -257,7 +309,13 @@ struct Body {
 
 impl Body {
     fn new(meter: Meter, unit: Dur) -> Body {
-        Body { meter, unit, out: Vec::new(), last_note: None, broken: None }
+        Body {
+            meter,
+            unit,
+            out: Vec::new(),
+            last_note: None,
+            broken: None,
+        }
     }
 
     fn push(&mut self, t: Token) {
@@ -270,7 +328,7 @@ impl Body {
         if let Some(f) = self.broken.take() {
             dur *= f;
         }
-        if dur > Dur::from_integer(64) || *dur.denom() > 64 {
+        if !length_ok(dur) {
             return Err(Skip::BadLength);
         }
         self.out.push(t);
@@ -291,7 +349,7 @@ impl Body {
         match self.out.get_mut(idx + 1) {
             Some(Token::Dur(d)) => {
                 *d *= f;
-                if *d.denom() > 64 {
+                if !length_ok(*d) {
                     return Err(Skip::BadLength);
                 }
                 if *d == Dur::from_integer(1) {
@@ -313,7 +371,10 @@ impl Body {
                 | b'O' | b'P' | b'S' | b'T' | b'u' | b'v' | b')' => i += 1,
                 b'"' | b'!' | b'+' | b'{' => {
                     let close = if c == b'{' { b'}' } else { c };
-                    let end = b[i + 1..].iter().position(|&x| x == close).ok_or(Skip::Unterminated)?;
+                    let end = b[i + 1..]
+                        .iter()
+                        .position(|&x| x == close)
+                        .ok_or(Skip::Unterminated)?;
                     i += end + 2;
                 }
                 b'(' => {
@@ -324,7 +385,10 @@ impl Body {
                     }
                 }
                 b'-' => {
-                    if self.last_note.is_some() && self.out.last() != Some(&Token::Tie) {
+                    let after_note = self
+                        .last_note
+                        .is_some_and(|j| matches!(self.out[j], Token::Note(_)));
+                    if after_note && self.out.last() != Some(&Token::Tie) {
                         self.out.push(Token::Tie);
                     }
                     i += 1;
@@ -336,7 +400,11 @@ impl Body {
                     }
                     let short = Dur::new(1, 1 << n);
                     let long = Dur::from_integer(2) - short;
-                    let (left, right) = if c == b'>' { (long, short) } else { (short, long) };
+                    let (left, right) = if c == b'>' {
+                        (long, short)
+                    } else {
+                        (short, long)
+                    };
                     self.stretch_last(left)?;
                     self.broken = Some(right);
                     i += n;
@@ -395,7 +463,11 @@ impl Body {
         if !(2..=9).contains(&p) || nums[1] > 9 || nums[2] > 9 {
             return Err(Skip::BadTuplet);
         }
-        let q = if nums[1] == 0 { default_tuplet_q(p, self.meter) } else { nums[1] };
+        let q = if nums[1] == 0 {
+            default_tuplet_q(p, self.meter)
+        } else {
+            nums[1]
+        };
         let r = if nums[2] == 0 { p } else { nums[2] };
         self.push(Token::Tuplet { p, q, r });
         Ok(i)
@@ -435,7 +507,10 @@ impl Body {
     /// An ending number; `b` starts at the digit.
     fn ending(&mut self, b: &[u8]) -> Result<usize, Skip> {
         let n = b[0] - b'0';
-        if n == 0 || b.get(1).is_some_and(|c| c.is_ascii_digit() || matches!(c, b',' | b'-')) {
+        if n == 0
+            || b.get(1)
+                .is_some_and(|c| c.is_ascii_digit() || matches!(c, b',' | b'-'))
+        {
             return Err(Skip::BadEnding);
         }
         self.push(Token::Ending(n));

@@ -40,7 +40,10 @@ impl BarReport {
 
     /// Complete bars whose length fits the meter.
     pub fn fitting(&self) -> usize {
-        self.bars.iter().filter(|b| b.is_complete() && b.fits()).count()
+        self.bars
+            .iter()
+            .filter(|b| b.is_complete() && b.fits())
+            .count()
     }
 
     /// Share of complete bars that fit (0 when there are none).
@@ -79,7 +82,11 @@ pub fn check_bars(events: &[Event], meter: Meter) -> BarReport {
         }
     }
     if len > Dur::from_integer(0) {
-        bars.push(BarLen { len, expected: meter.bar_len(), may_be_partial: true });
+        bars.push(BarLen {
+            len,
+            expected: meter.bar_len(),
+            may_be_partial: true,
+        });
     } else if let Some(last) = bars.last_mut() {
         last.may_be_partial = true;
     }

@@ -127,14 +127,20 @@ const TEMPI: &[(&str, &str)] = &[
 
 fn lookup(text: &str, table: &[(&str, &'static str)]) -> Option<String> {
     let lower = text.to_lowercase();
-    table.iter().find(|(k, _)| contains_word_start(&lower, k)).map(|(_, v)| v.to_string())
+    table
+        .iter()
+        .find(|(k, _)| contains_word_start(&lower, k))
+        .map(|(_, v)| v.to_string())
 }
 
 /// Whether `needle` occurs in `hay` at the start of a word (so `air` does not match
 /// `fair`, while `liebe` matches `liebeslied`).
 fn contains_word_start(hay: &str, needle: &str) -> bool {
     hay.match_indices(needle).any(|(i, _)| {
-        hay[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
+        hay[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_alphanumeric())
     })
 }
 
@@ -218,7 +224,11 @@ pub fn caption<R: Rng>(a: &Attributes, rng: &mut R) -> String {
         other => other,
     };
     let noun = genre.clone().unwrap_or_else(|| "tune".to_string());
-    let adjectives = [tempo.clone(), origin.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+    let adjectives = [tempo.clone(), origin.clone()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
     let np = |article: bool| {
         let phrase = [adjectives.as_str(), noun.as_str()]
             .iter()
@@ -227,7 +237,14 @@ pub fn caption<R: Rng>(a: &Attributes, rng: &mut R) -> String {
             .collect::<Vec<_>>()
             .join(" ");
         if article {
-            format!("{} {phrase}", if phrase.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })
+            format!(
+                "{} {phrase}",
+                if phrase.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                }
+            )
         } else {
             phrase
         }
@@ -237,11 +254,25 @@ pub fn caption<R: Rng>(a: &Attributes, rng: &mut R) -> String {
     let parts: Vec<Option<String>> = match rng.gen_range(0..5) {
         0 => vec![Some(np(true)), in_key, in_meter],
         1 => vec![Some(np(false)), in_meter, in_key],
-        2 => vec![key.clone(), Some(np(false)), meter.map(|m| format!(", {m}"))],
-        3 => vec![Some(np(true)), in_meter.map(|m| format!("{m},")), key.map(|k| format!("{k} key"))],
+        2 => vec![
+            key.clone(),
+            Some(np(false)),
+            meter.map(|m| format!(", {m}")),
+        ],
+        3 => vec![
+            Some(np(true)),
+            in_meter.map(|m| format!("{m},")),
+            key.map(|k| format!("{k} key")),
+        ],
         _ => {
             let tempo = tempo.map(|t| format!(", {t}"));
-            vec![Some(noun.clone()), in_key, in_meter, tempo, origin.map(|o| format!(", {o} style"))]
+            vec![
+                Some(noun.clone()),
+                in_key,
+                in_meter,
+                tempo,
+                origin.map(|o| format!(", {o} style")),
+            ]
         }
     };
     let text = parts.into_iter().flatten().collect::<Vec<_>>().join(" ");

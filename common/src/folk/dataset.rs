@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::abc::{parse_tune, split_tunes, Skip};
+use super::abc::{parse_tune, parse_tune_in, split_tunes, Dialect, Skip};
 use super::bars::check_bars;
 use super::caption::{attributes, caption, Attributes};
 use super::tune::{events, Token};
@@ -21,7 +21,21 @@ use super::vocab::{Fnv, Vocab};
 use crate::fsutil::write_atomic;
 
 /// The corpus collections, as folders of `data/raw/`.
-pub const COLLECTIONS: [&str; 5] = ["essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"];
+pub const COLLECTIONS: [&str; 5] = [
+    "essenFolksong",
+    "oneills1850",
+    "ryansMammoth",
+    "airdsAirs",
+    "miscFolk",
+];
+
+/// How each collection writes ABC: the Chinese (`han*`) files of the Essen collection
+/// leave the bar line at the end of each line implicit.
+pub fn dialect(collection: &str, file: &str) -> Dialect {
+    Dialect {
+        line_ends_bar: collection == "essenFolksong" && file.starts_with("han"),
+    }
+}
 
 /// The file format version of `dataset.json`.
 const FORMAT: u32 = 1;
@@ -78,14 +92,26 @@ impl Dataset {
         let path = dir.join("dataset.json");
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading {} (run `qd data prepare` first)", path.display()))?;
-        let ds: Dataset =
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is not a qd dataset", path.display()))?;
+        let ds: Dataset = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a qd dataset", path.display()))?;
         if ds.format != FORMAT {
-            bail!("{} has format {}, this qd reads format {FORMAT}: run `qd data prepare` again", path.display(), ds.format);
+            bail!(
+                "{} has format {}, this qd reads format {FORMAT}: run `qd data prepare` again",
+                path.display(),
+                ds.format
+            );
         }
         let n = ds.vocab.len() as u32;
-        if let Some(r) = ds.records.iter().find(|r| r.prompt.iter().chain(&r.tune).any(|&id| id >= n)) {
-            bail!("{}: record {} has ids outside the vocabulary", path.display(), r.id);
+        if let Some(r) = ds
+            .records
+            .iter()
+            .find(|r| r.prompt.iter().chain(&r.tune).any(|&id| id >= n))
+        {
+            bail!(
+                "{}: record {} has ids outside the vocabulary",
+                path.display(),
+                r.id
+            );
         }
         Ok(ds)
     }
@@ -196,18 +222,29 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
     for collection in COLLECTIONS {
         let dir = cfg.raw.join(collection);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading {} (run `make setup` to fetch the corpus)", dir.display()))?
+            .with_context(|| {
+                format!(
+                    "reading {} (run `make setup` to fetch the corpus)",
+                    dir.display()
+                )
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "abc"))
             .collect();
         files.sort();
-        let counts = summary.collections.entry(collection.to_string()).or_default();
+        let counts = summary
+            .collections
+            .entry(collection.to_string())
+            .or_default();
         for path in files {
             let text = read_text(&path)?;
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for (k, chunk) in split_tunes(&text).into_iter().enumerate() {
                 counts.found += 1;
-                let parsed = match parse_tune(chunk) {
+                let parsed = match parse_tune_in(chunk, dialect(collection, &file)) {
                     Ok(p) => p,
                     Err(reason) => {
                         *summary.skipped.entry(reason.to_string()).or_default() += 1;
@@ -224,12 +261,21 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
                     summary.too_long += 1;
                     continue;
                 }
-                let number = parsed.meta.number.map_or_else(|| format!("{}", k + 1), |n| n.to_string());
+                let number = parsed
+                    .meta
+                    .number
+                    .map_or_else(|| format!("{}", k + 1), |n| n.to_string());
                 candidates.push(Candidate {
                     id: format!("{collection}/{file}#{number}"),
                     collection,
                     title: parsed.meta.titles.first().cloned().unwrap_or_default(),
-                    attributes: attributes(collection, &file, &parsed.meta, parsed.key, parsed.meter),
+                    attributes: attributes(
+                        collection,
+                        &file,
+                        &parsed.meta,
+                        parsed.key,
+                        parsed.meter,
+                    ),
                     tokens: parsed.tokens,
                     hash,
                 });
@@ -241,7 +287,12 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
 
     let captions: Vec<String> = candidates
         .iter()
-        .map(|c| caption(&c.attributes, &mut rand::rngs::StdRng::seed_from_u64(c.hash)))
+        .map(|c| {
+            caption(
+                &c.attributes,
+                &mut rand::rngs::StdRng::seed_from_u64(c.hash),
+            )
+        })
         .collect();
     let splits: Vec<Split> = candidates.iter().map(|c| Split::of_hash(c.hash)).collect();
     let train = || (0..candidates.len()).filter(|&i| splits[i] == Split::Train);
@@ -264,7 +315,10 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
             fitting += report.fitting();
         }
         lengths.push(c.tokens.len());
-        *summary.splits.entry(format!("{split:?}").to_lowercase()).or_default() += 1;
+        *summary
+            .splits
+            .entry(format!("{split:?}").to_lowercase())
+            .or_default() += 1;
         let a = &c.attributes;
         let unknown = || "unknown".to_string();
         for (name, value) in [
@@ -275,7 +329,12 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
             ("key", a.key.clone()),
             ("meter", a.meter.clone()),
         ] {
-            *summary.attributes.entry(name.to_string()).or_default().entry(value).or_default() += 1;
+            *summary
+                .attributes
+                .entry(name.to_string())
+                .or_default()
+                .entry(value)
+                .or_default() += 1;
         }
         records.push(Record {
             id: c.id,
@@ -289,17 +348,45 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<Summary> {
         });
     }
     lengths.sort_unstable();
-    for (name, p) in [("p5", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p95", 0.95), ("max", 1.0)] {
-        summary.token_percentiles.insert(name.to_string(), percentile(&lengths, p));
+    for (name, p) in [
+        ("p5", 0.05),
+        ("p25", 0.25),
+        ("p50", 0.5),
+        ("p75", 0.75),
+        ("p95", 0.95),
+        ("max", 1.0),
+    ] {
+        summary
+            .token_percentiles
+            .insert(name.to_string(), percentile(&lengths, p));
     }
     summary.kept = records.len();
-    summary.bars_fit = if complete == 0 { 0.0 } else { fitting as f64 / complete as f64 };
-    summary.vocab = VocabSizes { words: vocab.n_words(), tune_tokens: vocab.n_tune_tokens(), total: vocab.len() };
+    summary.bars_fit = if complete == 0 {
+        0.0
+    } else {
+        fitting as f64 / complete as f64
+    };
+    summary.vocab = VocabSizes {
+        words: vocab.n_words(),
+        tune_tokens: vocab.n_tune_tokens(),
+        total: vocab.len(),
+    };
 
-    let dataset = Dataset { format: FORMAT, seed: cfg.seed, vocab, records };
+    let dataset = Dataset {
+        format: FORMAT,
+        seed: cfg.seed,
+        vocab,
+        records,
+    };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    write_atomic(&cfg.out.join("dataset.json"), &serde_json::to_vec(&dataset)?)?;
-    write_atomic(&cfg.out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    write_atomic(
+        &cfg.out.join("dataset.json"),
+        &serde_json::to_vec(&dataset)?,
+    )?;
+    write_atomic(
+        &cfg.out.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
     Ok(summary)
 }
 
@@ -307,24 +394,60 @@ impl Summary {
     /// The summary as a text table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
-        let _ = writeln!(s, "{:<16} {:>7} {:>7} {:>7}", "collection", "found", "parsed", "%");
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{:<16} {:>7} {:>7} {:>7}",
+            "collection", "found", "parsed", "%"
+        );
         for (name, c) in &self.collections {
-            let _ = writeln!(s, "{name:<16} {:>7} {:>7} {:>6.1}%", c.found, c.parsed, pct(c.parsed, c.found));
+            let _ = writeln!(
+                s,
+                "{name:<16} {:>7} {:>7} {:>6.1}%",
+                c.found,
+                c.parsed,
+                pct(c.parsed, c.found)
+            );
         }
-        let _ = writeln!(s, "{:<16} {:>7} {:>7} {:>6.1}%", "total", self.found, self.parsed, pct(self.parsed, self.found));
+        let _ = writeln!(
+            s,
+            "{:<16} {:>7} {:>7} {:>6.1}%",
+            "total",
+            self.found,
+            self.parsed,
+            pct(self.parsed, self.found)
+        );
         let _ = writeln!(s, "\nskipped by reason");
         let mut reasons: Vec<_> = self.skipped.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (r, n) in reasons {
             let _ = writeln!(s, "  {r:<44} {n:>6}");
         }
-        let _ = writeln!(s, "\nduplicates dropped {}, too long dropped {}", self.duplicates, self.too_long);
-        let splits: Vec<String> = self.splits.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            s,
+            "\nduplicates dropped {}, too long dropped {}",
+            self.duplicates, self.too_long
+        );
+        let splits: Vec<String> = self
+            .splits
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(s, "kept {} ({})", self.kept, splits.join(", "));
         let p: Vec<String> = ["p5", "p25", "p50", "p75", "p95", "max"]
             .iter()
-            .map(|k| format!("{k} {}", self.token_percentiles.get(*k).copied().unwrap_or(0)))
+            .map(|k| {
+                format!(
+                    "{k} {}",
+                    self.token_percentiles.get(*k).copied().unwrap_or(0)
+                )
+            })
             .collect();
         let _ = writeln!(s, "tokens per tune: {}", p.join(", "));
         let _ = writeln!(
@@ -333,12 +456,20 @@ impl Summary {
             self.vocab.words, self.vocab.tune_tokens, self.vocab.total
         );
         let _ = writeln!(s, "unknown tune tokens in val+test: {}", self.unk_tokens);
-        let _ = writeln!(s, "complete bars that fit the meter: {:.1}%", 100.0 * self.bars_fit);
+        let _ = writeln!(
+            s,
+            "complete bars that fit the meter: {:.1}%",
+            100.0 * self.bars_fit
+        );
         for (name, classes) in &self.attributes {
             let mut v: Vec<_> = classes.iter().collect();
             v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let shown: Vec<String> = v.iter().take(12).map(|(k, n)| format!("{k} {n}")).collect();
-            let more = if v.len() > 12 { format!(", … ({} classes)", v.len()) } else { String::new() };
+            let more = if v.len() > 12 {
+                format!(", … ({} classes)", v.len())
+            } else {
+                String::new()
+            };
             let _ = writeln!(s, "{name:<7} {}{more}", shown.join(", "));
         }
         s

@@ -22,7 +22,11 @@ pub struct MidiNote {
 
 /// The notes a tune sounds, in order, with accidentals resolved and ties joined.
 pub fn notes(tokens: &[Token]) -> Result<Vec<MidiNote>, String> {
-    let mut key = Key { tonic: b'C', accidental: 0, mode: super::music::Mode::Major };
+    let mut key = Key {
+        tonic: b'C',
+        accidental: 0,
+        mode: super::music::Mode::Major,
+    };
     let mut carried: Vec<((u8, i8), i32)> = Vec::new(); // (letter, octave) -> accidental
     let mut time = Dur::from_integer(0);
     let mut out: Vec<MidiNote> = Vec::new();
@@ -32,7 +36,12 @@ pub fn notes(tokens: &[Token]) -> Result<Vec<MidiNote>, String> {
         match e {
             Event::Key(k) => key = k,
             Event::Bar(_) => carried.clear(),
-            Event::Note { pitch, sounding, tie, .. } => {
+            Event::Note {
+                pitch,
+                sounding,
+                tie,
+                ..
+            } => {
                 if let Some(p) = pitch {
                     let slot = (p.letter, p.octave);
                     let acc = match p.accidental {
@@ -50,7 +59,11 @@ pub fn notes(tokens: &[Token]) -> Result<Vec<MidiNote>, String> {
                     let end = ticks(time + sounding);
                     match out.last_mut() {
                         Some(last) if tie_open && last.key == midi => last.len = end - last.start,
-                        _ => out.push(MidiNote { start: ticks(time), len: end - ticks(time), key: midi }),
+                        _ => out.push(MidiNote {
+                            start: ticks(time),
+                            len: end - ticks(time),
+                            key: midi,
+                        }),
                     }
                 }
                 tie_open = tie && pitch.is_some();
@@ -66,14 +79,22 @@ pub fn notes(tokens: &[Token]) -> Result<Vec<MidiNote>, String> {
 pub fn to_midi(tokens: &[Token], qpm: u32) -> Result<Vec<u8>, String> {
     let notes = notes(tokens)?;
     let mut track: Vec<TrackEvent<'static>> = Vec::new();
-    let meta = |kind| TrackEvent { delta: u28::new(0), kind: TrackEventKind::Meta(kind) };
+    let meta = |kind| TrackEvent {
+        delta: u28::new(0),
+        kind: TrackEventKind::Meta(kind),
+    };
     let us_per_quarter = 60_000_000 / qpm.clamp(20, 400);
     track.push(meta(MetaMessage::Tempo(u24::new(us_per_quarter))));
     for t in tokens.iter().take(2) {
         match t {
             Token::Meter(m) => {
                 let (n, d): (u8, u8) = Meter::ratio(*m);
-                track.push(meta(MetaMessage::TimeSignature(n, d.trailing_zeros() as u8, 24, 8)));
+                track.push(meta(MetaMessage::TimeSignature(
+                    n,
+                    d.trailing_zeros() as u8,
+                    24,
+                    8,
+                )));
             }
             Token::Key(k) => {
                 let minor = matches!(k.mode, super::music::Mode::Minor);
@@ -96,14 +117,26 @@ pub fn to_midi(tokens: &[Token], qpm: u32) -> Result<Vec<u8>, String> {
         let delta = u28::new(u32::try_from(t - now).unwrap_or(0));
         now = t;
         let message = if on {
-            MidiMessage::NoteOn { key: u7::new(key), vel: u7::new(80) }
+            MidiMessage::NoteOn {
+                key: u7::new(key),
+                vel: u7::new(80),
+            }
         } else {
-            MidiMessage::NoteOff { key: u7::new(key), vel: u7::new(0) }
+            MidiMessage::NoteOff {
+                key: u7::new(key),
+                vel: u7::new(0),
+            }
         };
-        track.push(TrackEvent { delta, kind: TrackEventKind::Midi { channel, message } });
+        track.push(TrackEvent {
+            delta,
+            kind: TrackEventKind::Midi { channel, message },
+        });
     }
     track.push(meta(MetaMessage::EndOfTrack));
-    let mut smf = Smf::new(Header::new(Format::SingleTrack, Timing::Metrical(u15::new(480))));
+    let mut smf = Smf::new(Header::new(
+        Format::SingleTrack,
+        Timing::Metrical(u15::new(480)),
+    ));
     smf.tracks.push(track);
     let mut bytes = Vec::new();
     smf.write_std(&mut bytes).map_err(|e| e.to_string())?;

@@ -189,7 +189,11 @@ impl Key {
         if words.next().is_some() {
             return None;
         }
-        Some(Key { tonic: tonic as u8, accidental, mode })
+        Some(Key {
+            tonic: tonic as u8,
+            accidental,
+            mode,
+        })
     }
 
     /// Sharps (positive) or flats (negative) in the signature.
@@ -211,7 +215,9 @@ impl Key {
     pub fn signature_accidental(self, letter: u8) -> i32 {
         const SHARPS: &[u8] = b"FCGDAEB";
         let f = self.fifths();
-        let idx = SHARPS.iter().position(|&c| c == letter.to_ascii_uppercase());
+        let idx = SHARPS
+            .iter()
+            .position(|&c| c == letter.to_ascii_uppercase());
         let Some(i) = idx else { return 0 };
         let i = i as i32;
         if f >= 0 {
@@ -323,7 +329,8 @@ mod tests {
         assert_eq!(k("G").fifths(), 1);
         assert_eq!(k("Em").fifths(), 1);
         assert_eq!(k("E Minor").fifths(), 1);
-        assert_eq!(k("Ador").fifths(), 0);
+        assert_eq!(k("Ador").fifths(), 1);
+        assert_eq!(k("Edor").fifths(), 2);
         assert_eq!(k("Dmix").fifths(), 1);
         assert_eq!(k("Bb").fifths(), -2);
         assert_eq!(k("F#m").fifths(), 3);
@@ -353,7 +360,11 @@ mod tests {
 
     #[test]
     fn pitch_text_is_canonical() {
-        let p = |acc, letter, octave| Pitch { accidental: acc, letter, octave };
+        let p = |acc, letter, octave| Pitch {
+            accidental: acc,
+            letter,
+            octave,
+        };
         assert_eq!(p(None, b'C', 0).to_string(), "C");
         assert_eq!(p(Some(1), b'F', 1).to_string(), "^f");
         assert_eq!(p(Some(-1), b'B', -1).to_string(), "_B,");

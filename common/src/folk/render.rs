@@ -26,7 +26,11 @@ pub fn to_abc(tokens: &[Token], x: u32, title: &str) -> String {
         let _ = writeln!(head, "M:{m}");
     }
     head.push_str("L:1/8\n");
-    let _ = writeln!(head, "K:{}", key.map_or_else(|| "C".to_string(), |k| k.to_string()));
+    let _ = writeln!(
+        head,
+        "K:{}",
+        key.map_or_else(|| "C".to_string(), |k| k.to_string())
+    );
     head.push_str(&body(&tokens[body_start..]));
     head.push('\n');
     head

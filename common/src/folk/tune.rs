@@ -23,7 +23,11 @@ pub enum Token {
     /// Ties the preceding note to the next.
     Tie,
     /// `(p:q:r`: the next `r` notes take the time of `q` notes of their length … `p` notes.
-    Tuplet { p: u8, q: u8, r: u8 },
+    Tuplet {
+        p: u8,
+        q: u8,
+        r: u8,
+    },
     Bar(Bar),
     /// First/second … ending, `[1`.
     Ending(u8),
@@ -153,7 +157,12 @@ impl FromStr for Token {
 pub enum Event {
     /// A note (`Some`) or rest (`None`); `dur` is the written length, `sounding` the
     /// length after tuplet scaling; `tie` joins it to the next note.
-    Note { pitch: Option<Pitch>, dur: Dur, sounding: Dur, tie: bool },
+    Note {
+        pitch: Option<Pitch>,
+        dur: Dur,
+        sounding: Dur,
+        tie: bool,
+    },
     Bar(Bar),
     Ending(u8),
     Meter(Meter),
@@ -184,17 +193,31 @@ pub fn events(tokens: &[Token]) -> Result<Vec<Event>, String> {
                     }
                 }
                 let one = Dur::from_integer(1);
-                out.push(Event::Note { pitch, dur: one, sounding: scale, tie: false });
+                out.push(Event::Note {
+                    pitch,
+                    dur: one,
+                    sounding: scale,
+                    tie: false,
+                });
             }
             Token::Dur(d) => match out.last_mut() {
-                Some(Event::Note { dur, sounding, tie: false, .. }) if *dur == Dur::from_integer(1) => {
+                Some(Event::Note {
+                    dur,
+                    sounding,
+                    tie: false,
+                    ..
+                }) if *dur == Dur::from_integer(1) => {
                     *sounding *= d;
                     *dur = d;
                 }
                 _ => return Err(format!("duration {t} at {i} does not follow a note")),
             },
             Token::Tie => match out.last_mut() {
-                Some(Event::Note { pitch: Some(_), tie, .. }) if !*tie => *tie = true,
+                Some(Event::Note {
+                    pitch: Some(_),
+                    tie,
+                    ..
+                }) if !*tie => *tie = true,
                 _ => return Err(format!("tie at {i} does not follow a note")),
             },
             Token::Tuplet { p, q, r } => {
@@ -212,5 +235,9 @@ pub fn events(tokens: &[Token]) -> Result<Vec<Event>, String> {
 
 /// The canonical text of a token sequence, space separated (for logs and tests).
 pub fn tokens_text(tokens: &[Token]) -> String {
-    tokens.iter().map(Token::to_string).collect::<Vec<_>>().join(" ")
+    tokens
+        .iter()
+        .map(Token::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

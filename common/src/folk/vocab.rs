@@ -55,7 +55,10 @@ impl TryFrom<VocabFile> for Vocab {
 
 impl From<Vocab> for VocabFile {
     fn from(v: Vocab) -> VocabFile {
-        VocabFile { words: v.words, tunes: v.tune_text }
+        VocabFile {
+            words: v.words,
+            tunes: v.tune_text,
+        }
     }
 }
 
@@ -73,12 +76,20 @@ impl Vocab {
         let mut index = HashMap::new();
         let names = SPECIALS.iter().map(|s| format!("special:{s}"));
         let names = names.chain(words.iter().map(|w| format!("word:{w}")));
-        for (i, name) in names.chain(tune_text.iter().map(|t| format!("tune:{t}"))).enumerate() {
+        for (i, name) in names
+            .chain(tune_text.iter().map(|t| format!("tune:{t}")))
+            .enumerate()
+        {
             if index.insert(name.clone(), i as u32).is_some() {
                 return Err(format!("duplicate vocabulary entry {name}"));
             }
         }
-        Ok(Vocab { words, tunes, tune_text, index })
+        Ok(Vocab {
+            words,
+            tunes,
+            tune_text,
+            index,
+        })
     }
 
     /// Builds the vocabulary from training prompts and tunes.
@@ -98,8 +109,12 @@ impl Vocab {
                 *toks.entry(tok.to_string()).or_default() += 1;
             }
         }
-        let tunes = by_frequency(toks).into_iter().filter_map(|t| t.parse().ok()).collect();
-        Vocab::new(by_frequency(words), tunes).unwrap_or_else(|_| unreachable!("counts have unique keys"))
+        let tunes = by_frequency(toks)
+            .into_iter()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        Vocab::new(by_frequency(words), tunes)
+            .unwrap_or_else(|_| unreachable!("counts have unique keys"))
     }
 
     /// Total number of ids.
@@ -132,10 +147,13 @@ impl Vocab {
         let ids = prompt_words(text)
             .into_iter()
             .map(|w| {
-                self.index.get(&format!("word:{w}")).copied().unwrap_or_else(|| {
-                    unknown.push(w);
-                    UNK
-                })
+                self.index
+                    .get(&format!("word:{w}"))
+                    .copied()
+                    .unwrap_or_else(|| {
+                        unknown.push(w);
+                        UNK
+                    })
             })
             .collect();
         (ids, unknown)
@@ -158,7 +176,9 @@ impl Vocab {
                 EOS => break,
                 PAD => {}
                 id if range.contains(&id) => out.push(self.tunes[(id - range.start) as usize]),
-                id if (id as usize) < self.len() => return Err(DecodeError::NotTune(id, self.text(id))),
+                id if (id as usize) < self.len() => {
+                    return Err(DecodeError::NotTune(id, self.text(id)))
+                }
                 id => return Err(DecodeError::OutOfRange(id)),
             }
         }
@@ -180,7 +200,11 @@ impl Vocab {
     /// A stable hash of the vocabulary (FNV-1a over its entries), stored in checkpoints.
     pub fn hash(&self) -> String {
         let mut h = Fnv::default();
-        for s in SPECIALS.iter().copied().chain(self.words.iter().map(String::as_str)) {
+        for s in SPECIALS
+            .iter()
+            .copied()
+            .chain(self.words.iter().map(String::as_str))
+        {
             h.write(s.as_bytes());
             h.write(&[0]);
         }
