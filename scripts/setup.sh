@@ -21,6 +21,13 @@ then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
+# --- abc2midi, a standard ABC tool the tests check rendered tunes with (optional) ------
+if ! command -v abc2midi >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing abcmidi (abc2midi) from Debian's packages"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq abcmidi; } >/dev/null 2>&1 \
+    || echo "setup: could not install abcmidi; the tests that use abc2midi will be skipped"
+fi
+
 # --- the corpus ---------------------------------------------------------------------
 marker="data/raw/.music21-$MUSIC21_VERSION"
 if [ ! -f "$marker" ]; then

@@ -169,6 +169,7 @@ fn data_prepare(a: PrepareArgs) -> Result<()> {
 fn data_export(a: ExportArgs) -> Result<()> {
     let ds = Dataset::load(&a.data)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut written = 0;
     for (i, r) in ds.split(a.split.into()).take(a.n).enumerate() {
         let tokens = ds.vocab.decode_tune(&r.tune)?;
         let abc = render::to_abc(&tokens, i as u32 + 1, &r.title);
