@@ -178,10 +178,10 @@ fn data_export(a: ExportArgs) -> Result<()> {
         let mid = midi::to_midi(&tokens, a.qpm).map_err(anyhow::Error::msg)?;
         write_atomic(&stem.with_extension("mid"), &mid)?;
         println!("% {} — \"{}\"\n{abc}", r.id, r.caption);
+        written += 1;
     }
     println!(
-        "wrote {} tunes as .abc and .mid to {}",
-        a.n,
+        "wrote {written} tunes as .abc and .mid to {}",
         a.out.display()
     );
     Ok(())
