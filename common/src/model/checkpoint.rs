@@ -1,0 +1,245 @@
+//! Checkpoints: one safetensors file with PyTorch-style tensor names (loadable by Python
+//! `safetensors`), the optimizer's moments under `optimizer.`, and JSON metadata in the
+//! header (architecture, vocabulary hash, step, version, a CRC32 of every tensor).
+//! Writes are atomic; a truncated, corrupted or mismatched file is refused, never
+//! half-loaded.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::optim::AdamW;
+use crate::fsutil::write_atomic;
+
+const FORMAT: u32 = 1;
+const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    pub config: ModelConfig,
+    pub vocab_hash: String,
+    /// Training steps taken.
+    pub step: u64,
+    /// Policy version (the learner's publication counter).
+    pub version: u64,
+    /// The optimizer's step, when its moments are saved.
+    pub optimizer_step: Option<i64>,
+    /// CRC32 over names and bytes of every tensor, in name order.
+    pub checksum: String,
+    /// Anything else the writer needs to resume (schedule, RNG state, …).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// A checkpoint read from disk and verified.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    tensors: Vec<(String, Tensor)>,
+}
+
+fn to_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = t.numel();
+    let mut data = vec![0u8; n * 4];
+    t.copy_data_u8(&mut data, n);
+    data
+}
+
+fn checksum<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for (name, data) in items {
+        h.update(name.as_bytes());
+        h.update(data);
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Writes the model's variables (and the optimizer's moments) atomically to `path`.
+pub fn save(
+    path: &Path,
+    vs: &VarStore,
+    config: &ModelConfig,
+    vocab_hash: &str,
+    step: u64,
+    version: u64,
+    optimizer: Option<&AdamW>,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let mut named: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (name, t) in vs.variables() {
+        named.push((
+            name,
+            to_bytes(&t),
+            t.size().iter().map(|&d| d as usize).collect(),
+        ));
+    }
+    if let Some(opt) = optimizer {
+        for (name, t) in opt.state() {
+            named.push((
+                format!("{OPTIMIZER_PREFIX}{name}"),
+                to_bytes(&t),
+                t.size().iter().map(|&d| d as usize).collect(),
+            ));
+        }
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta = CheckpointMeta {
+        format: FORMAT,
+        config: config.clone(),
+        vocab_hash: vocab_hash.to_string(),
+        step,
+        version,
+        optimizer_step: optimizer.map(|o| o.step),
+        checksum: checksum(named.iter().map(|(n, d, _)| (n.as_str(), d.as_slice()))),
+        extra,
+    };
+    let views = named
+        .iter()
+        .map(|(n, d, shape)| Ok((n.as_str(), TensorView::new(Dtype::F32, shape.clone(), d)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let header = HashMap::from([("qd".to_string(), serde_json::to_string(&meta)?)]);
+    let bytes = safetensors::tensor::serialize(views, &Some(header))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    write_atomic(path, &bytes)
+}
+
+impl Checkpoint {
+    /// Reads and verifies a checkpoint (structure, metadata, checksum).
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let bad =
+            |why: String| anyhow::anyhow!("{} is not a valid qd checkpoint: {why}", path.display());
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e:?}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e:?}")))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("qd"))
+            .ok_or_else(|| bad("no qd metadata".into()))?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(json).map_err(|e| bad(format!("metadata: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(bad(format!(
+                "format {} (this qd reads {FORMAT})",
+                meta.format
+            )));
+        }
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let sum = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+        if sum != meta.checksum {
+            return Err(bad(format!(
+                "checksum {sum} does not match the recorded {}",
+                meta.checksum
+            )));
+        }
+        let mut tensors = Vec::with_capacity(views.len());
+        for (name, v) in views {
+            if v.dtype() != Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    v.dtype()
+                )));
+            }
+            let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
+            tensors.push((
+                name,
+                Tensor::f_from_data_size(v.data(), &shape, Kind::Float)?,
+            ));
+        }
+        Ok(Checkpoint { meta, tensors })
+    }
+
+    /// Refuses a checkpoint of another architecture or vocabulary, saying what differs.
+    pub fn check_compatible(&self, config: &ModelConfig, vocab_hash: &str) -> Result<()> {
+        let diff = self.meta.config.diff(config);
+        if !diff.is_empty() {
+            bail!(
+                "checkpoint architecture differs from the model's: {} (checkpoint vs model)",
+                diff.join(", ")
+            );
+        }
+        if self.meta.vocab_hash != vocab_hash {
+            bail!(
+                "checkpoint vocabulary {} differs from the dataset's {vocab_hash}: prepare the data as the checkpoint was trained, or retrain",
+                self.meta.vocab_hash
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies the model tensors into `vs`; every variable must be present with its shape,
+    /// and nothing is changed unless all are.
+    pub fn load_into(&self, vs: &mut VarStore) -> Result<()> {
+        let vars = vs.variables();
+        let mut pairs = Vec::with_capacity(vars.len());
+        for (name, var) in &vars {
+            let (_, t) = self
+                .tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("checkpoint lacks tensor {name}"))?;
+            if t.size() != var.size() {
+                bail!(
+                    "checkpoint tensor {name} has shape {:?}, the model {:?}",
+                    t.size(),
+                    var.size()
+                );
+            }
+            pairs.push((var, t));
+        }
+        let extra: Vec<&str> = self
+            .tensors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with(OPTIMIZER_PREFIX) && !vars.contains_key(*n))
+            .collect();
+        if !extra.is_empty() {
+            bail!(
+                "checkpoint has tensors the model lacks: {}",
+                extra.join(", ")
+            );
+        }
+        tch::no_grad(|| {
+            for (var, t) in pairs {
+                let mut var = var.shallow_clone();
+                var.copy_(t);
+            }
+        });
+        Ok(())
+    }
+
+    /// The optimizer's saved moments and step, if any.
+    pub fn optimizer_state(&self) -> Option<(i64, Vec<(String, Tensor)>)> {
+        let step = self.meta.optimizer_step?;
+        let state = self
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix(OPTIMIZER_PREFIX)
+                    .map(|k| (k.to_string(), t.shallow_clone()))
+            })
+            .collect();
+        Some((step, state))
+    }
+
+    /// Named model tensors (for merging and publishing).
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX))
+            .map(|(n, t)| (n.as_str(), t))
+    }
+}

@@ -1,0 +1,15 @@
+//! The policy model and what trains, samples and stores it.
+//!
+//! - [`config`]: architecture and size presets;
+//! - [`transformer`]: the decoder-only transformer with its KV cache;
+//! - [`sampling`]: batched sampling with temperature, top-k and CFG;
+//! - [`batch`]: training sequences and the language-model loss;
+//! - [`optim`]: AdamW with savable state, gradient clipping;
+//! - [`checkpoint`]: safetensors checkpoints with metadata.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod optim;
+pub mod sampling;
+pub mod transformer;

@@ -1,0 +1,185 @@
+//! Batched sampling with a KV cache: each row has its own prompt (left-padded) and stops
+//! at its own `<eos>`; temperature, top-k, and classifier-free guidance with the
+//! conditional and unconditional rows in one batched forward:
+//! `ℓ_cfg = ℓ(·|∅) + γ·(ℓ(·|x) − ℓ(·|∅))`, `ℓ` the log-softmax.
+//!
+//! Each row draws its noise from its own seeded generator (Gumbel-max), so a row's sample
+//! does not depend on the other rows of the batch.
+
+use rand::{Rng, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+use super::transformer::{KvCache, Transformer};
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingConfig {
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens (`None`: all).
+    pub top_k: Option<usize>,
+    /// CFG strength γ (`None`: plain conditional sampling, one forward row per prompt).
+    pub cfg_gamma: Option<f64>,
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> SamplingConfig {
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: None,
+            cfg_gamma: None,
+            max_new_tokens: 256,
+        }
+    }
+}
+
+/// The special ids and the ids a model may generate.
+#[derive(Clone, Debug)]
+pub struct Vocabulary {
+    pub pad: u32,
+    pub sep: u32,
+    pub eos: u32,
+    /// Ids that may be generated (tune tokens and `<eos>`).
+    pub allowed: Vec<u32>,
+}
+
+/// Sampled continuations, one per prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Samples {
+    /// Generated ids, ending with `<eos>` when the row finished.
+    pub tokens: Vec<Vec<u32>>,
+    /// Log-probability of each generated id under the sampling distribution.
+    pub logprobs: Vec<Vec<f32>>,
+}
+
+impl Samples {
+    pub fn lengths(&self) -> Vec<usize> {
+        self.tokens.iter().map(Vec::len).collect()
+    }
+}
+
+/// Left-pads rows into `[R, T]` ids and a `[R, T]` validity mask.
+fn left_pad(rows: &[Vec<u32>], pad: u32, device: Device) -> (Tensor, Tensor) {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * t);
+    let mut valid = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        let n = t - r.len();
+        ids.extend(std::iter::repeat_n(i64::from(pad), n).chain(r.iter().map(|&x| i64::from(x))));
+        valid.extend(std::iter::repeat_n(false, n).chain(std::iter::repeat_n(true, r.len())));
+    }
+    let shape = [rows.len() as i64, t as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to(device),
+        Tensor::from_slice(&valid).view(shape).to(device),
+    )
+}
+
+/// Samples one continuation per prompt (`prompts[i]` are prompt ids without `<sep>`),
+/// row `i` seeded by `seeds[i]`.
+pub fn sample(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    v: &Vocabulary,
+    cfg: &SamplingConfig,
+) -> Samples {
+    tch::no_grad(|| sample_inner(model, prompts, seeds, v, cfg))
+}
+
+fn sample_inner(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    v: &Vocabulary,
+    cfg: &SamplingConfig,
+) -> Samples {
+    let b = prompts.len();
+    let device = model.device();
+    let mut rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| p.iter().copied().chain([v.sep]).collect())
+        .collect();
+    if cfg.cfg_gamma.is_some() {
+        rows.extend((0..b).map(|_| vec![v.sep]));
+    }
+    let mut rngs: Vec<rand::rngs::StdRng> = seeds
+        .iter()
+        .map(|&s| rand::rngs::StdRng::seed_from_u64(s))
+        .collect();
+    let allowed_idx =
+        Tensor::from_slice(&v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()).to(device);
+    let room = (model.config.max_len as usize)
+        .saturating_sub(rows.iter().map(Vec::len).max().unwrap_or(0));
+    let steps = cfg.max_new_tokens.min(room);
+
+    let mut out = Samples {
+        tokens: vec![Vec::new(); b],
+        logprobs: vec![Vec::new(); b],
+    };
+    let mut done = vec![false; b];
+    let mut cache = KvCache::new(model.config.n_layers);
+    let (ids, valid) = left_pad(&rows, v.pad, device);
+    let mut logits = model
+        .forward(&ids, &valid, Some(&mut cache), false)
+        .select(1, -1);
+    for _ in 0..steps {
+        // Log-probabilities over the allowed ids only.
+        let l = logits
+            .index_select(1, &allowed_idx)
+            .log_softmax(-1, Kind::Float);
+        let l = match cfg.cfg_gamma {
+            Some(gamma) => {
+                let (c, u) = (l.narrow(0, 0, b as i64), l.narrow(0, b as i64, b as i64));
+                &u + (c - &u) * gamma
+            }
+            None => l,
+        };
+        let mut l = l / cfg.temperature.max(1e-6);
+        if let Some(k) = cfg.top_k.filter(|&k| k < v.allowed.len()) {
+            let kth = l
+                .topk(k as i64, -1, true, true)
+                .0
+                .select(1, k as i64 - 1)
+                .unsqueeze(1);
+            l = l.masked_fill(&l.lt_tensor(&kth), f64::NEG_INFINITY);
+        }
+        let logp = l.log_softmax(-1, Kind::Float).to_device(Device::Cpu);
+        let logp: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&logp).unwrap_or_default();
+        let mut next = Vec::with_capacity(b);
+        for (i, row) in logp.iter().enumerate() {
+            // Gumbel-max: argmax(log p + g) is a draw from p.
+            let mut best = (f32::NEG_INFINITY, 0usize);
+            for (j, &lp) in row.iter().enumerate() {
+                let u: f32 = rngs[i].gen_range(f32::EPSILON..1.0);
+                let score = lp - (-u.ln()).ln();
+                if lp > f32::NEG_INFINITY && score > best.0 {
+                    best = (score, j);
+                }
+            }
+            let id = v.allowed[best.1];
+            if !done[i] {
+                out.tokens[i].push(id);
+                out.logprobs[i].push(row[best.1]);
+                done[i] = id == v.eos;
+            }
+            next.push(if done[i] {
+                i64::from(v.pad)
+            } else {
+                i64::from(id)
+            });
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        if cfg.cfg_gamma.is_some() {
+            next.extend_from_within(..);
+        }
+        let next = Tensor::from_slice(&next).view([-1, 1]).to(device);
+        let ones = Tensor::ones([next.size()[0], 1], (Kind::Bool, device));
+        logits = model
+            .forward(&next, &ones, Some(&mut cache), false)
+            .select(1, -1);
+    }
+    out
+}

@@ -1,0 +1,222 @@
+//! The policy: a pre-norm decoder-only transformer with learned positions, causal
+//! attention through libtorch's scaled-dot-product attention and a KV cache for
+//! incremental decoding. Parameter names follow PyTorch (`blocks.0.attn.qkv.weight`).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::ModelConfig;
+
+/// Keys and values of every layer for the tokens decoded so far, and which of those
+/// key positions are real tokens (not left padding).
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `[B, T_cached]` bool: key position holds a real token.
+    key_valid: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: i64) -> KvCache {
+        KvCache {
+            layers: (0..n_layers).map(|_| None).collect(),
+            key_valid: None,
+        }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> i64 {
+        self.key_valid.as_ref().map_or(0, |k| k.size()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    n_heads: i64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, c: &ModelConfig) -> Attention {
+        Attention {
+            qkv: nn::linear(&p / "qkv", c.d_model, 3 * c.d_model, Default::default()),
+            proj: nn::linear(&p / "proj", c.d_model, c.d_model, Default::default()),
+            n_heads: c.n_heads,
+            dropout: c.dropout,
+        }
+    }
+
+    /// `mask`: `[B, 1, T, T_keys]` bool, true where a query may attend to a key.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t, d) = x.size3().unwrap_or((0, 0, 0));
+        let heads = |y: &Tensor| {
+            y.view([b, t, self.n_heads, d / self.n_heads])
+                .transpose(1, 2)
+        };
+        let qkv = x.apply(&self.qkv).split(d, -1);
+        let (q, mut k, mut v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let p = if train { self.dropout } else { 0.0 };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false);
+        y.transpose(1, 2)
+            .contiguous()
+            .view([b, t, d])
+            .apply(&self.proj)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.fc1).gelu("none").apply(&self.fc2)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln1: nn::LayerNorm,
+    attn: Attention,
+    ln2: nn::LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl Block {
+    fn new(p: nn::Path, c: &ModelConfig) -> Block {
+        Block {
+            ln1: nn::layer_norm(&p / "ln1", vec![c.d_model], Default::default()),
+            attn: Attention::new(&p / "attn", c),
+            ln2: nn::layer_norm(&p / "ln2", vec![c.d_model], Default::default()),
+            mlp: Mlp {
+                fc1: nn::linear(&p / "mlp" / "fc1", c.d_model, c.d_ff, Default::default()),
+                fc2: nn::linear(&p / "mlp" / "fc2", c.d_ff, c.d_model, Default::default()),
+            },
+            dropout: c.dropout,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Tensor {
+        let x = x + self
+            .attn
+            .forward(&x.apply(&self.ln1), mask, cache, train)
+            .dropout(self.dropout, train);
+        &x + self
+            .mlp
+            .forward(&x.apply(&self.ln2))
+            .dropout(self.dropout, train)
+    }
+}
+
+/// The decoder-only transformer.
+#[derive(Debug)]
+pub struct Transformer {
+    tok_emb: nn::Embedding,
+    pos_emb: nn::Embedding,
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+    head: nn::Linear,
+    pub config: ModelConfig,
+    device: tch::Device,
+}
+
+impl Transformer {
+    pub fn new(vs: &nn::Path, c: &ModelConfig) -> Transformer {
+        Transformer {
+            tok_emb: nn::embedding(vs / "tok_emb", c.vocab_size, c.d_model, Default::default()),
+            pos_emb: nn::embedding(vs / "pos_emb", c.max_len, c.d_model, Default::default()),
+            blocks: (0..c.n_layers)
+                .map(|i| Block::new(vs / "blocks" / i, c))
+                .collect(),
+            ln_f: nn::layer_norm(vs / "ln_f", vec![c.d_model], Default::default()),
+            head: nn::linear(vs / "head", c.d_model, c.vocab_size, Default::default()),
+            config: c.clone(),
+            device: vs.device(),
+        }
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    /// Logits `[B, T, V]` for `tokens` `[B, T]` whose rows may start with left padding:
+    /// `valid` `[B, T]` marks real tokens. Positions count real tokens only, so a row's
+    /// positions do not depend on its padding. With a cache, `tokens` continue the cached
+    /// sequence and their keys and values are appended.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let (_, t) = tokens.size2().unwrap_or((0, 0));
+        let past_valid = cache
+            .as_ref()
+            .and_then(|c| c.key_valid.as_ref().map(|k| k.shallow_clone()));
+        let all_valid = match &past_valid {
+            Some(p) => Tensor::cat(&[p, valid], 1),
+            None => valid.shallow_clone(),
+        };
+        let t_all = all_valid.size()[1];
+        // Position of each new token: real tokens before it (itself excluded).
+        let counts = all_valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64);
+        let positions = (counts.narrow(1, t_all - t, t) - 1)
+            .clamp_min(0)
+            .clamp_max(self.config.max_len - 1);
+        // Causal over all keys, restricted to real keys; each query sees at least itself.
+        let device = tokens.device();
+        let q_idx = Tensor::arange_start(t_all - t, t_all, (Kind::Int64, device)).view([t, 1]);
+        let k_idx = Tensor::arange(t_all, (Kind::Int64, device)).view([1, t_all]);
+        let causal = k_idx.le_tensor(&q_idx).unsqueeze(0);
+        let diagonal = k_idx.eq_tensor(&q_idx).unsqueeze(0);
+        let mask = causal
+            .logical_and(&all_valid.unsqueeze(1))
+            .logical_or(&diagonal)
+            .unsqueeze(1);
+        let mut x = tokens.apply(&self.tok_emb) + positions.apply(&self.pos_emb);
+        x = x.dropout(self.config.dropout, train);
+        match cache {
+            Some(c) => {
+                for (block, slot) in self.blocks.iter().zip(c.layers.iter_mut()) {
+                    x = block.forward(&x, &mask, Some(slot), train);
+                }
+                c.key_valid = Some(all_valid);
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(&x, &mask, None, train);
+                }
+            }
+        }
+        x.apply(&self.ln_f).apply(&self.head)
+    }
+}
