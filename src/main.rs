@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split};
 use common::folk::{midi, render};
 use common::fsutil::write_atomic;
+use common::model::config::Preset;
+use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
+use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use tch::Device;
 
 /// Diversity-rewarded CFG distillation as a distributed actor/learner service.
 #[derive(Debug, Parser)]
@@ -32,6 +36,10 @@ enum Command {
     /// The folk-tune dataset.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Pre-train the policy with maximum likelihood and condition dropout.
+    Pretrain(PretrainArgs),
+    /// Generate tunes for a text prompt, written as .abc and .mid files.
+    Sample(SampleArgs),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
@@ -86,6 +94,125 @@ struct ExportArgs {
     out: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct PretrainArgs {
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    /// Run folder: `last.safetensors` is written there, and the run resumes from it.
+    #[arg(long, default_value = "runs/pretrain")]
+    out: PathBuf,
+    /// Model size: tiny, small or base.
+    #[arg(long, default_value = "small")]
+    preset: Preset,
+    /// Total training steps (the learning-rate schedule spans them).
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    /// Stop after this step for now; the same command without it continues the run.
+    #[arg(long)]
+    until: Option<u64>,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Gradient clipping (global L2 norm).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Probability of training a tune with the empty prompt (what makes CFG possible).
+    #[arg(long, default_value_t = 0.15)]
+    cond_dropout: f64,
+    /// Steps between validation losses.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_every: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    compute: ComputeArgs,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+struct ComputeArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+    /// libtorch intra-op threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device {s:?} (expected cpu, cuda or cuda:N)")),
+    }
+}
+
+impl ComputeArgs {
+    /// Applies the thread count and checks the device exists.
+    fn apply(&self) -> Result<Device> {
+        if let Some(n) = self.threads {
+            common::torch::set_threads(n);
+        }
+        if let Device::Cuda(i) = self.device {
+            let n = tch::Cuda::device_count();
+            anyhow::ensure!(
+                (i as i64) < n,
+                "device cuda:{i} requested but libtorch sees {n} CUDA devices"
+            );
+        }
+        Ok(self.device)
+    }
+}
+
+#[derive(Debug, Args)]
+struct SampleArgs {
+    /// The prompt, e.g. "a lively irish reel in d major".
+    prompt: String,
+    /// Policy checkpoint.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    checkpoint: PathBuf,
+    /// The prepared dataset (for the vocabulary).
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    /// How many tunes.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    n: u32,
+    /// Classifier-free guidance strength γ (1: none; omit for plain sampling).
+    #[arg(long = "cfg")]
+    cfg_gamma: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Tempo of the MIDI files, quarter notes per minute.
+    #[arg(long, default_value_t = 120)]
+    qpm: u32,
+    /// Output folder.
+    #[arg(long, default_value = "samples/prompt")]
+    out: PathBuf,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SplitArg {
     Train,
@@ -128,6 +255,8 @@ fn main() -> Result<()> {
             }
         }
         Command::Data(DataCommand::Prepare(a)) => data_prepare(a)?,
+        Command::Pretrain(a) => pretrain_cmd(a)?,
+        Command::Sample(a) => sample_cmd(a)?,
         Command::Data(DataCommand::Export(a)) => data_export(a)?,
     }
     Ok(())
@@ -184,5 +313,96 @@ fn data_export(a: ExportArgs) -> Result<()> {
         "wrote {written} tunes as .abc and .mid to {}",
         a.out.display()
     );
+    Ok(())
+}
+
+fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.cond_dropout),
+        "--cond-dropout must be in [0, 1)"
+    );
+    anyhow::ensure!(a.lr > 0.0 && a.lr.is_finite(), "--lr must be positive");
+    let cfg = PretrainConfig {
+        data: a.data,
+        out: a.out,
+        preset: a.preset,
+        steps: a.steps,
+        until: a.until,
+        batch_size: a.batch_size as usize,
+        lr: a.lr,
+        warmup: a.warmup.max(1),
+        clip: a.clip,
+        cond_dropout: a.cond_dropout,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        device,
+        progress: !a.no_progress,
+    };
+    let r = pretrain(&cfg)?;
+    println!(
+        "pre-trained {} steps in {:.0}s, validation loss {:.3}: {}",
+        r.steps,
+        r.seconds,
+        r.val_loss,
+        r.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    anyhow::ensure!(
+        a.temperature > 0.0 && a.temperature.is_finite(),
+        "--temperature must be positive"
+    );
+    let ds = Dataset::load(&a.data)?;
+    let (_vs, model, _ck) = load_policy(&a.checkpoint, &ds, device)?;
+    let (prompt, unknown) = ds.vocab.encode_prompt(&a.prompt);
+    if !unknown.is_empty() {
+        eprintln!(
+            "warning: words not in the prompt vocabulary (read as <unk>): {}",
+            unknown.join(", ")
+        );
+    }
+    let v = Vocabulary {
+        pad: common::folk::vocab::PAD,
+        sep: common::folk::vocab::SEP,
+        eos: common::folk::vocab::EOS,
+        allowed: std::iter::once(common::folk::vocab::EOS)
+            .chain(ds.vocab.tune_ids())
+            .collect(),
+    };
+    let cfg = SamplingConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        cfg_gamma: a.cfg_gamma,
+        max_new_tokens: a.max_new_tokens,
+    };
+    let n = a.n as usize;
+    let seeds: Vec<u64> = (0..n as u64).map(|i| a.seed.wrapping_add(i)).collect();
+    let samples = sample(&model, &vec![prompt; n], &seeds, &v, &cfg);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for (i, ids) in samples.tokens.iter().enumerate() {
+        let tokens = ds.vocab.decode_tune(ids)?;
+        let abc = render::to_abc(&tokens, i as u32 + 1, &a.prompt);
+        let stem = a.out.join(format!("{:02}", i + 1));
+        write_atomic(&stem.with_extension("abc"), abc.as_bytes())?;
+        match midi::to_midi(&tokens, a.qpm) {
+            Ok(mid) => write_atomic(&stem.with_extension("mid"), &mid)?,
+            Err(e) => eprintln!(
+                "warning: sample {} is not well-formed enough for MIDI: {e}",
+                i + 1
+            ),
+        }
+        let ended = if ids.last() == Some(&common::folk::vocab::EOS) {
+            ""
+        } else {
+            " (cut at --max-new-tokens)"
+        };
+        println!("% sample {}{ended}\n{abc}", i + 1);
+    }
+    println!("wrote {n} tunes to {}", a.out.display());
     Ok(())
 }

@@ -6,40 +6,10 @@
 use std::path::Path;
 
 use common::folk::caption::prompt_words;
-use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split, COLLECTIONS};
+use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split};
 
-/// Writes a corpus with every collection folder: 60 varied tunes, a duplicate and a few
-/// that are skipped.
-fn write_corpus(raw: &Path) {
-    for c in COLLECTIONS {
-        std::fs::create_dir_all(raw.join(c)).unwrap();
-    }
-    let mut essen = String::new();
-    for i in 0..40 {
-        let pitches = ["C", "D", "E", "F", "G", "A", "B", "c"];
-        let notes = format!("CDEF{}{}Bc", pitches[i / 8], pitches[i % 8]);
-        essen.push_str(&format!(
-            "X:{i}\nT:Lied {i}\nO:Europa, Mitteleuropa, Deutschland\nR:Liebeslied]\nM:2/4\nL:1/16\nK:G\n{notes}|{notes}|]\n\n"
-        ));
-    }
-    essen.push_str(
-        "X:99\nT:dup\nO:Luxemburg\nR:Ballade]\nM:2/4\nL:1/16\nK:G\nCDEFCCBc|CDEFCCBc|]\n\n",
-    );
-    essen.push_str("X:100\nT:chords\nM:2/4\nL:1/16\nK:G\n[CEG]4 |]\n\n");
-    std::fs::write(raw.join("essenFolksong/kinder0.abc"), essen).unwrap();
-    let mut oneill = String::new();
-    for i in 0..20 {
-        let (a, b) = (
-            ["d", "e", "f", "g", "a"][i % 5],
-            ["B", "A", "G", "F"][i / 5],
-        );
-        oneill.push_str(&format!(
-            "X: {i}\nT: The {i} Reel\nN: \"Lively\" \"collected by F. O'Neill\"\nM:C|\nL:1/8\nK:D\n{a}{b}AF D2 {a}2|(3ABc d>e f2 e2:|\n\n"
-        ));
-    }
-    oneill.push_str("X: 21\nT: Voices\nM:C\nL:1/8\nK:D\nV:1\nABcd|\n");
-    std::fs::write(raw.join("oneills1850/0001-0050.abc"), oneill).unwrap();
-}
+mod support;
+use support::write_corpus;
 
 fn prepare_into(dir: &Path, seed: u64) -> common::folk::dataset::Summary {
     let raw = dir.join("raw");

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use common::model::batch::{lm_batch, lm_loss};
-use common::model::checkpoint::{save, Checkpoint};
+use common::model::checkpoint::{save, Checkpoint, Stamp};
 use common::model::config::{ModelConfig, Preset};
 use common::model::optim::{AdamW, AdamWConfig};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};
@@ -191,17 +191,14 @@ fn checkpoints_round_trip_bit_exact_and_refuse_bad_files() {
     lm_loss(&model, &batch, true).backward();
     opt.step(1e-3);
     let cfg = model.config.clone();
-    save(
-        &path,
-        &vs,
-        &cfg,
-        "vocabhash",
-        7,
-        3,
-        Some(&opt),
-        serde_json::json!({"note": "x"}),
-    )
-    .unwrap();
+    let stamp = Stamp {
+        config: &cfg,
+        vocab_hash: "vocabhash",
+        step: 7,
+        version: 3,
+        extra: serde_json::json!({"note": "x"}),
+    };
+    save(&path, &vs, Some(&opt), stamp).unwrap();
 
     let ck = Checkpoint::read(&path).unwrap();
     assert_eq!(

@@ -64,17 +64,18 @@ fn checksum<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
     format!("{:08x}", h.finalize())
 }
 
+/// What the writer of a checkpoint records about it.
+#[derive(Clone, Debug)]
+pub struct Stamp<'a> {
+    pub config: &'a ModelConfig,
+    pub vocab_hash: &'a str,
+    pub step: u64,
+    pub version: u64,
+    pub extra: serde_json::Value,
+}
+
 /// Writes the model's variables (and the optimizer's moments) atomically to `path`.
-pub fn save(
-    path: &Path,
-    vs: &VarStore,
-    config: &ModelConfig,
-    vocab_hash: &str,
-    step: u64,
-    version: u64,
-    optimizer: Option<&AdamW>,
-    extra: serde_json::Value,
-) -> Result<()> {
+pub fn save(path: &Path, vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> Result<()> {
     let mut named: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     for (name, t) in vs.variables() {
         named.push((
@@ -95,13 +96,13 @@ pub fn save(
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = CheckpointMeta {
         format: FORMAT,
-        config: config.clone(),
-        vocab_hash: vocab_hash.to_string(),
-        step,
-        version,
+        config: stamp.config.clone(),
+        vocab_hash: stamp.vocab_hash.to_string(),
+        step: stamp.step,
+        version: stamp.version,
         optimizer_step: optimizer.map(|o| o.step),
         checksum: checksum(named.iter().map(|(n, d, _)| (n.as_str(), d.as_slice()))),
-        extra,
+        extra: stamp.extra,
     };
     let views = named
         .iter()

@@ -5,11 +5,13 @@
 //! - [`sampling`]: batched sampling with temperature, top-k and CFG;
 //! - [`batch`]: training sequences and the language-model loss;
 //! - [`optim`]: AdamW with savable state, gradient clipping;
-//! - [`checkpoint`]: safetensors checkpoints with metadata.
+//! - [`checkpoint`]: safetensors checkpoints with metadata;
+//! - [`pretrain`]: `qd pretrain` and loading a policy for a dataset.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod optim;
+pub mod pretrain;
 pub mod sampling;
 pub mod transformer;
