@@ -10,6 +10,8 @@ use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split};
 use common::folk::{midi, render};
 use common::fsutil::write_atomic;
 use common::model::config::Preset;
+use common::model::embedder::{train_embedder, EmbedderConfig};
+use common::model::judge::{train_judge, JudgeConfig};
 use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};
 use tch::Device;
@@ -38,6 +40,12 @@ enum Command {
     Data(DataCommand),
     /// Pre-train the policy with maximum likelihood and condition dropout.
     Pretrain(PretrainArgs),
+    /// The diversity embedder.
+    #[command(subcommand)]
+    Embedder(EmbedderCommand),
+    /// The quality judge (evaluation only).
+    #[command(subcommand)]
+    Judge(JudgeCommand),
     /// Generate tunes for a text prompt, written as .abc and .mid files.
     Sample(SampleArgs),
     /// Print the libtorch build qd runs on.
@@ -138,6 +146,58 @@ struct PretrainArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum EmbedderCommand {
+    /// Train the embedder contrastively (InfoNCE on two crops of the same tune).
+    Train(EncoderTrainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum JudgeCommand {
+    /// Train the attribute classifier behind the quality score.
+    Train(EncoderTrainArgs),
+}
+
+/// Training settings shared by the embedder and the judge.
+#[derive(Debug, Args)]
+struct EncoderTrainArgs {
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    /// The checkpoint to write (default: runs/embedder.safetensors or runs/judge.safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1500)]
+    steps: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..))]
+    batch_size: u32,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    compute: ComputeArgs,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl EncoderTrainArgs {
+    fn out(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+}
+
+/// Creates the folder a file goes in.
+fn create_parent(path: &std::path::Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        }
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +317,8 @@ fn main() -> Result<()> {
         Command::Data(DataCommand::Prepare(a)) => data_prepare(a)?,
         Command::Pretrain(a) => pretrain_cmd(a)?,
         Command::Sample(a) => sample_cmd(a)?,
+        Command::Embedder(EmbedderCommand::Train(a)) => embedder_train(a)?,
+        Command::Judge(JudgeCommand::Train(a)) => judge_train(a)?,
         Command::Data(DataCommand::Export(a)) => data_export(a)?,
     }
     Ok(())
@@ -404,5 +466,61 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         println!("% sample {}{ended}\n{abc}", i + 1);
     }
     println!("wrote {n} tunes to {}", a.out.display());
+    Ok(())
+}
+
+fn embedder_train(a: EncoderTrainArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let out = a.out("runs/embedder.safetensors");
+    create_parent(&out)?;
+    let cfg = EmbedderConfig {
+        data: a.data,
+        out,
+        steps: a.steps,
+        batch_size: a.batch_size as usize,
+        lr: a.lr,
+        dim: 64,
+        crop_min: 16,
+        crop_max: 64,
+        tau: 0.1,
+        seed: a.seed,
+        device,
+        progress: !a.no_progress,
+    };
+    let r = train_embedder(&cfg)?;
+    println!(
+        "embedder trained in {:.0}s: validation retrieval accuracy {:.3} (batches of {}, chance {:.3}): {}",
+        r.seconds,
+        r.val_retrieval,
+        cfg.batch_size,
+        1.0 / cfg.batch_size as f64,
+        r.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn judge_train(a: EncoderTrainArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let out = a.out("runs/judge.safetensors");
+    create_parent(&out)?;
+    let cfg = JudgeConfig {
+        data: a.data,
+        out,
+        steps: a.steps,
+        batch_size: a.batch_size as usize,
+        lr: a.lr,
+        seed: a.seed,
+        device,
+        progress: !a.no_progress,
+    };
+    let r = train_judge(&cfg)?;
+    println!(
+        "judge trained in {:.0}s: {}",
+        r.seconds,
+        r.checkpoint.display()
+    );
+    for (name, acc) in &r.val_accuracy {
+        println!("  validation accuracy {name:<7} {acc:.3}");
+    }
     Ok(())
 }

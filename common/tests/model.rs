@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use common::model::batch::{lm_batch, lm_loss};
-use common::model::checkpoint::{save, Checkpoint, Stamp};
+use common::model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use common::model::config::{ModelConfig, Preset};
 use common::model::optim::{AdamW, AdamWConfig};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};

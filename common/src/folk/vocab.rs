@@ -185,6 +185,23 @@ impl Vocab {
         Ok(out)
     }
 
+    /// A tune's ids without its leading header tokens (`M:`, `K:`): what the embedder
+    /// and the judge read.
+    pub fn body<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
+        let range = self.tune_ids();
+        let header = ids
+            .iter()
+            .take_while(|&&id| {
+                range.contains(&id)
+                    && matches!(
+                        self.tunes[(id - range.start) as usize],
+                        Token::Meter(_) | Token::Key(_)
+                    )
+            })
+            .count();
+        &ids[header..]
+    }
+
     /// The text of any id (for logs).
     pub fn text(&self, id: u32) -> String {
         let i = id as usize;

@@ -20,11 +20,21 @@ use crate::fsutil::write_atomic;
 const FORMAT: u32 = 1;
 const OPTIMIZER_PREFIX: &str = "optimizer.";
 
+/// What a checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Policy,
+    Embedder,
+    Judge,
+}
+
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointMeta {
     pub format: u32,
+    pub kind: ModelKind,
     pub config: ModelConfig,
     pub vocab_hash: String,
     /// Training steps taken.
@@ -67,6 +77,7 @@ fn checksum<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
 /// What the writer of a checkpoint records about it.
 #[derive(Clone, Debug)]
 pub struct Stamp<'a> {
+    pub kind: ModelKind,
     pub config: &'a ModelConfig,
     pub vocab_hash: &'a str,
     pub step: u64,
@@ -96,6 +107,7 @@ pub fn save(path: &Path, vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = CheckpointMeta {
         format: FORMAT,
+        kind: stamp.kind,
         config: stamp.config.clone(),
         vocab_hash: stamp.vocab_hash.to_string(),
         step: stamp.step,
@@ -161,6 +173,19 @@ impl Checkpoint {
             ));
         }
         Ok(Checkpoint { meta, tensors })
+    }
+
+    /// Reads a checkpoint and refuses one of another kind.
+    pub fn read_kind(path: &Path, kind: ModelKind) -> Result<Checkpoint> {
+        let ck = Checkpoint::read(path)?;
+        if ck.meta.kind != kind {
+            bail!(
+                "{} holds a {:?} model, not a {kind:?} model",
+                path.display(),
+                ck.meta.kind
+            );
+        }
+        Ok(ck)
     }
 
     /// Refuses a checkpoint of another architecture or vocabulary, saying what differs.

@@ -13,9 +13,10 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use super::batch::{lm_batch, lm_loss};
-use super::checkpoint::{save, Checkpoint, Stamp};
+use super::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use super::config::Preset;
 use super::optim::{AdamW, AdamWConfig};
+use super::train::{progress_bar, Schedule};
 use super::transformer::Transformer;
 use crate::folk::caption::caption;
 use crate::folk::dataset::{Dataset, Split};
@@ -42,15 +43,6 @@ pub struct PretrainConfig {
     pub seed: u64,
     pub device: Device,
     pub progress: bool,
-}
-
-/// Learning rate at `step`: linear warm-up, then cosine decay to a tenth.
-pub fn lr_at(step: u64, cfg: &PretrainConfig) -> f64 {
-    if step < cfg.warmup {
-        return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
-    }
-    let t = (step - cfg.warmup) as f64 / (cfg.steps.saturating_sub(cfg.warmup).max(1)) as f64;
-    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
 }
 
 /// What a run ends with.
@@ -108,7 +100,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let last = cfg.out.join("last.safetensors");
     let mut step = 0;
     if last.exists() {
-        let ck = Checkpoint::read(&last)?;
+        let ck = Checkpoint::read_kind(&last, ModelKind::Policy)?;
         ck.check_compatible(&model_cfg, &vocab_hash)
             .with_context(|| format!("resuming from {}", last.display()))?;
         ck.load_into(&mut vs)?;
@@ -125,7 +117,13 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         .sum();
     tracing::info!(preset = ?cfg.preset, params, train = train.len(), steps = cfg.steps, "pre-training");
 
-    let bar = progress_bar(cfg, step);
+    let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
+    let bar = progress_bar(cfg.progress, end, step);
+    let schedule = Schedule {
+        lr: cfg.lr,
+        warmup: cfg.warmup,
+        steps: cfg.steps,
+    };
     let start = Instant::now();
     let max_len = (model_cfg.max_len - 1) as usize;
     let mut tokens_seen = 0usize;
@@ -134,6 +132,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let write = |step: u64, opt: &AdamW, val: f64| {
         let extra = serde_json::json!({"val_loss": val, "seed": cfg.seed});
         let stamp = Stamp {
+            kind: ModelKind::Policy,
             config: &model_cfg,
             vocab_hash: &vocab_hash,
             step,
@@ -142,7 +141,6 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         };
         save(&last, &vs, Some(opt), stamp)
     };
-    let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
     while step < end {
         // The batch depends only on (seed, step), so a resumed run sees the same data.
         let mut rng =
@@ -171,7 +169,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         let loss = lm_loss(&model, &batch, true);
         loss.backward();
         let grad_norm = opt.clip_grad_norm(cfg.clip);
-        let lr = lr_at(step, cfg);
+        let lr = schedule.lr_at(step);
         opt.step(lr);
         step += 1;
         let loss = loss.double_value(&[]);
@@ -216,26 +214,13 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     })
 }
 
-fn progress_bar(cfg: &PretrainConfig, step: u64) -> Option<indicatif::ProgressBar> {
-    cfg.progress.then(|| {
-        let b = indicatif::ProgressBar::new(cfg.steps).with_position(step);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    })
-}
-
 /// Loads a policy checkpoint for the dataset's vocabulary.
 pub fn load_policy(
     path: &Path,
     ds: &Dataset,
     device: Device,
 ) -> Result<(VarStore, Transformer, Checkpoint)> {
-    let ck = Checkpoint::read(path)?;
+    let ck = Checkpoint::read_kind(path, ModelKind::Policy)?;
     if ck.meta.vocab_hash != ds.vocab.hash() {
         bail!(
             "{} was trained with vocabulary {}, the dataset has {}: use the dataset it was trained on",

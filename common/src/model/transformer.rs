@@ -136,28 +136,28 @@ impl Block {
     }
 }
 
-/// The decoder-only transformer.
+/// Embeddings, transformer blocks and the final norm: the body shared by the policy
+/// (causal) and the encoders of the embedder and the judge (bidirectional).
 #[derive(Debug)]
-pub struct Transformer {
+pub struct Trunk {
     tok_emb: nn::Embedding,
     pos_emb: nn::Embedding,
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
-    head: nn::Linear,
     pub config: ModelConfig,
     device: tch::Device,
 }
 
-impl Transformer {
-    pub fn new(vs: &nn::Path, c: &ModelConfig) -> Transformer {
-        Transformer {
+impl Trunk {
+    /// Variables are created directly under `vs` (`tok_emb`, `blocks.0…`, `ln_f`).
+    pub fn new(vs: &nn::Path, c: &ModelConfig) -> Trunk {
+        Trunk {
             tok_emb: nn::embedding(vs / "tok_emb", c.vocab_size, c.d_model, Default::default()),
             pos_emb: nn::embedding(vs / "pos_emb", c.max_len, c.d_model, Default::default()),
             blocks: (0..c.n_layers)
                 .map(|i| Block::new(vs / "blocks" / i, c))
                 .collect(),
             ln_f: nn::layer_norm(vs / "ln_f", vec![c.d_model], Default::default()),
-            head: nn::linear(vs / "head", c.d_model, c.vocab_size, Default::default()),
             config: c.clone(),
             device: vs.device(),
         }
@@ -167,15 +167,17 @@ impl Transformer {
         self.device
     }
 
-    /// Logits `[B, T, V]` for `tokens` `[B, T]` whose rows may start with left padding:
-    /// `valid` `[B, T]` marks real tokens. Positions count real tokens only, so a row's
-    /// positions do not depend on its padding. With a cache, `tokens` continue the cached
-    /// sequence and their keys and values are appended.
+    /// Hidden states `[B, T, D]` for `tokens` `[B, T]`; `valid` `[B, T]` marks real
+    /// tokens (rows may be padded on either side). Positions count real tokens only, so
+    /// a row's positions do not depend on its padding. `causal` restricts each token to
+    /// the ones before it. With a cache, `tokens` continue the cached sequence and their
+    /// keys and values are appended.
     pub fn forward(
         &self,
         tokens: &Tensor,
         valid: &Tensor,
         cache: Option<&mut KvCache>,
+        causal: bool,
         train: bool,
     ) -> Tensor {
         let (_, t) = tokens.size2().unwrap_or((0, 0));
@@ -192,16 +194,18 @@ impl Transformer {
         let positions = (counts.narrow(1, t_all - t, t) - 1)
             .clamp_min(0)
             .clamp_max(self.config.max_len - 1);
-        // Causal over all keys, restricted to real keys; each query sees at least itself.
+        // Real keys only (causal: and not after the query); each query sees at least itself.
         let device = tokens.device();
         let q_idx = Tensor::arange_start(t_all - t, t_all, (Kind::Int64, device)).view([t, 1]);
         let k_idx = Tensor::arange(t_all, (Kind::Int64, device)).view([1, t_all]);
-        let causal = k_idx.le_tensor(&q_idx).unsqueeze(0);
         let diagonal = k_idx.eq_tensor(&q_idx).unsqueeze(0);
-        let mask = causal
-            .logical_and(&all_valid.unsqueeze(1))
-            .logical_or(&diagonal)
-            .unsqueeze(1);
+        let keys = all_valid.unsqueeze(1);
+        let allowed = if causal {
+            k_idx.le_tensor(&q_idx).unsqueeze(0).logical_and(&keys)
+        } else {
+            keys
+        };
+        let mask = allowed.logical_or(&diagonal).unsqueeze(1);
         let mut x = tokens.apply(&self.tok_emb) + positions.apply(&self.pos_emb);
         x = x.dropout(self.config.dropout, train);
         match cache {
@@ -217,6 +221,70 @@ impl Transformer {
                 }
             }
         }
-        x.apply(&self.ln_f).apply(&self.head)
+        x.apply(&self.ln_f)
+    }
+}
+
+/// The policy: a causal trunk and a language-model head.
+#[derive(Debug)]
+pub struct Transformer {
+    trunk: Trunk,
+    head: nn::Linear,
+    pub config: ModelConfig,
+}
+
+impl Transformer {
+    pub fn new(vs: &nn::Path, c: &ModelConfig) -> Transformer {
+        Transformer {
+            trunk: Trunk::new(vs, c),
+            head: nn::linear(vs / "head", c.d_model, c.vocab_size, Default::default()),
+            config: c.clone(),
+        }
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.trunk.device()
+    }
+
+    /// Logits `[B, T, V]` (see [`Trunk::forward`]; attention is causal).
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        self.trunk
+            .forward(tokens, valid, cache, true, train)
+            .apply(&self.head)
+    }
+}
+
+impl Trunk {
+    /// Mean of the hidden states of each sequence (bidirectional attention), `[B, D]`.
+    /// Sequences longer than `max_len` are cut.
+    pub fn pooled(&self, seqs: &[&[u32]], train: bool) -> Tensor {
+        let max = self.config.max_len as usize;
+        let t = seqs
+            .iter()
+            .map(|s| s.len().min(max))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut ids = vec![0i64; seqs.len() * t];
+        let mut valid = vec![false; seqs.len() * t];
+        for (i, s) in seqs.iter().enumerate() {
+            for (j, &x) in s.iter().take(t).enumerate() {
+                ids[i * t + j] = i64::from(x);
+                valid[i * t + j] = true;
+            }
+        }
+        let shape = [seqs.len() as i64, t as i64];
+        let ids = Tensor::from_slice(&ids).view(shape).to(self.device);
+        let valid = Tensor::from_slice(&valid).view(shape).to(self.device);
+        let h = self.forward(&ids, &valid, None, false, train);
+        let w = valid.to_kind(Kind::Float).unsqueeze(2);
+        (h * &w).sum_dim_intlist(1, false, Kind::Float)
+            / w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
     }
 }
