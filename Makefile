@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build test lint demo clean
+.PHONY: setup build test lint demo bench clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -28,11 +28,33 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
-## demo: prepare the dataset and print its summary; write a few corpus tunes as ABC/MIDI
+## demo: the dataset, a pre-trained policy, the embedder and the judge (each cached),
+## then tunes for a prompt and the quality/diversity of the policy with and without CFG
 demo: setup
 	$(QD) data prepare
+	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors runs/judge.safetensors
 	$(QD) data export --split test -n 2 --out samples/corpus
+	$(QD) sample "a lively irish reel in d major" -n 2 --cfg 3 --out samples/reel
+	$(QD) eval --prompts 100
+	$(QD) eval --prompts 100 --cfg 3
+
+data/folk/dataset.json: | setup
+	$(QD) data prepare
+
+# Order-only: a re-prepared (identical) dataset does not retrain anything.
+runs/pretrain/last.safetensors: | data/folk/dataset.json
+	$(QD) pretrain
+
+runs/embedder.safetensors: | data/folk/dataset.json
+	$(QD) embedder train
+
+runs/judge.safetensors: | data/folk/dataset.json
+	$(QD) judge train
+
+## bench: generation tokens/s with and without CFG, and qd against PyTorch eager
+bench: setup | data/folk/dataset.json
+	$(QD) bench generate
 
 clean:
 	$(CARGO) clean
-	rm -rf data/folk samples
+	rm -rf data/folk samples runs

@@ -6,12 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::bench::{bench_generate, BenchConfig};
+use common::eval::{evaluate, EvalConfig};
 use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split};
 use common::folk::{midi, render};
 use common::fsutil::write_atomic;
+use common::model::checkpoint::{save, ModelKind, Stamp};
 use common::model::config::Preset;
-use common::model::embedder::{train_embedder, EmbedderConfig};
-use common::model::judge::{train_judge, JudgeConfig};
+use common::model::embedder::{load_embedder, train_embedder, EmbedderConfig};
+use common::model::judge::{load_judge, train_judge, JudgeConfig};
 use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};
 use tch::Device;
@@ -48,6 +51,11 @@ enum Command {
     Judge(JudgeCommand),
     /// Generate tunes for a text prompt, written as .abc and .mid files.
     Sample(SampleArgs),
+    /// Quality and diversity of a checkpoint on the held-out test prompts.
+    Eval(EvalArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
@@ -121,6 +129,9 @@ struct PretrainArgs {
     until: Option<u64>,
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// Training sequences are cut to this many tokens.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
+    context: u32,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
@@ -273,6 +284,85 @@ struct SampleArgs {
     compute: ComputeArgs,
 }
 
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Policy checkpoint.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "runs/embedder.safetensors")]
+    embedder: PathBuf,
+    #[arg(long, default_value = "runs/judge.safetensors")]
+    judge: PathBuf,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    /// Samples per prompt.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    k: u32,
+    /// Use only the first N test prompts (default: all).
+    #[arg(long)]
+    prompts: Option<usize>,
+    /// Classifier-free guidance strength γ (omit for none).
+    #[arg(long = "cfg")]
+    cfg_gamma: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Rows per sampling batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Generation tokens/s with and without CFG, and against a PyTorch-eager reference.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchGenerateArgs {
+    /// Policy checkpoint (default: a freshly initialised --preset model; speed does not
+    /// depend on the weights).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Model size when no checkpoint is given.
+    #[arg(long, default_value = "small")]
+    preset: Preset,
+    /// The prepared dataset (vocabulary and prompts).
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    new_tokens: u32,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    reps: u32,
+    /// CFG strength γ of the guided runs.
+    #[arg(long = "cfg", default_value_t = 3.0)]
+    cfg_gamma: f64,
+    /// Python with torch for the reference (default: the project venv's).
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_reference: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SplitArg {
     Train,
@@ -293,9 +383,11 @@ impl From<SplitArg> for Split {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -317,6 +409,8 @@ fn main() -> Result<()> {
         Command::Data(DataCommand::Prepare(a)) => data_prepare(a)?,
         Command::Pretrain(a) => pretrain_cmd(a)?,
         Command::Sample(a) => sample_cmd(a)?,
+        Command::Eval(a) => eval_cmd(a)?,
+        Command::Bench(BenchCommand::Generate(a)) => bench_generate_cmd(a)?,
         Command::Embedder(EmbedderCommand::Train(a)) => embedder_train(a)?,
         Command::Judge(JudgeCommand::Train(a)) => judge_train(a)?,
         Command::Data(DataCommand::Export(a)) => data_export(a)?,
@@ -392,6 +486,7 @@ fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
         steps: a.steps,
         until: a.until,
         batch_size: a.batch_size as usize,
+        context: a.context as usize,
         lr: a.lr,
         warmup: a.warmup.max(1),
         clip: a.clip,
@@ -521,6 +616,81 @@ fn judge_train(a: EncoderTrainArgs) -> Result<()> {
     );
     for (name, acc) in &r.val_accuracy {
         println!("  validation accuracy {name:<7} {acc:.3}");
+    }
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    anyhow::ensure!(
+        a.temperature > 0.0 && a.temperature.is_finite(),
+        "--temperature must be positive"
+    );
+    let ds = Dataset::load(&a.data)?;
+    let (_p, policy, _ck) = load_policy(&a.checkpoint, &ds, device)?;
+    let (_e, embedder) = load_embedder(&a.embedder, &ds, device)?;
+    let (_j, judge) = load_judge(&a.judge, &ds, device)?;
+    let cfg = EvalConfig {
+        k: a.k as usize,
+        prompts: a.prompts,
+        batch: a.batch,
+        sampling: SamplingConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            cfg_gamma: a.cfg_gamma,
+            max_new_tokens: a.max_new_tokens,
+        },
+        seed: a.seed,
+    };
+    let r = evaluate(&policy, &embedder, &judge, &ds, &cfg);
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+fn bench_generate_cmd(a: BenchGenerateArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let ds = Dataset::load(&a.data)?;
+    let tmp = tempfile::tempdir()?;
+    let (_vs, model, checkpoint) = match &a.checkpoint {
+        Some(path) => {
+            let (vs, model, _ck) = load_policy(path, &ds, device)?;
+            (vs, model, path.clone())
+        }
+        None => {
+            tch::manual_seed(0);
+            let config = a.preset.config(ds.vocab.len());
+            let vs = tch::nn::VarStore::new(device);
+            let model = common::model::transformer::Transformer::new(&vs.root(), &config);
+            let path = tmp.path().join("init.safetensors");
+            let stamp = Stamp {
+                kind: ModelKind::Policy,
+                config: &config,
+                vocab_hash: &ds.vocab.hash(),
+                step: 0,
+                version: 0,
+                extra: serde_json::Value::Null,
+            };
+            save(&path, &vs, None, stamp)?;
+            (vs, model, path)
+        }
+    };
+    let cfg = BenchConfig {
+        batch: a.batch as usize,
+        new_tokens: a.new_tokens as usize,
+        reps: a.reps as usize,
+        cfg_gamma: a.cfg_gamma,
+        python: (!a.no_reference).then_some(a.python),
+        script: PathBuf::from("scripts/reference_generate.py"),
+    };
+    let r = bench_generate(&model, &checkpoint, &ds, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
     }
     Ok(())
 }

@@ -199,3 +199,171 @@ fn assert_abc2midi_reads(data: &Path, split: &str, n: usize) {
         errors.first()
     );
 }
+
+/// Every model command end to end on the real corpus with the tiny preset and a handful
+/// of steps: pre-training, embedder, judge, sampling, evaluation, and the benchmark, whose
+/// PyTorch reference must agree with qd on the same weights.
+#[test]
+fn model_commands_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let raw = root.join("data/raw");
+    let python = root.join(".venv/bin/python");
+    if !raw.join("essenFolksong").exists() || !python.exists() {
+        eprintln!("model_commands_end_to_end: run `make setup` first (corpus and venv)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let o = qd(args);
+        assert!(
+            o.status.success(),
+            "qd {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout(&o)
+    };
+    run(&[
+        "data",
+        "prepare",
+        "--raw",
+        raw.to_str().unwrap(),
+        "--out",
+        &p("folk"),
+        "--json",
+    ]);
+    let small = [
+        "--data",
+        &p("folk"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--threads",
+        "1",
+    ];
+    let out = run(&[
+        &[
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--out",
+            &p("pt"),
+            "--context",
+            "64",
+        ],
+        &small[..],
+    ]
+    .concat());
+    assert!(out.contains("pre-trained 3 steps"), "{out}");
+    let out = run(&[
+        &["embedder", "train", "--out", &p("emb.safetensors")],
+        &small[..],
+    ]
+    .concat());
+    assert!(out.contains("validation retrieval accuracy"), "{out}");
+    let out = run(&[
+        &["judge", "train", "--out", &p("judge.safetensors")],
+        &small[..],
+    ]
+    .concat());
+    assert!(out.contains("validation accuracy genre"), "{out}");
+
+    let ck = p("pt/last.safetensors");
+    let out = run(&[
+        "sample",
+        "a lively irish zorblax reel",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &p("folk"),
+        "-n",
+        "2",
+        "--cfg",
+        "3",
+        "--max-new-tokens",
+        "24",
+        "--out",
+        &p("samples"),
+    ]);
+    assert!(out.contains("X:1") && out.contains("X:2"), "{out}");
+    assert!(Path::new(&p("samples")).join("01.abc").exists());
+    let o = qd(&[
+        "sample",
+        "a reel",
+        "--checkpoint",
+        &p("emb.safetensors"),
+        "--data",
+        &p("folk"),
+    ]);
+    assert!(
+        !o.status.success(),
+        "an embedder checkpoint is not a policy"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a Policy model"));
+
+    let out = run(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--embedder",
+        &p("emb.safetensors"),
+        "--judge",
+        &p("judge.safetensors"),
+        "--data",
+        &p("folk"),
+        "--prompts",
+        "3",
+        "-k",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["prompts"].as_u64(), v["samples"].as_u64()),
+        (Some(3), Some(6))
+    );
+    for key in [
+        "quality",
+        "embed_diversity",
+        "edit_diversity",
+        "embed_diversity_across",
+        "edit_diversity_across",
+    ] {
+        let x = v[key].as_f64().unwrap();
+        assert!((0.0..=2.0).contains(&x), "{key} = {x}");
+    }
+
+    let out = run(&[
+        "bench",
+        "generate",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &p("folk"),
+        "--batch",
+        "2",
+        "--new-tokens",
+        "6",
+        "--reps",
+        "1",
+        "--python",
+        python.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        v["qd_plain"].as_f64().unwrap() > 0.0 && v["torch_plain"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    let diff = v["max_logprob_diff"].as_f64().unwrap();
+    assert!(
+        diff < 1e-4,
+        "qd and the PyTorch reference disagree by {diff}"
+    );
+}

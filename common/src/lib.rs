@@ -3,10 +3,14 @@
 //! Layout:
 //! - [`folk`]: the default task, text-to-tune on a folk-music corpus (parser, tokens,
 //!   captions, MIDI, dataset);
+//! - [`bench`]: generation throughput, with and without CFG, against PyTorch;
+//! - [`eval`]: quality and diversity of a policy on held-out prompts;
 //! - [`model`]: the policy transformer, sampling, optimizer and checkpoints;
 //! - [`torch`]: libtorch facts (version, devices, threads);
 //! - [`fsutil`]: atomic file writes.
 
+pub mod bench;
+pub mod eval;
 pub mod folk;
 pub mod fsutil;
 pub mod model;

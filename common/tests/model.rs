@@ -56,7 +56,8 @@ fn kv_cache_matches_full_forward() {
         .collect();
     let full = Tensor::from_slice(&full).view([3, 11]);
     let valid = full.ne(0);
-    let reference = tch::no_grad(|| model.forward(&full, &valid, None, false));
+    let reference =
+        tch::no_grad(|| model.forward(&full, &valid, Some(&mut KvCache::new(2)), false));
 
     let mut cache = KvCache::new(2);
     let prefix = full.narrow(1, 0, 5);
@@ -79,15 +80,30 @@ fn kv_cache_matches_full_forward() {
         .max()
         .double_value(&[]);
     assert!(diff < 1e-4, "max |Δlogit| = {diff}");
+
+    // Right-padded rows without a cache take the fused causal kernel: same logits.
+    let right = Tensor::from_slice(&[4i64, 5, 1, 10, 11, 4, 1, 10, 0, 0]).view([2, 5]);
+    let fused = tch::no_grad(|| model.forward(&right, &right.ne(0), None, false));
+    let masked =
+        tch::no_grad(|| model.forward(&right, &right.ne(0), Some(&mut KvCache::new(2)), false));
+    let diff = (fused - masked)
+        .abs()
+        .amax([2], false)
+        .masked_select(&right.ne(0))
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-4, "fused vs masked attention: {diff}");
 }
 
 #[test]
-fn padding_does_not_change_a_rows_logits() {
+fn left_padding_does_not_change_a_rows_logits() {
     let (_vs, model) = tiny(2);
     let alone = Tensor::from_slice(&[7i64, 1, 10, 11]).view([1, 4]);
     let padded = Tensor::from_slice(&[0i64, 0, 0, 7, 1, 10, 11]).view([1, 7]);
     let a = tch::no_grad(|| model.forward(&alone, &alone.ne(0), None, false));
-    let b = tch::no_grad(|| model.forward(&padded, &padded.ne(0), None, false)).narrow(1, 3, 4);
+    let b =
+        tch::no_grad(|| model.forward(&padded, &padded.ne(0), Some(&mut KvCache::new(2)), false))
+            .narrow(1, 3, 4);
     assert!((a - b).abs().max().double_value(&[]) < 1e-4);
 }
 
@@ -192,6 +208,7 @@ fn checkpoints_round_trip_bit_exact_and_refuse_bad_files() {
     opt.step(1e-3);
     let cfg = model.config.clone();
     let stamp = Stamp {
+        kind: ModelKind::Policy,
         config: &cfg,
         vocab_hash: "vocabhash",
         step: 7,

@@ -18,6 +18,7 @@ fn config(data: &std::path::Path, out: &std::path::Path, until: u64) -> Pretrain
         steps: 30,
         until: Some(until),
         batch_size: 8,
+        context: 128,
         lr: 5e-3,
         warmup: 5,
         clip: 1.0,

@@ -33,6 +33,8 @@ pub struct PretrainConfig {
     /// Stop after this step for now (a later run with the same settings continues).
     pub until: Option<u64>,
     pub batch_size: usize,
+    /// Training sequences are cut to this many tokens (prompt, `<sep>`, tune, `<eos>`).
+    pub context: usize,
     pub lr: f64,
     pub warmup: u64,
     pub clip: f64,
@@ -125,7 +127,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         steps: cfg.steps,
     };
     let start = Instant::now();
-    let max_len = (model_cfg.max_len - 1) as usize;
+    let max_len = cfg.context.min(model_cfg.max_len as usize) - 1;
     let mut tokens_seen = 0usize;
     let mut val = f64::NAN;
     let mut train_loss = f64::NAN;

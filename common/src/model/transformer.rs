@@ -52,11 +52,12 @@ impl Attention {
         }
     }
 
-    /// `mask`: `[B, 1, T, T_keys]` bool, true where a query may attend to a key.
+    /// `mask`: `[B, 1, T, T_keys]` bool, true where a query may attend to a key; `None`
+    /// is plain causal attention (libtorch's fused kernel).
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
     ) -> Tensor {
@@ -75,7 +76,8 @@ impl Attention {
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
         let p = if train { self.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false);
+        let y =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, mask.is_none(), None, false);
         y.transpose(1, 2)
             .contiguous()
             .view([b, t, d])
@@ -121,7 +123,7 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
     ) -> Tensor {
@@ -168,10 +170,12 @@ impl Trunk {
     }
 
     /// Hidden states `[B, T, D]` for `tokens` `[B, T]`; `valid` `[B, T]` marks real
-    /// tokens (rows may be padded on either side). Positions count real tokens only, so
-    /// a row's positions do not depend on its padding. `causal` restricts each token to
-    /// the ones before it. With a cache, `tokens` continue the cached sequence and their
-    /// keys and values are appended.
+    /// tokens. Positions count real tokens only, so a row's positions do not depend on its
+    /// padding. `causal` restricts each token to the ones before it. With a cache,
+    /// `tokens` continue the cached sequence and their keys and values are appended, and
+    /// rows may be left-padded (as sampling pads prompts). Without a cache, causal rows
+    /// must be right-padded (as training batches are): attention then runs libtorch's
+    /// fused causal kernel, and padding after a token never reaches it.
     pub fn forward(
         &self,
         tokens: &Tensor,
@@ -194,6 +198,7 @@ impl Trunk {
         let positions = (counts.narrow(1, t_all - t, t) - 1)
             .clamp_min(0)
             .clamp_max(self.config.max_len - 1);
+        let fused_causal = causal && cache.is_none();
         // Real keys only (causal: and not after the query); each query sees at least itself.
         let device = tokens.device();
         let q_idx = Tensor::arange_start(t_all - t, t_all, (Kind::Int64, device)).view([t, 1]);
@@ -205,19 +210,19 @@ impl Trunk {
         } else {
             keys
         };
-        let mask = allowed.logical_or(&diagonal).unsqueeze(1);
+        let mask = (!fused_causal).then(|| allowed.logical_or(&diagonal).unsqueeze(1));
         let mut x = tokens.apply(&self.tok_emb) + positions.apply(&self.pos_emb);
         x = x.dropout(self.config.dropout, train);
         match cache {
             Some(c) => {
                 for (block, slot) in self.blocks.iter().zip(c.layers.iter_mut()) {
-                    x = block.forward(&x, &mask, Some(slot), train);
+                    x = block.forward(&x, mask.as_ref(), Some(slot), train);
                 }
                 c.key_valid = Some(all_valid);
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(&x, &mask, None, train);
+                    x = block.forward(&x, mask.as_ref(), None, train);
                 }
             }
         }
