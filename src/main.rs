@@ -122,7 +122,7 @@ struct PretrainArgs {
     #[arg(long, default_value = "small")]
     preset: Preset,
     /// Total training steps (the learning-rate schedule spans them).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 400)]
     steps: u64,
     /// Stop after this step for now; the same command without it continues the run.
     #[arg(long)]
@@ -133,10 +133,10 @@ struct PretrainArgs {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
     context: u32,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Linear warm-up steps before the cosine decay.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 40)]
     warmup: u64,
     /// Gradient clipping (global L2 norm).
     #[arg(long, default_value_t = 1.0)]
@@ -145,10 +145,10 @@ struct PretrainArgs {
     #[arg(long, default_value_t = 0.15)]
     cond_dropout: f64,
     /// Steps between validation losses.
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     eval_every: u64,
     /// Steps between checkpoints.
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -180,7 +180,7 @@ struct EncoderTrainArgs {
     /// The checkpoint to write (default: runs/embedder.safetensors or runs/judge.safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1000)]
     steps: u64,
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..))]
     batch_size: u32,

@@ -175,14 +175,21 @@ impl Checkpoint {
         Ok(Checkpoint { meta, tensors })
     }
 
-    /// Reads a checkpoint and refuses one of another kind.
-    pub fn read_kind(path: &Path, kind: ModelKind) -> Result<Checkpoint> {
+    /// Reads a checkpoint, refusing one of another kind or trained on another vocabulary.
+    pub fn read_for(path: &Path, kind: ModelKind, vocab_hash: &str) -> Result<Checkpoint> {
         let ck = Checkpoint::read(path)?;
         if ck.meta.kind != kind {
             bail!(
                 "{} holds a {:?} model, not a {kind:?} model",
                 path.display(),
                 ck.meta.kind
+            );
+        }
+        if ck.meta.vocab_hash != vocab_hash {
+            bail!(
+                "{} was trained with vocabulary {}, the dataset has {vocab_hash}: use the dataset it was trained on",
+                path.display(),
+                ck.meta.vocab_hash
             );
         }
         Ok(ck)

@@ -234,13 +234,7 @@ pub fn train_embedder(cfg: &EmbedderConfig) -> Result<EmbedderReport> {
 
 /// Loads an embedder checkpoint for the dataset's vocabulary.
 pub fn load_embedder(path: &Path, ds: &Dataset, device: Device) -> Result<(VarStore, Embedder)> {
-    let ck = Checkpoint::read_kind(path, ModelKind::Embedder)?;
-    if ck.meta.vocab_hash != ds.vocab.hash() {
-        bail!(
-            "{} was trained on another vocabulary than the dataset's",
-            path.display()
-        );
-    }
+    let ck = Checkpoint::read_for(path, ModelKind::Embedder, &ds.vocab.hash())?;
     let dim = ck
         .meta
         .extra

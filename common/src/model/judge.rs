@@ -336,13 +336,7 @@ pub fn train_judge(cfg: &JudgeConfig) -> Result<JudgeReport> {
 
 /// Loads a judge checkpoint for the dataset's vocabulary.
 pub fn load_judge(path: &Path, ds: &Dataset, device: Device) -> Result<(VarStore, Judge)> {
-    let ck = Checkpoint::read_kind(path, ModelKind::Judge)?;
-    if ck.meta.vocab_hash != ds.vocab.hash() {
-        bail!(
-            "{} was trained on another vocabulary than the dataset's",
-            path.display()
-        );
-    }
+    let ck = Checkpoint::read_for(path, ModelKind::Judge, &ds.vocab.hash())?;
     let classes: Vec<Vec<String>> =
         serde_json::from_value(ck.meta.extra.get("classes").cloned().unwrap_or_default())
             .with_context(|| format!("{} lacks the judge's class lists", path.display()))?;

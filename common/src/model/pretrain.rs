@@ -102,7 +102,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let last = cfg.out.join("last.safetensors");
     let mut step = 0;
     if last.exists() {
-        let ck = Checkpoint::read_kind(&last, ModelKind::Policy)?;
+        let ck = Checkpoint::read_for(&last, ModelKind::Policy, &vocab_hash)?;
         ck.check_compatible(&model_cfg, &vocab_hash)
             .with_context(|| format!("resuming from {}", last.display()))?;
         ck.load_into(&mut vs)?;
@@ -222,15 +222,7 @@ pub fn load_policy(
     ds: &Dataset,
     device: Device,
 ) -> Result<(VarStore, Transformer, Checkpoint)> {
-    let ck = Checkpoint::read_kind(path, ModelKind::Policy)?;
-    if ck.meta.vocab_hash != ds.vocab.hash() {
-        bail!(
-            "{} was trained with vocabulary {}, the dataset has {}: use the dataset it was trained on",
-            path.display(),
-            ck.meta.vocab_hash,
-            ds.vocab.hash()
-        );
-    }
+    let ck = Checkpoint::read_for(path, ModelKind::Policy, &ds.vocab.hash())?;
     let mut vs = VarStore::new(device);
     let model = Transformer::new(&vs.root(), &ck.meta.config);
     ck.load_into(&mut vs)?;
