@@ -35,6 +35,9 @@ pub struct EvalReport {
     pub prompts: usize,
     pub samples: usize,
     pub quality: f64,
+    /// The judge's quality of the real held-out tunes for their own prompts: what a
+    /// perfect policy would score.
+    pub quality_of_real_tunes: f64,
     pub embed_diversity: f64,
     pub edit_diversity: f64,
     pub embed_diversity_across: f64,
@@ -120,10 +123,13 @@ pub fn evaluate(
         .map(|t| t.iter().copied().filter(|&x| x != EOS).collect())
         .collect();
 
-    let wanted: Vec<_> = rows
+    let real_wanted: Vec<_> = records
         .iter()
-        .map(|(p, _)| named(&records[*p].caption, &records[*p].attributes))
+        .map(|r| named(&r.caption, &r.attributes))
         .collect();
+    let real: Vec<&[u32]> = records.iter().map(|r| r.tune.as_slice()).collect();
+    let quality_of_real_tunes = mean(&judge.quality(&ds.vocab, &real, &real_wanted));
+    let wanted: Vec<_> = rows.iter().map(|(p, _)| real_wanted[*p].clone()).collect();
     let mut quality = Vec::with_capacity(tunes.len());
     let mut z = Vec::new();
     for (i, chunk) in tunes.chunks(256).enumerate() {
@@ -175,6 +181,7 @@ pub fn evaluate(
         prompts: n,
         samples: tunes.len(),
         quality: mean(&quality),
+        quality_of_real_tunes,
         embed_diversity: embed_div(&within),
         edit_diversity: edit_div(&within),
         embed_diversity_across: embed_div(&across),
@@ -190,7 +197,7 @@ impl EvalReport {
     pub fn table(&self) -> String {
         format!(
             "prompts {} × {} samples\n\
-             quality                 {:.4}\n\
+             quality                 {:.4}   (real held-out tunes {:.4})\n\
              embedding diversity     {:.4}   (across prompts {:.4})\n\
              edit diversity          {:.4}   (across prompts {:.4})\n\
              mean length             {:.1} tokens, {:.1}% ended with <eos>\n\
@@ -198,6 +205,7 @@ impl EvalReport {
             self.prompts,
             self.samples / self.prompts.max(1),
             self.quality,
+            self.quality_of_real_tunes,
             self.embed_diversity,
             self.embed_diversity_across,
             self.edit_diversity,
