@@ -28,10 +28,11 @@ def main():
             print(" ".join(cmd), file=sys.stderr)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append((gamma, temp, json.loads(out)))
-    print("| γ | T | quality | embedding diversity | edit diversity | tokens/s |")
-    print("|---|---|---|---|---|---|")
+    print("| γ | T | quality | adherence | bar validity | embedding diversity | edit diversity | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for gamma, temp, r in rows:
-        print(f"| {gamma:g} | {temp:g} | {r['quality']:.4f} | {r['embed_diversity']:.3f} "
+        print(f"| {gamma:g} | {temp:g} | {r['quality']:.4f} | {r['adherence']:.3f} | {r['bar_validity']:.3f} "
+              f"| {r['embed_diversity']:.3f} "
               f"| {r['edit_diversity']:.3f} | {r['tokens_per_s']:.0f} |")
     r = rows[0][2]
     print(f"\nAcross prompts (upper bound, γ = {rows[0][0]:g}, T = {rows[0][1]:g}): embedding "

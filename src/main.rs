@@ -122,12 +122,12 @@ struct PretrainArgs {
     #[arg(long, default_value = "small")]
     preset: Preset,
     /// Total training steps (the learning-rate schedule spans them).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 1600)]
     steps: u64,
     /// Stop after this step for now; the same command without it continues the run.
     #[arg(long)]
     until: Option<u64>,
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
     /// Training sequences are cut to this many tokens.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
@@ -136,7 +136,7 @@ struct PretrainArgs {
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Linear warm-up steps before the cosine decay.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 80)]
     warmup: u64,
     /// Gradient clipping (global L2 norm).
     #[arg(long, default_value_t = 1.0)]

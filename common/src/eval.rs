@@ -35,6 +35,9 @@ pub struct EvalReport {
     pub prompts: usize,
     pub samples: usize,
     pub quality: f64,
+    /// The two factors of quality, averaged: prompt adherence and bar validity.
+    pub adherence: f64,
+    pub bar_validity: f64,
     /// The judge's quality of the real held-out tunes for their own prompts: what a
     /// perfect policy would score.
     pub quality_of_real_tunes: f64,
@@ -130,11 +133,11 @@ pub fn evaluate(
     let real: Vec<&[u32]> = records.iter().map(|r| r.tune.as_slice()).collect();
     let quality_of_real_tunes = mean(&judge.quality(&ds.vocab, &real, &real_wanted));
     let wanted: Vec<_> = rows.iter().map(|(p, _)| real_wanted[*p].clone()).collect();
-    let mut quality = Vec::with_capacity(tunes.len());
+    let mut scores = Vec::with_capacity(tunes.len());
     let mut z = Vec::new();
     for (i, chunk) in tunes.chunks(256).enumerate() {
         let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        quality.extend(judge.quality(&ds.vocab, &refs, &wanted[i * 256..i * 256 + chunk.len()]));
+        scores.extend(judge.scores(&ds.vocab, &refs, &wanted[i * 256..i * 256 + chunk.len()]));
         let bodies: Vec<&[u32]> = refs.iter().map(|t| ds.vocab.body(t)).collect();
         z.push(tch::no_grad(|| embedder.embed(&bodies, false)));
     }
@@ -180,7 +183,9 @@ pub fn evaluate(
     EvalReport {
         prompts: n,
         samples: tunes.len(),
-        quality: mean(&quality),
+        quality: mean(&scores.iter().map(|s| s.quality()).collect::<Vec<_>>()),
+        adherence: mean(&scores.iter().map(|s| s.adherence).collect::<Vec<_>>()),
+        bar_validity: mean(&scores.iter().map(|s| s.bar_validity).collect::<Vec<_>>()),
         quality_of_real_tunes,
         embed_diversity: embed_div(&within),
         edit_diversity: edit_div(&within),
@@ -198,6 +203,7 @@ impl EvalReport {
         format!(
             "prompts {} × {} samples\n\
              quality                 {:.4}   (real held-out tunes {:.4})\n\
+             = adherence × bars      {:.4} × {:.4} (means)\n\
              embedding diversity     {:.4}   (across prompts {:.4})\n\
              edit diversity          {:.4}   (across prompts {:.4})\n\
              mean length             {:.1} tokens, {:.1}% ended with <eos>\n\
@@ -206,6 +212,8 @@ impl EvalReport {
             self.samples / self.prompts.max(1),
             self.quality,
             self.quality_of_real_tunes,
+            self.adherence,
+            self.bar_validity,
             self.embed_diversity,
             self.embed_diversity_across,
             self.edit_diversity,

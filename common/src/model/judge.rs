@@ -124,6 +124,19 @@ impl Judge {
         tunes: &[&[u32]],
         named: &[Vec<(usize, String)>],
     ) -> Vec<f64> {
+        self.scores(vocab, tunes, named)
+            .iter()
+            .map(Score::quality)
+            .collect()
+    }
+
+    /// Both factors of the quality of each tune.
+    pub fn scores(
+        &self,
+        vocab: &Vocab,
+        tunes: &[&[u32]],
+        named: &[Vec<(usize, String)>],
+    ) -> Vec<Score> {
         let bodies: Vec<&[u32]> = tunes.iter().map(|t| vocab.body(t)).collect();
         let lp = tch::no_grad(|| self.log_probs(&bodies, false));
         let lp: Vec<Vec<Vec<f32>>> = lp
@@ -146,9 +159,27 @@ impl Judge {
                 } else {
                     probs.iter().sum::<f64>() / probs.len() as f64
                 };
-                adherence * bar_validity(vocab, ids)
+                Score {
+                    adherence,
+                    bar_validity: bar_validity(vocab, ids),
+                }
             })
             .collect()
+    }
+}
+
+/// The two factors of a tune's quality.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Score {
+    /// Mean probability of the attribute values the prompt names (1 if it names none).
+    pub adherence: f64,
+    /// Share of complete bars whose length fits the meter.
+    pub bar_validity: f64,
+}
+
+impl Score {
+    pub fn quality(&self) -> f64 {
+        self.adherence * self.bar_validity
     }
 }
 
