@@ -116,6 +116,15 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// The training records; an error when there are none (nothing to train on).
+    pub fn train_records(&self, dir: &Path) -> Result<Vec<&Record>> {
+        let train: Vec<&Record> = self.split(Split::Train).collect();
+        if train.is_empty() {
+            bail!("the dataset in {} has no training tunes", dir.display());
+        }
+        Ok(train)
+    }
+
     pub fn split(&self, split: Split) -> impl Iterator<Item = &Record> {
         self.records.iter().filter(move |r| r.split == split)
     }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -280,13 +280,7 @@ fn accuracy(judge: &Judge, ds: &Dataset, split: Split, device: Device) -> Vec<(S
 /// Trains the judge and writes its checkpoint (the class lists go in its metadata).
 pub fn train_judge(cfg: &JudgeConfig) -> Result<JudgeReport> {
     let ds = Dataset::load(&cfg.data)?;
-    let train: Vec<_> = ds.split(Split::Train).collect();
-    if train.is_empty() {
-        bail!(
-            "the dataset in {} has no training tunes",
-            cfg.data.display()
-        );
-    }
+    let train = ds.train_records(&cfg.data)?;
     let mut classes: Vec<Vec<String>> = vec![Vec::new(); JUDGED.len()];
     for r in &train {
         for (i, n) in JUDGED.iter().enumerate() {

@@ -84,13 +84,7 @@ fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device
 /// Runs (or resumes) pre-training and returns the final checkpoint.
 pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let ds = Dataset::load(&cfg.data)?;
-    let train: Vec<_> = ds.split(Split::Train).collect();
-    if train.is_empty() {
-        bail!(
-            "the dataset in {} has no training tunes",
-            cfg.data.display()
-        );
-    }
+    let train = ds.train_records(&cfg.data)?;
     let model_cfg = cfg.preset.config(ds.vocab.len());
     model_cfg.validate().map_err(anyhow::Error::msg)?;
     let vocab_hash = ds.vocab.hash();
