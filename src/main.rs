@@ -17,15 +17,19 @@ use common::model::embedder::{load_embedder, train_embedder, EmbedderConfig};
 use common::model::judge::{load_judge, train_judge, JudgeConfig};
 use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use common::settings::Settings;
+use common::telemetry::init_logging;
 use tch::Device;
+
+mod run;
 
 /// Diversity-rewarded CFG distillation as a distributed actor/learner service.
 #[derive(Debug, Parser)]
 #[command(name = "qd", version, about, long_about = None)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format (default: text; the service roles read `log.format` from their config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +60,18 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the learner: trajectories in, distilled and diversified weights out.
+    Learner(ServiceArgs),
+    /// Run an actor: rollouts of the current student, with diversity rewards, to the learner.
+    Actor(ServiceArgs),
+    /// Run the evaluator: scores new student versions on held-out prompts, as metrics.
+    Evaluator(ServiceArgs),
+    /// Run the learner, the actors and the evaluator as local processes (the embedded
+    /// default): stops them all on Ctrl-C or when the learner reaches its step budget.
+    Run(ServiceArgs),
+    /// Print the effective configuration (defaults ← --config ← QD__… ← --set) as JSON,
+    /// or the error naming the key that is wrong.
+    Config(ServiceArgs),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
@@ -214,39 +230,17 @@ fn create_parent(path: &std::path::Path) -> Result<()> {
 #[derive(Debug, Args)]
 struct ComputeArgs {
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    #[arg(long, default_value = "cpu", value_parser = common::torch::parse_device)]
     device: Device,
     /// libtorch intra-op threads (default: every core).
     #[arg(long)]
     threads: Option<usize>,
 }
 
-fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("unknown device {s:?} (expected cpu, cuda or cuda:N)")),
-    }
-}
-
 impl ComputeArgs {
     /// Applies the thread count and checks the device exists.
     fn apply(&self) -> Result<Device> {
-        if let Some(n) = self.threads {
-            common::torch::set_threads(n);
-        }
-        if let Device::Cuda(i) = self.device {
-            let n = tch::Cuda::device_count();
-            anyhow::ensure!(
-                (i as i64) < n,
-                "device cuda:{i} requested but libtorch sees {n} CUDA devices"
-            );
-        }
-        Ok(self.device)
+        common::torch::use_device(self.device, self.threads.unwrap_or(0))
     }
 }
 
@@ -363,6 +357,27 @@ struct BenchGenerateArgs {
     compute: ComputeArgs,
 }
 
+/// The configuration of a service role.
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    /// TOML file layered over the built-in defaults (see configs/).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set learner.beta=5` (repeatable; wins over the file
+    /// and the QD__SECTION__KEY environment).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Write this process's endpoints as JSON here once it listens.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+impl ServiceArgs {
+    fn settings(&self) -> Result<Settings> {
+        Settings::load(self.config.as_deref(), &self.set)
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SplitArg {
     Train,
@@ -380,24 +395,67 @@ impl From<SplitArg> for Split {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl From<LogFormat> for common::settings::LogFormat {
+    fn from(f: LogFormat) -> common::settings::LogFormat {
+        match f {
+            LogFormat::Text => common::settings::LogFormat::Text,
+            LogFormat::Json => common::settings::LogFormat::Json,
+        }
     }
 }
 
+/// Runs a service role on a tokio runtime, logging as its settings say.
+fn service(
+    args: &ServiceArgs,
+    flag: Option<LogFormat>,
+    role: fn(Settings, Option<PathBuf>) -> BoxFuture,
+) -> Result<()> {
+    let settings = args.settings()?;
+    let format = flag.map_or(settings.log.format, Into::into);
+    init_logging(format, &settings.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(role(settings, args.ready_file.clone()))
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    match &cli.command {
+        Command::Learner(a) => {
+            return service(a, cli.log_format, |s, _| {
+                Box::pin(async move { learner::run(s).await.map(|_| ()) })
+            })
+        }
+        Command::Actor(a) => {
+            return service(a, cli.log_format, |s, f| {
+                Box::pin(async move { actor::rollout::run(s, f.as_deref()).await })
+            })
+        }
+        Command::Evaluator(a) => {
+            return service(a, cli.log_format, |s, f| {
+                Box::pin(async move { actor::evaluator::run(s, f.as_deref()).await })
+            })
+        }
+        Command::Run(a) => {
+            return service(a, cli.log_format, |s, _| Box::pin(run::run(s)));
+        }
+        _ => {}
+    }
+    init_logging(
+        cli.log_format
+            .map_or(common::settings::LogFormat::Text, Into::into),
+        "info",
+    );
     match cli.command {
+        Command::Learner(_) | Command::Actor(_) | Command::Evaluator(_) | Command::Run(_) => {}
+        Command::Config(a) => {
+            let settings = a.settings()?;
+            println!("{}", serde_json::to_string_pretty(&settings)?);
+        }
         Command::Info { json } => {
             let info = common::torch::info();
             if json {
@@ -523,14 +581,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             unknown.join(", ")
         );
     }
-    let v = Vocabulary {
-        pad: common::folk::vocab::PAD,
-        sep: common::folk::vocab::SEP,
-        eos: common::folk::vocab::EOS,
-        allowed: std::iter::once(common::folk::vocab::EOS)
-            .chain(ds.vocab.tune_ids())
-            .collect(),
-    };
+    let v = Vocabulary::of(&ds.vocab);
     let cfg = SamplingConfig {
         temperature: a.temperature,
         top_k: a.top_k,

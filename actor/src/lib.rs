@@ -1,3 +1,315 @@
-//! The actor role: the rollout loop (two samples per prompt from the current student,
-//! diversity reward from the frozen embedder), the weight subscriber, and the evaluator
-//! mode. Built on `common`'s task and models.
+//! The actor role (rollouts of the current student, scored by the frozen embedder, sent
+//! to the learner) and the evaluator role (an actor that sends nothing back and scores
+//! new versions on held-out prompts). Both keep their connection to the learner alive
+//! with [`maintain`], and do their compute on their own thread, swapping weights only
+//! between rollouts.
+
+pub mod client;
+pub mod evaluator;
+pub mod rollout;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use qd_proto::{PushAck, Role, TrajectoryBatch, WatchRequest};
+use tch::nn::VarStore;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+use common::folk::dataset::Dataset;
+use common::model::checkpoint::{Checkpoint, ModelKind};
+use common::model::config::ModelConfig;
+use common::model::transformer::Transformer;
+use common::settings::{ClientSettings, Settings};
+
+use client::{connect, is_fatal, Assembler, Backoff, BearerToken, Identity, Weights};
+
+/// Trajectory batches sent but not yet acknowledged, at most.
+const WINDOW: usize = 2;
+/// Largest weight blob a client accepts.
+const MAX_WEIGHT_BYTES: u64 = 16 << 30;
+
+/// What keeps a client connected and hands weights to its compute thread.
+#[derive(Debug)]
+pub struct Link {
+    pub settings: ClientSettings,
+    pub token: BearerToken,
+    pub identity: Identity,
+    /// The newest verified weights (read by the compute thread between rollouts).
+    pub weights: watch::Sender<Option<Arc<Weights>>>,
+}
+
+/// The student as a client holds it: weights of one published version.
+#[derive(Debug)]
+pub struct Student {
+    pub vs: VarStore,
+    pub model: Transformer,
+    pub version: u64,
+    vocab_hash: String,
+}
+
+impl Student {
+    pub fn new(config: &ModelConfig, vocab_hash: &str, device: tch::Device) -> Student {
+        let vs = VarStore::new(device);
+        let model = Transformer::new(&vs.root(), config);
+        Student {
+            vs,
+            model,
+            version: 0,
+            vocab_hash: vocab_hash.to_string(),
+        }
+    }
+
+    /// Swaps in `w` if it is another version than the one held.
+    pub fn update(&mut self, w: Option<&Arc<Weights>>) -> Result<bool> {
+        let Some(w) = w.filter(|w| w.version != self.version) else {
+            return Ok(false);
+        };
+        let t0 = std::time::Instant::now();
+        let ck = w.checkpoint()?;
+        ck.check_compatible(&self.model.config, &self.vocab_hash)
+            .with_context(|| format!("weights version {}", w.version))?;
+        ck.load_into(&mut self.vs)?;
+        let sync_seconds = w.sync_seconds + t0.elapsed().as_secs_f64();
+        self.version = w.version;
+        metrics::gauge!("qd_actor_weight_version").set(w.version as f64);
+        metrics::histogram!("qd_actor_weight_sync_seconds").record(sync_seconds);
+        metrics::counter!("qd_actor_weight_sync_bytes_total").increment(w.blob.len() as u64);
+        let first = self.version == 0;
+        self.version = w.version;
+        if first || w.version % 10 == 0 {
+            tracing::info!(
+                version = w.version,
+                step = w.step,
+                bytes = w.blob.len(),
+                sync_s = format!("{sync_seconds:.3}"),
+                "weights loaded"
+            );
+        } else {
+            tracing::debug!(version = w.version, step = w.step, "weights loaded");
+        }
+        Ok(true)
+    }
+}
+
+/// Blocks the compute thread until new weights arrive or `stop` is set; false on stop.
+pub fn wait_for_weights(
+    rt: &tokio::runtime::Handle,
+    weights: &mut watch::Receiver<Option<Arc<Weights>>>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    rt.block_on(async {
+        tokio::select! {
+            r = weights.changed() => r.is_ok(),
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    })
+}
+
+/// The settings, dataset and base model a client starts from.
+#[derive(Debug)]
+pub struct Setup {
+    pub settings: Settings,
+    pub ds: Dataset,
+    pub model_config: ModelConfig,
+    pub vocab_hash: String,
+    pub device: tch::Device,
+}
+
+impl Setup {
+    /// Reads the dataset and the base model's architecture (what `Register` checks).
+    pub fn load(settings: Settings, device: &str, threads: usize) -> Result<Setup> {
+        let device = common::torch::use_device(
+            common::torch::parse_device(device).map_err(anyhow::Error::msg)?,
+            threads,
+        )?;
+        let ds = Dataset::load(&settings.paths.data)?;
+        let vocab_hash = ds.vocab.hash();
+        let base = Checkpoint::read_for(&settings.paths.base, ModelKind::Policy, &vocab_hash)
+            .context("reading the base model's architecture")?;
+        Ok(Setup {
+            model_config: base.meta.config.clone(),
+            settings,
+            ds,
+            vocab_hash,
+            device,
+        })
+    }
+
+    pub fn link(&self, role: Role, name: &str) -> Result<Link> {
+        Ok(Link {
+            settings: self.settings.client.clone(),
+            token: BearerToken::new(&self.settings.auth.token)?,
+            identity: Identity {
+                role,
+                name: default_name(name, role),
+                model_config: self.model_config.clone(),
+                vocab_hash: self.vocab_hash.clone(),
+            },
+            weights: watch::channel(None).0,
+        })
+    }
+}
+
+fn default_name(name: &str, role: Role) -> String {
+    if !name.is_empty() {
+        return name.to_string();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let role = if role == Role::Evaluator {
+        "evaluator"
+    } else {
+        "actor"
+    };
+    format!("{role}@{host}:{}", std::process::id())
+}
+
+/// Keeps a connection to the learner until `stop`: registers, streams weights into
+/// `link.weights`, and (for actors) sends `batches`; reconnects with back-off after any
+/// failure. Returns an error only when the learner refuses this client.
+pub async fn maintain(
+    link: &Link,
+    mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut backoff = Backoff::new(&link.settings);
+    let mut pending: Option<TrajectoryBatch> = None;
+    loop {
+        let ended = tokio::select! {
+            r = session(link, batches.as_deref_mut(), &mut pending, &mut backoff) => r,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if is_fatal(&ended) {
+            bail!("the learner refused this client: {}", ended.message());
+        }
+        if ended.code() == tonic::Code::Cancelled {
+            return Ok(());
+        }
+        metrics::counter!("qd_actor_reconnects_total").increment(1);
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            code = ?ended.code(),
+            retry_in_ms = delay.as_millis() as u64,
+            "connection to the learner lost: {}",
+            ended.message()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+async fn next_ack(acks: &mut Option<Streaming<PushAck>>) -> Result<Option<PushAck>, Status> {
+    match acks {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_batch(
+    b: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+) -> Option<TrajectoryBatch> {
+    match b {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection, until it fails (the error says why).
+async fn session(
+    link: &Link,
+    mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    pending: &mut Option<TrajectoryBatch>,
+    backoff: &mut Backoff,
+) -> Status {
+    match session_inner(link, &mut batches, pending, backoff).await {
+        Ok(never) => match never {},
+        Err(s) => s,
+    }
+}
+
+async fn session_inner(
+    link: &Link,
+    batches: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    pending: &mut Option<TrajectoryBatch>,
+    backoff: &mut Backoff,
+) -> Result<std::convert::Infallible, Status> {
+    let mut client = connect(&link.settings, &link.token).await?;
+    let reg = link.identity.register(&mut client).await?;
+    backoff.reset();
+    let id = reg.actor_id;
+    let have = link.weights.borrow().as_ref().map_or(0, |w| w.version);
+    tracing::info!(
+        id,
+        learner_version = reg.version,
+        learner_step = reg.step,
+        have_version = have,
+        "registered with the learner"
+    );
+    let watch_req = link
+        .identity
+        .tag(Request::new(WatchRequest { have_version: have }), id);
+    let mut chunks = client.clone().watch_weights(watch_req).await?.into_inner();
+    let (out_tx, out_rx) = mpsc::channel::<TrajectoryBatch>(WINDOW);
+    let mut acks = match batches {
+        Some(_) => {
+            let req = link
+                .identity
+                .tag(Request::new(ReceiverStream::new(out_rx)), id);
+            Some(client.push_trajectories(req).await?.into_inner())
+        }
+        None => None,
+    };
+    let mut known_version = reg.version;
+    let mut assembler = Assembler::default();
+    let (mut in_flight, mut sequence) = (0usize, 0u64);
+    loop {
+        if let Some(mut b) = pending.take() {
+            if b.version > known_version {
+                // Made with weights of a learner run that no longer exists (it restarted
+                // from an earlier checkpoint): the learner would refuse it.
+                metrics::counter!("qd_actor_batches_dropped_total", "reason" => "version_ahead")
+                    .increment(1);
+            } else if in_flight < WINDOW {
+                b.sequence = sequence;
+                sequence += 1;
+                let n = b.trajectories.len() as u64;
+                out_tx
+                    .send(b)
+                    .await
+                    .map_err(|_| Status::unavailable("trajectory stream closed"))?;
+                in_flight += 1;
+                metrics::counter!("qd_actor_trajectories_sent_total").increment(n);
+                metrics::counter!("qd_actor_batches_sent_total").increment(1);
+            } else {
+                *pending = Some(b);
+            }
+        }
+        let room = pending.is_none() && in_flight < WINDOW;
+        tokio::select! {
+            c = chunks.message() => {
+                let c = c?.ok_or_else(|| Status::unavailable("the learner ended the weight stream"))?;
+                known_version = known_version.max(c.version);
+                if let Some(w) = assembler.push(c, MAX_WEIGHT_BYTES)? {
+                    link.weights.send_replace(Some(Arc::new(w)));
+                }
+            }
+            a = next_ack(&mut acks) => {
+                let a = a?.ok_or_else(|| Status::unavailable("the learner ended the trajectory stream"))?;
+                in_flight = in_flight.saturating_sub(1);
+                known_version = known_version.max(a.learner_version);
+                metrics::gauge!("qd_actor_learner_queue_depth").set(f64::from(a.queue_depth));
+            }
+            b = next_batch(batches), if room => {
+                *pending = Some(b.ok_or_else(|| Status::cancelled("rollouts ended"))?);
+            }
+        }
+    }
+}

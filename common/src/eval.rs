@@ -10,8 +10,8 @@ use serde::Serialize;
 use tch::Tensor;
 
 use crate::folk::dataset::{Dataset, Split};
-use crate::folk::vocab::{EOS, PAD, SEP};
-use crate::model::embedder::{pair_diversity, Embedder};
+use crate::folk::vocab::EOS;
+use crate::model::embedder::{embed_tunes, pair_diversity, Embedder};
 use crate::model::judge::{named, Judge};
 use crate::model::sampling::{sample, SamplingConfig, Vocabulary};
 use crate::model::transformer::Transformer;
@@ -92,12 +92,7 @@ pub fn evaluate(
         .take(cfg.prompts.unwrap_or(usize::MAX))
         .collect();
     let k = cfg.k.max(2);
-    let v = Vocabulary {
-        pad: PAD,
-        sep: SEP,
-        eos: EOS,
-        allowed: std::iter::once(EOS).chain(ds.vocab.tune_ids()).collect(),
-    };
+    let v = Vocabulary::of(&ds.vocab);
     // Row r is sample r % k of prompt r / k, seeded by (seed, r).
     let rows: Vec<(usize, u64)> = (0..records.len() * k)
         .map(|r| {
@@ -138,8 +133,7 @@ pub fn evaluate(
     for (i, chunk) in tunes.chunks(256).enumerate() {
         let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
         scores.extend(judge.scores(&ds.vocab, &refs, &wanted[i * 256..i * 256 + chunk.len()]));
-        let bodies: Vec<&[u32]> = refs.iter().map(|t| ds.vocab.body(t)).collect();
-        z.push(tch::no_grad(|| embedder.embed(&bodies, false)));
+        z.push(embed_tunes(embedder, &ds.vocab, &refs));
     }
     let z = if z.is_empty() {
         Tensor::zeros([0, embedder.dim], (tch::Kind::Float, tch::Device::Cpu))

@@ -7,11 +7,15 @@
 //! - [`eval`]: quality and diversity of a policy on held-out prompts;
 //! - [`model`]: the policy transformer, sampling, optimizer and checkpoints;
 //! - [`torch`]: libtorch facts (version, devices, threads);
-//! - [`fsutil`]: atomic file writes.
+//! - [`fsutil`]: atomic file writes;
+//! - [`settings`]: the service's layered configuration;
+//! - [`telemetry`]: logging and the Prometheus endpoint.
 
 pub mod bench;
 pub mod eval;
 pub mod folk;
 pub mod fsutil;
 pub mod model;
+pub mod settings;
+pub mod telemetry;
 pub mod torch;

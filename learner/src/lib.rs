@@ -1,3 +1,186 @@
-//! The learner role: the gRPC server, the trajectory queue, the distillation and
-//! policy-gradient losses, the optimizer and the weight publisher. Built on `common`'s
-//! task and models.
+//! The learner role: the gRPC server ([`server`]), trajectory validation ([`validate`]),
+//! the distillation and policy-gradient losses ([`loss`]), and the compute thread that
+//! trains, publishes and checkpoints ([`trainer`]).
+
+pub mod loss;
+pub mod server;
+pub mod trainer;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use common::folk::dataset::{Dataset, Split};
+use common::folk::vocab::EOS;
+use common::model::checkpoint::{Checkpoint, ModelKind};
+use common::settings::Settings;
+
+use server::{Auth, Service, Shared};
+use trainer::{Outcome, Trainer};
+use validate::Rules;
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the learner until its step budget or a signal; returns where it left the model.
+/// The endpoints are written to `run_dir/endpoints.json` once the server listens.
+pub async fn run(settings: Settings) -> Result<Outcome> {
+    let cfg = settings.learner.clone();
+    let device = common::torch::use_device(
+        common::torch::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
+        cfg.threads,
+    )?;
+    let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen).await?;
+    let paths = settings.paths.clone();
+    let ds = Dataset::load(&paths.data)?;
+    let vocab_hash = ds.vocab.hash();
+    let base = Checkpoint::read_for(&paths.base, ModelKind::Policy, &vocab_hash)
+        .context("loading the base model")?;
+    let model_config = base.meta.config.clone();
+    drop(base);
+    let mut allowed = vec![false; model_config.vocab_size as usize];
+    for id in std::iter::once(EOS).chain(ds.vocab.tune_ids()) {
+        allowed[id as usize] = true;
+    }
+    let rules = Rules {
+        prompts: ds
+            .split(Split::Train)
+            .map(|r| r.prompt.clone())
+            .collect::<HashSet<_>>(),
+        allowed,
+        eos: EOS,
+        max_len: model_config.max_len as usize,
+        max_trajectories: cfg.queue_capacity,
+        samples_per_prompt: 2,
+    };
+    anyhow::ensure!(
+        !rules.prompts.is_empty(),
+        "the dataset has no training prompts"
+    );
+    let (queue_tx, queue_rx) = mpsc::channel(cfg.queue_capacity);
+    let shared = Arc::new(Shared::new(
+        rules,
+        model_config.clone(),
+        vocab_hash,
+        cfg.chunk_bytes,
+        cfg.max_message_bytes,
+        cfg.max_steps,
+        queue_tx,
+    ));
+    let trainer = {
+        let (cfg, shared) = (cfg.clone(), shared.clone());
+        let (base, run_dir) = (paths.base.clone(), paths.run_dir.clone());
+        tokio::task::spawn_blocking(move || Trainer::new(cfg, &base, &run_dir, &ds, shared, device))
+            .await??
+    };
+
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding the gRPC server to {}", cfg.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<qd_proto::learner_server::LearnerServer<Service>>()
+        .await;
+    let auth = Auth {
+        token: (!settings.auth.token.is_empty()).then(|| Arc::from(settings.auth.token.as_str())),
+    };
+    let learner_service = qd_proto::learner_server::LearnerServer::new(Service {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(cfg.max_message_bytes)
+    .max_encoding_message_size(cfg.max_message_bytes);
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                learner_service,
+                auth,
+            ))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop_rx.wait_for(|s| *s).await;
+            }),
+    );
+    common::telemetry::Endpoints {
+        pid: std::process::id(),
+        grpc: Some(grpc_addr),
+        metrics: metrics_addr,
+    }
+    .write(&paths.run_dir.join("endpoints.json"))?;
+    tracing::info!(
+        grpc = %grpc_addr,
+        metrics = ?metrics_addr,
+        beta = cfg.beta,
+        cfg_gamma = cfg.cfg_gamma,
+        max_steps = cfg.max_steps,
+        "learner listening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rt = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("trainer".into())
+        .spawn(move || {
+            let _ = done_tx.send(trainer.run(queue_rx, stop_rx, rt));
+        })
+        .context("starting the trainer thread")?;
+    let mut done_rx = done_rx;
+    let outcome = tokio::select! {
+        r = &mut done_rx => r,
+        _ = termination() => {
+            tracing::info!("stopping: finishing the step and writing a checkpoint");
+            let _ = stop_tx.send(true);
+            done_rx.await
+        }
+    };
+    let outcome = outcome.context("the trainer thread died")?;
+    // Open streams end with the server; give them a moment, then go.
+    health
+        .set_not_serving::<qd_proto::learner_server::LearnerServer<Service>>()
+        .await;
+    let _ = shared.closing.send(true);
+    let _ = server_stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the gRPC server did not stop in 3 s; leaving anyway");
+    }
+    let outcome = outcome?;
+    tracing::info!(
+        step = outcome.step,
+        version = outcome.version,
+        checkpoint = %outcome.checkpoint.display(),
+        student = %outcome.student.display(),
+        "learner stopped ({:?})",
+        outcome.stopped
+    );
+    Ok(outcome)
+}

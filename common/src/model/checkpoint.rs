@@ -87,6 +87,11 @@ pub struct Stamp<'a> {
 
 /// Writes the model's variables (and the optimizer's moments) atomically to `path`.
 pub fn save(path: &Path, vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> Result<()> {
+    write_atomic(path, &serialize(vs, optimizer, stamp)?)
+}
+
+/// The bytes of a checkpoint file: what [`save`] writes and the learner publishes.
+pub fn serialize(vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> Result<Vec<u8>> {
     let mut named: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     for (name, t) in vs.variables() {
         named.push((
@@ -122,9 +127,7 @@ pub fn save(path: &Path, vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let header = HashMap::from([("qd".to_string(), serde_json::to_string(&meta)?)]);
-    let bytes = safetensors::tensor::serialize(views, &Some(header))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    write_atomic(path, &bytes)
+    safetensors::tensor::serialize(views, &Some(header)).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 impl Checkpoint {
@@ -132,10 +135,14 @@ impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let bad =
-            |why: String| anyhow::anyhow!("{} is not a valid qd checkpoint: {why}", path.display());
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e:?}")))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e:?}")))?;
+        Checkpoint::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses and verifies checkpoint bytes; `what` names them in errors.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Checkpoint> {
+        let bad = |why: String| anyhow::anyhow!("{what} is not a valid qd checkpoint: {why}");
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("{e:?}")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("{e:?}")))?;
         let json = header
             .metadata()
             .as_ref()

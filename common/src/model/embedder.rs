@@ -17,6 +17,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::train::{progress_bar, Schedule};
 use super::transformer::Trunk;
 use crate::folk::dataset::{Dataset, Split};
+use crate::folk::vocab::{Vocab, EOS};
 
 /// The embedder: encoder trunk under `encoder.`, projection `proj`.
 #[derive(Debug)]
@@ -53,6 +54,24 @@ impl Embedder {
         let z = self.trunk.pooled(bodies, train).apply(&self.proj);
         &z / z.norm_scalaropt_dim(2, [1], true).clamp_min(1e-8)
     }
+}
+
+/// Unit embeddings `[B, dim]` of generated tunes: `<eos>` and the `M:`/`K:` headers are
+/// stripped, as the embedder was trained on bodies.
+pub fn embed_tunes(e: &Embedder, vocab: &Vocab, tunes: &[&[u32]]) -> Tensor {
+    let stripped: Vec<Vec<u32>> = tunes
+        .iter()
+        .map(|t| t.iter().copied().filter(|&x| x != EOS).collect())
+        .collect();
+    let bodies: Vec<&[u32]> = stripped.iter().map(|t| vocab.body(t)).collect();
+    tch::no_grad(|| e.embed(&bodies, false))
+}
+
+/// The diversity reward `1 − cos(E(y¹), E(y²))` of each pair of generated tunes.
+pub fn pair_rewards(e: &Embedder, vocab: &Vocab, pairs: &[(&[u32], &[u32])]) -> Vec<f64> {
+    let a: Vec<&[u32]> = pairs.iter().map(|p| p.0).collect();
+    let b: Vec<&[u32]> = pairs.iter().map(|p| p.1).collect();
+    pair_diversity(&embed_tunes(e, vocab, &a), &embed_tunes(e, vocab, &b))
 }
 
 /// `1 − cos` between the rows of two batches of unit embeddings, in `[0, 2]`.

@@ -52,6 +52,19 @@ pub struct Samples {
     pub logprobs: Vec<Vec<f32>>,
 }
 
+impl Vocabulary {
+    /// What a policy trained on `vocab` may generate: its tune tokens and `<eos>`.
+    pub fn of(vocab: &crate::folk::vocab::Vocab) -> Vocabulary {
+        use crate::folk::vocab::{EOS, PAD, SEP};
+        Vocabulary {
+            pad: PAD,
+            sep: SEP,
+            eos: EOS,
+            allowed: std::iter::once(EOS).chain(vocab.tune_ids()).collect(),
+        }
+    }
+}
+
 impl Samples {
     pub fn lengths(&self) -> Vec<usize> {
         self.tokens.iter().map(Vec::len).collect()

@@ -1,0 +1,213 @@
+//! The actor's and the evaluator's side of the protocol: connecting with the bearer
+//! token, registering, reassembling and verifying weight chunks, and the reconnection
+//! back-off.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use qd_proto::learner_client::LearnerClient;
+use qd_proto::{RegisterRequest, RegisterResponse, Role, WeightChunk};
+use rand::Rng;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use common::model::checkpoint::Checkpoint;
+use common::model::config::ModelConfig;
+use common::settings::ClientSettings;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Clone, Debug)]
+pub struct BearerToken(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: &str) -> Result<BearerToken> {
+        if token.is_empty() {
+            return Ok(BearerToken(None));
+        }
+        match format!("Bearer {token}").parse() {
+            Ok(v) => Ok(BearerToken(Some(v))),
+            Err(_) => bail!("auth.token must be printable ASCII"),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = LearnerClient<InterceptedService<Channel, BearerToken>>;
+
+/// Connects to the learner (one attempt).
+pub async fn connect(s: &ClientSettings, token: &BearerToken) -> Result<Client, Status> {
+    let endpoint = Endpoint::from_shared(s.learner.clone())
+        .map_err(|e| Status::invalid_argument(format!("client.learner {:?}: {e}", s.learner)))?
+        .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", s.learner)))?;
+    Ok(LearnerClient::with_interceptor(channel, token.clone())
+        .max_decoding_message_size(s.max_message_bytes)
+        .max_encoding_message_size(s.max_message_bytes))
+}
+
+/// Who a client is, for `Register`.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub role: Role,
+    pub name: String,
+    pub model_config: ModelConfig,
+    pub vocab_hash: String,
+}
+
+impl Identity {
+    /// Registers; the response, or the refusal.
+    pub async fn register(&self, client: &mut Client) -> Result<RegisterResponse, Status> {
+        let req = RegisterRequest {
+            protocol_version: qd_proto::PROTOCOL_VERSION,
+            model_config_hash: self.model_config.hash(),
+            model_config_json: serde_json::to_string(&self.model_config).unwrap_or_default(),
+            vocab_hash: self.vocab_hash.clone(),
+            role: self.role as i32,
+            name: self.name.clone(),
+        };
+        Ok(client.register(req).await?.into_inner())
+    }
+
+    /// Metadata that identifies this client's streams to the learner.
+    pub fn tag<T>(&self, mut req: Request<T>, id: u64) -> Request<T> {
+        let m = req.metadata_mut();
+        if let Ok(v) = id.to_string().parse() {
+            m.insert("qd-actor-id", v);
+        }
+        if let Ok(v) = self.name.parse() {
+            m.insert("qd-client-name", v);
+        }
+        let role = if self.role == Role::Evaluator {
+            "evaluator"
+        } else {
+            "actor"
+        };
+        m.insert("qd-role", tonic::metadata::MetadataValue::from_static(role));
+        req
+    }
+}
+
+/// Errors that retrying cannot fix: the learner refused this client.
+pub fn is_fatal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::FailedPrecondition | Code::Unauthenticated
+    )
+}
+
+/// Exponential back-off with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(s: &ClientSettings) -> Backoff {
+        let initial = Duration::from_millis(s.backoff_initial_ms);
+        Backoff {
+            initial,
+            max: Duration::from_millis(s.backoff_max_ms),
+            current: initial,
+        }
+    }
+
+    /// The next delay: uniform in [current/2, current], then current doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let c = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let lo = c.as_secs_f64() / 2.0;
+        Duration::from_secs_f64(rand::thread_rng().gen_range(lo..=c.as_secs_f64().max(lo)))
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// One version of the student: checkpoint bytes whose checksum held.
+#[derive(Debug)]
+pub struct Weights {
+    pub version: u64,
+    pub step: u64,
+    pub blob: Vec<u8>,
+    /// From the first chunk to the last.
+    pub sync_seconds: f64,
+}
+
+impl Weights {
+    /// Parses and verifies the checkpoint inside.
+    pub fn checkpoint(&self) -> anyhow::Result<Checkpoint> {
+        Checkpoint::from_bytes(&self.blob, &format!("weights version {}", self.version))
+    }
+}
+
+/// Reassembles a weight stream's chunks into verified versions.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    current: Option<(WeightChunk, Vec<u8>, Instant)>,
+}
+
+impl Assembler {
+    /// Adds a chunk; returns a version when its last chunk arrived and its checksum holds.
+    pub fn push(&mut self, c: WeightChunk, max_bytes: u64) -> Result<Option<Weights>, Status> {
+        if c.offset == 0 {
+            if c.total_len > max_bytes {
+                return Err(Status::out_of_range(format!(
+                    "weights of {} bytes exceed the {max_bytes}-byte limit",
+                    c.total_len
+                )));
+            }
+            let buf = Vec::with_capacity(c.total_len as usize);
+            self.current = Some((c.clone(), buf, Instant::now()));
+        }
+        let Some((head, buf, started)) = self.current.as_mut() else {
+            return Err(Status::data_loss("weight chunk without its beginning"));
+        };
+        if c.version != head.version || c.offset != buf.len() as u64 {
+            return Err(Status::data_loss(format!(
+                "weight chunk out of order (version {} offset {}, expected version {} offset {})",
+                c.version,
+                c.offset,
+                head.version,
+                buf.len()
+            )));
+        }
+        buf.extend_from_slice(&c.data);
+        if buf.len() as u64 > head.total_len {
+            return Err(Status::data_loss("weight chunks longer than announced"));
+        }
+        if (buf.len() as u64) < head.total_len {
+            return Ok(None);
+        }
+        let (head, buf, started) = (head.clone(), std::mem::take(buf), *started);
+        self.current = None;
+        let sum = format!("{:08x}", crc32fast::hash(&buf));
+        if sum != head.checksum {
+            return Err(Status::data_loss(format!(
+                "weights version {}: checksum {sum}, announced {}",
+                head.version, head.checksum
+            )));
+        }
+        Ok(Some(Weights {
+            version: head.version,
+            step: head.step,
+            blob: buf,
+            sync_seconds: started.elapsed().as_secs_f64(),
+        }))
+    }
+}

@@ -1,0 +1,135 @@
+//! `qd evaluator`: an actor that sends nothing back. Whenever the learner's newest
+//! version is at least `every_versions` past the last one scored, it evaluates those
+//! weights on held-out prompts (as `qd eval`) and exports the numbers as `qd_eval_…`
+//! metrics, with `qd_eval_version` saying which version they belong to; each result is
+//! also appended to `run_dir/eval.jsonl` when that folder is reachable.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use qd_proto::Role;
+use tokio::sync::watch;
+
+use common::eval::{evaluate, EvalConfig};
+use common::model::embedder::load_embedder;
+use common::model::judge::load_judge;
+use common::model::sampling::SamplingConfig;
+use common::settings::Settings;
+use common::telemetry::Endpoints;
+
+use crate::client::Weights;
+use crate::{maintain, wait_for_weights, Setup, Student};
+
+/// Runs the evaluator until SIGTERM/Ctrl-C or a refusal by the learner.
+pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
+    let e = settings.evaluator.clone();
+    let setup = Setup::load(settings, &e.device, e.threads)?;
+    let metrics = common::telemetry::serve_metrics(&e.metrics_listen).await?;
+    if let Some(p) = ready_file {
+        Endpoints {
+            pid: std::process::id(),
+            grpc: None,
+            metrics,
+        }
+        .write(p)?;
+    }
+    let link = setup.link(Role::Evaluator, "")?;
+    tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "evaluator starting");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let weights = link.weights.subscribe();
+    let rt = tokio::runtime::Handle::current();
+    let stop = stop_rx.clone();
+    let compute = tokio::task::spawn_blocking(move || evaluations(&setup, weights, stop, rt));
+    let outcome = tokio::select! {
+        r = maintain(&link, None, stop_rx) => r,
+        _ = learner::termination() => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    let computed = compute.await.context("the evaluation thread died")?;
+    outcome.and(computed)?;
+    tracing::info!("evaluator stopped");
+    Ok(())
+}
+
+fn evaluations(
+    setup: &Setup,
+    mut weights: watch::Receiver<Option<Arc<Weights>>>,
+    mut stop: watch::Receiver<bool>,
+    rt: tokio::runtime::Handle,
+) -> Result<()> {
+    let e = &setup.settings.evaluator;
+    let paths = &setup.settings.paths;
+    let (_evs, embedder) =
+        load_embedder(&paths.embedder, &setup.ds, setup.device).context("loading the embedder")?;
+    let (_jvs, judge) =
+        load_judge(&paths.judge, &setup.ds, setup.device).context("loading the judge")?;
+    let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
+    let cfg = EvalConfig {
+        k: e.samples_per_prompt,
+        prompts: Some(e.prompts),
+        batch: 64,
+        sampling: SamplingConfig {
+            max_new_tokens: e.max_new_tokens,
+            ..SamplingConfig::default()
+        },
+        seed: e.seed,
+    };
+    let mut last: Option<u64> = None;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let latest = weights.borrow_and_update().clone();
+        let due = latest
+            .as_ref()
+            .is_some_and(|w| last.is_none_or(|l| w.version >= l + e.every_versions));
+        if !due {
+            if !wait_for_weights(&rt, &mut weights, &mut stop) {
+                return Ok(());
+            }
+            continue;
+        }
+        student.update(latest.as_ref())?;
+        let step = latest.as_ref().map_or(0, |w| w.step);
+        let t0 = Instant::now();
+        let r = evaluate(&student.model, &embedder, &judge, &setup.ds, &cfg);
+        let seconds = t0.elapsed().as_secs_f64();
+        last = Some(student.version);
+        for (name, v) in [
+            ("qd_eval_version", student.version as f64),
+            ("qd_eval_step", step as f64),
+            ("qd_eval_quality", r.quality),
+            ("qd_eval_adherence", r.adherence),
+            ("qd_eval_bar_validity", r.bar_validity),
+            ("qd_eval_embed_diversity", r.embed_diversity),
+            ("qd_eval_edit_diversity", r.edit_diversity),
+            ("qd_eval_tokens_per_second", r.tokens_per_s),
+            ("qd_eval_seconds", seconds),
+        ] {
+            metrics::gauge!(name).set(v);
+        }
+        metrics::counter!("qd_eval_runs_total").increment(1);
+        tracing::info!(
+            version = student.version,
+            step,
+            quality = format!("{:.3}", r.quality),
+            embed_diversity = format!("{:.3}", r.embed_diversity),
+            edit_diversity = format!("{:.3}", r.edit_diversity),
+            seconds = format!("{seconds:.1}"),
+            "evaluated"
+        );
+        let line = serde_json::json!({"version": student.version, "step": step, "seconds": seconds, "report": r});
+        let path = paths.run_dir.join("eval.jsonl");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(err) = written {
+            tracing::debug!(path = %path.display(), "eval.jsonl not written: {err}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `qd actor`: the rollout loop. Takes prompts from the training split in a seeded
+//! shuffled order, samples two tunes per prompt from the current student (no CFG,
+//! temperature 1), scores each pair's diversity with the frozen embedder, and hands the
+//! batch to the connection, tagged with the policy version and the behaviour log-probs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use qd_proto::{Role, Sample, Trajectory, TrajectoryBatch};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+
+use common::folk::dataset::Split;
+use common::model::embedder::{load_embedder, pair_rewards, Embedder};
+use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use common::settings::Settings;
+use common::telemetry::Endpoints;
+
+use crate::client::Weights;
+use crate::{maintain, wait_for_weights, Setup, Student};
+
+/// Runs an actor until SIGTERM/Ctrl-C or a refusal by the learner.
+pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
+    let a = settings.actor.clone();
+    let setup = Setup::load(settings, &a.device, a.threads)?;
+    let metrics = common::telemetry::serve_metrics(&a.metrics_listen).await?;
+    if let Some(p) = ready_file {
+        Endpoints {
+            pid: std::process::id(),
+            grpc: None,
+            metrics,
+        }
+        .write(p)?;
+    }
+    let (_embedder_vs, embedder) =
+        load_embedder(&setup.settings.paths.embedder, &setup.ds, setup.device)
+            .context("loading the diversity embedder")?;
+    let link = setup.link(Role::Actor, &a.name)?;
+    tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
+    let (batch_tx, mut batch_rx) = mpsc::channel(2);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let weights = link.weights.subscribe();
+    let rt = tokio::runtime::Handle::current();
+    let stop = stop_rx.clone();
+    let compute = tokio::task::spawn_blocking(move || {
+        rollouts(&setup, &embedder, weights, batch_tx, stop, rt)
+    });
+    let outcome = tokio::select! {
+        r = maintain(&link, Some(&mut batch_rx), stop_rx) => r,
+        _ = learner::termination() => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    drop(batch_rx);
+    let computed = compute.await.context("the rollout thread died")?;
+    outcome.and(computed)?;
+    tracing::info!("actor stopped");
+    Ok(())
+}
+
+fn rollouts(
+    setup: &Setup,
+    embedder: &Embedder,
+    mut weights: watch::Receiver<Option<Arc<Weights>>>,
+    out: mpsc::Sender<TrajectoryBatch>,
+    mut stop: watch::Receiver<bool>,
+    rt: tokio::runtime::Handle,
+) -> Result<()> {
+    let a = &setup.settings.actor;
+    let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
+    let vocabulary = Vocabulary::of(&setup.ds.vocab);
+    let mut prompts: Vec<Vec<u32>> = setup
+        .ds
+        .split(Split::Train)
+        .map(|r| r.prompt.clone())
+        .collect();
+    anyhow::ensure!(!prompts.is_empty(), "the dataset has no training prompts");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    prompts.shuffle(&mut rng);
+    let mut cursor = 0;
+    let sampling = SamplingConfig {
+        temperature: 1.0,
+        top_k: None,
+        cfg_gamma: None,
+        max_new_tokens: a.max_new_tokens,
+    };
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // Weights change only here, between rollouts.
+        let latest = weights.borrow_and_update().clone();
+        student.update(latest.as_ref())?;
+        if student.version == 0 {
+            if !wait_for_weights(&rt, &mut weights, &mut stop) {
+                return Ok(());
+            }
+            continue;
+        }
+        let t0 = Instant::now();
+        let mut rows = Vec::with_capacity(2 * a.batch_prompts);
+        for _ in 0..a.batch_prompts {
+            if cursor == prompts.len() {
+                prompts.shuffle(&mut rng);
+                cursor = 0;
+            }
+            rows.push(prompts[cursor].clone());
+            rows.push(prompts[cursor].clone());
+            cursor += 1;
+        }
+        let seeds: Vec<u64> = rows.iter().map(|_| rng.gen()).collect();
+        let s = sample(&student.model, &rows, &seeds, &vocabulary, &sampling);
+        let pairs: Vec<(&[u32], &[u32])> = s
+            .tokens
+            .chunks(2)
+            .map(|p| (p[0].as_slice(), p[1].as_slice()))
+            .collect();
+        let rewards = pair_rewards(embedder, &setup.ds.vocab, &pairs);
+        let tokens: usize = s.tokens.iter().map(Vec::len).sum();
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut trajectories = Vec::with_capacity(a.batch_prompts);
+        let mut samples = s.tokens.into_iter().zip(s.logprobs);
+        for (i, &r) in rewards.iter().enumerate() {
+            let pair: Vec<Sample> = samples
+                .by_ref()
+                .take(2)
+                .map(|(tokens, logprobs)| Sample { tokens, logprobs })
+                .collect();
+            metrics::histogram!("qd_actor_reward").record(r);
+            trajectories.push(Trajectory {
+                prompt: rows[2 * i].clone(),
+                reward: r as f32,
+                samples: pair,
+            });
+        }
+        metrics::counter!("qd_actor_tokens_total").increment(tokens as u64);
+        metrics::gauge!("qd_actor_tokens_per_second").set(tokens as f64 / seconds.max(1e-9));
+        metrics::gauge!("qd_actor_reward_mean")
+            .set(rewards.iter().sum::<f64>() / rewards.len().max(1) as f64);
+        metrics::histogram!("qd_actor_rollout_seconds").record(seconds);
+        tracing::debug!(version = student.version, tokens, seconds, "rollout");
+        let batch = TrajectoryBatch {
+            version: student.version,
+            sequence: 0,
+            trajectories,
+        };
+        let sent = rt.block_on(async {
+            tokio::select! {
+                r = out.send(batch) => r.is_ok(),
+                _ = stop.wait_for(|s| *s) => false,
+            }
+        });
+        if !sent {
+            return Ok(());
+        }
+    }
+}

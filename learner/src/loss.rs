@@ -1,0 +1,257 @@
+//! The joint objective `L = L_distill + β·L_pg` (DESIGN §1) on a batch of sample pairs.
+//!
+//! * `L_distill`: per generated token, the divergence between the student `π_θ(·|x,y<t)`
+//!   and the frozen teacher with CFG, `softmax(ℓ(·|∅) + γ·(ℓ(·|x) − ℓ(·|∅)))`, over the
+//!   ids a sample may hold; summed over tokens, averaged over prompts.
+//! * `L_pg`: REINFORCE on the pair's diversity reward, `−(r − b)·Σ_s w_s·log π_θ(y_s|x)`
+//!   with the truncated importance weight `w_s = min(ρ̄, π_θ(y_s)/μ(y_s))` (detached)
+//!   correcting for the behaviour policy `μ` that sampled it; averaged over prompts.
+
+use tch::{Device, Kind, Tensor};
+
+use common::folk::vocab::{PAD, SEP};
+use common::model::transformer::Transformer;
+use common::settings::Divergence;
+
+/// One prompt's pair of samples as the learner trains on it.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub prompt: Vec<u32>,
+    /// `(tokens, behaviour log-probs)` per sample.
+    pub samples: Vec<(Vec<u32>, Vec<f32>)>,
+    pub reward: f32,
+    /// The policy version that sampled it.
+    pub version: u64,
+}
+
+/// The loss's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LossConfig {
+    pub beta: f64,
+    pub cfg_gamma: f64,
+    pub divergence: Divergence,
+    pub jsd_alpha: f64,
+    pub rho_bar: f64,
+}
+
+/// The loss to minimise and what the learner reports about the batch.
+#[derive(Debug)]
+pub struct Loss {
+    pub total: Tensor,
+    pub stats: LossStats,
+}
+
+/// Per-batch numbers (detached).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LossStats {
+    pub loss: f64,
+    /// `L_distill` with the configured divergence.
+    pub distill: f64,
+    pub pg: f64,
+    /// `KL(π_θ‖π_cfg)` per token, whatever the divergence trained.
+    pub kl: f64,
+    /// Student entropy per token.
+    pub entropy: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub baseline: f64,
+    /// Share of samples whose importance ratio exceeded `ρ̄`.
+    pub clip_fraction: f64,
+    pub tokens: usize,
+}
+
+/// Maps vocabulary ids to positions in the generatable set.
+#[derive(Debug)]
+pub struct Generatable {
+    /// Ids a sample may hold, in logit order.
+    pub ids: Vec<u32>,
+    index_of: Vec<i64>,
+    ids_tensor: Tensor,
+}
+
+impl Generatable {
+    pub fn new(ids: Vec<u32>, vocab_size: usize, device: Device) -> Generatable {
+        let mut index_of = vec![-1i64; vocab_size];
+        for (i, &id) in ids.iter().enumerate() {
+            index_of[id as usize] = i as i64;
+        }
+        let ids_tensor =
+            Tensor::from_slice(&ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()).to(device);
+        Generatable {
+            ids,
+            index_of,
+            ids_tensor,
+        }
+    }
+}
+
+/// Right-padded rows and, for each generated token in order, its flat logit position.
+struct Rows {
+    ids: Tensor,
+    valid: Tensor,
+    /// Flat `row * T + position` of the logits that predict each generated token.
+    gather: Tensor,
+}
+
+/// Builds `[prefix] <sep> y` rows; `with_prompt` false gives the unconditional `<sep> y`.
+fn rows(pairs: &[Pair], with_prompt: bool, device: Device) -> Rows {
+    let seqs: Vec<(Vec<i64>, usize, usize)> = pairs
+        .iter()
+        .flat_map(|p| {
+            p.samples.iter().map(move |(y, _)| {
+                let prefix: &[u32] = if with_prompt { &p.prompt } else { &[] };
+                let s: Vec<i64> = prefix
+                    .iter()
+                    .chain(std::iter::once(&SEP))
+                    .chain(y.iter())
+                    .map(|&x| i64::from(x))
+                    .collect();
+                (s, prefix.len(), y.len())
+            })
+        })
+        .collect();
+    let t = seqs.iter().map(|(s, _, _)| s.len()).max().unwrap_or(1);
+    let mut ids = vec![i64::from(PAD); seqs.len() * t];
+    let mut valid = vec![false; seqs.len() * t];
+    let mut gather = Vec::new();
+    for (r, (s, plen, n)) in seqs.iter().enumerate() {
+        for (j, &x) in s.iter().enumerate() {
+            ids[r * t + j] = x;
+            valid[r * t + j] = true;
+        }
+        // The logits at <sep> (position plen) predict y_1, and so on.
+        gather.extend((0..*n).map(|k| (r * t + plen + k) as i64));
+    }
+    let shape = [seqs.len() as i64, t as i64];
+    Rows {
+        ids: Tensor::from_slice(&ids).view(shape).to(device),
+        valid: Tensor::from_slice(&valid).view(shape).to(device),
+        gather: Tensor::from_slice(&gather).to(device),
+    }
+}
+
+/// Log-probabilities `[N, A]` over the generatable ids for every generated token.
+fn token_logprobs(model: &Transformer, r: &Rows, g: &Generatable, train: bool) -> Tensor {
+    let logits = model.forward(&r.ids, &r.valid, None, train);
+    let v = logits.size()[2];
+    logits
+        .view([-1, v])
+        .index_select(0, &r.gather)
+        .index_select(1, &g.ids_tensor)
+        .log_softmax(-1, Kind::Float)
+}
+
+/// The teacher's CFG log-probabilities `[N, A]` (no gradient).
+pub fn teacher_logprobs(
+    teacher: &Transformer,
+    pairs: &[Pair],
+    g: &Generatable,
+    gamma: f64,
+) -> Tensor {
+    tch::no_grad(|| {
+        let device = teacher.device();
+        let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
+        let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
+        (&u + (c - &u) * gamma).log_softmax(-1, Kind::Float)
+    })
+}
+
+/// Per-token divergence `[N]` between student `ls` and teacher `lt` log-probabilities.
+fn divergence(ls: &Tensor, lt: &Tensor, d: Divergence, alpha: f64) -> Tensor {
+    let kl = |a: &Tensor, b: &Tensor| (a.exp() * (a - b)).sum_dim_intlist(-1, false, Kind::Float);
+    match d {
+        Divergence::ReverseKl => kl(ls, lt),
+        Divergence::ForwardKl => kl(lt, ls),
+        Divergence::Jsd => {
+            let m =
+                Tensor::stack(&[ls + alpha.ln(), lt + (1.0 - alpha).ln()], 0).logsumexp([0], false);
+            kl(ls, &m) * alpha + kl(lt, &m) * (1.0 - alpha)
+        }
+    }
+}
+
+/// The loss of `student` on `pairs`, with the reward baseline `baseline`.
+pub fn loss(
+    student: &Transformer,
+    teacher: &Transformer,
+    pairs: &[Pair],
+    g: &Generatable,
+    baseline: f64,
+    cfg: &LossConfig,
+) -> Loss {
+    let device = student.device();
+    let n_prompts = pairs.len().max(1) as f64;
+    let lt = teacher_logprobs(teacher, pairs, g, cfg.cfg_gamma);
+    let ls = token_logprobs(student, &rows(pairs, true, device), g, true);
+
+    // Which sample each token belongs to, and the token's index in the generatable set.
+    let mut seq_of = Vec::new();
+    let mut target = Vec::new();
+    let mut behaviour = Vec::new();
+    let mut rewards = Vec::new();
+    for p in pairs {
+        rewards.push(f64::from(p.reward));
+        for (tokens, lps) in &p.samples {
+            let s = behaviour.len() as i64;
+            seq_of.extend(std::iter::repeat_n(s, tokens.len()));
+            target.extend(tokens.iter().map(|&id| g.index_of[id as usize].max(0)));
+            behaviour.push(lps.iter().map(|&x| f64::from(x)).sum::<f64>());
+        }
+    }
+    let n_seqs = behaviour.len() as i64;
+    let seq_of = Tensor::from_slice(&seq_of).to(device);
+    let target = Tensor::from_slice(&target).to(device);
+    let per_seq = |per_token: &Tensor| {
+        Tensor::zeros([n_seqs], (Kind::Float, device)).index_add(0, &seq_of, per_token)
+    };
+
+    let d = divergence(&ls, &lt, cfg.divergence, cfg.jsd_alpha);
+    let distill = d.sum(Kind::Float) / n_prompts;
+
+    // log π_θ(y) per sample and the truncated importance weights.
+    let logp_seq = per_seq(&ls.gather(1, &target.unsqueeze(1), false).squeeze_dim(1));
+    let log_ratio = logp_seq.detach()
+        - Tensor::from_slice(&behaviour)
+            .to_kind(Kind::Float)
+            .to(device);
+    let ratio = log_ratio.exp();
+    let weight = ratio.clamp_max(cfg.rho_bar);
+    let clip_fraction =
+        f64::try_from(ratio.gt(cfg.rho_bar).to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(0.0);
+    let per_sample_adv: Vec<f64> = pairs
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(f64::from(p.reward) - baseline, p.samples.len()))
+        .collect();
+    let adv = Tensor::from_slice(&per_sample_adv)
+        .to_kind(Kind::Float)
+        .to(device);
+    let pg = -(adv * weight * &logp_seq).sum(Kind::Float) / n_prompts;
+
+    let total = &distill + &pg * cfg.beta;
+    let (kl, entropy) = tch::no_grad(|| {
+        let kl = divergence(&ls, &lt, Divergence::ReverseKl, 0.5).mean(Kind::Float);
+        let ent = -(ls.exp() * &ls)
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .mean(Kind::Float);
+        (
+            f64::try_from(kl).unwrap_or(f64::NAN),
+            f64::try_from(ent).unwrap_or(f64::NAN),
+        )
+    });
+    let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
+    let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len().max(1) as f64;
+    let scalar = |t: &Tensor| f64::try_from(t.detach()).unwrap_or(f64::NAN);
+    let stats = LossStats {
+        loss: scalar(&total),
+        distill: scalar(&distill),
+        pg: scalar(&pg),
+        kl,
+        entropy,
+        reward_mean: mean,
+        reward_std: var.sqrt(),
+        baseline,
+        clip_fraction,
+        tokens: seq_of.size()[0] as usize,
+    };
+    Loss { total, stats }
+}

@@ -1,0 +1,448 @@
+//! The learner's compute thread: takes batches from the queue (dropping stale
+//! trajectories), applies `L = L_distill + β·L_pg` with AdamW, publishes the student every
+//! `publish_every` steps, checkpoints every `checkpoint_every` steps and when told to
+//! stop, and resumes from the newest readable checkpoint.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tch::nn::VarStore;
+use tch::Device;
+use tokio::sync::{mpsc, watch};
+
+use common::folk::dataset::Dataset;
+use common::folk::vocab::EOS;
+use common::model::checkpoint::{save, serialize, Checkpoint, ModelKind, Stamp};
+use common::model::optim::{AdamW, AdamWConfig};
+use common::model::train::Schedule;
+use common::model::transformer::Transformer;
+use common::settings::{Baseline, LearnerSettings};
+
+use crate::loss::{loss, Generatable, LossConfig, LossStats, Pair};
+use crate::server::{Published, Queued, Shared};
+
+/// Why the trainer stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// It reached `max_steps`.
+    Budget,
+    /// It was told to (SIGTERM, Ctrl-C).
+    Signal,
+}
+
+/// What the trainer leaves behind.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub stopped: Stopped,
+    pub step: u64,
+    pub version: u64,
+    /// The last checkpoint (with optimizer state).
+    pub checkpoint: PathBuf,
+    /// The student's weights alone, for `qd eval`, `qd sample` and merging.
+    pub student: PathBuf,
+}
+
+/// One line of `train.jsonl`.
+#[derive(Debug, serde::Serialize)]
+struct LogLine<'a> {
+    step: u64,
+    version: u64,
+    unix_time: f64,
+    lr: f64,
+    grad_norm: f64,
+    step_seconds: f64,
+    samples_per_second: f64,
+    stale_dropped: u64,
+    mean_staleness: f64,
+    beta: f64,
+    #[serde(flatten)]
+    loss: &'a LossStats,
+}
+
+/// The learner's models, optimizer and counters.
+#[derive(Debug)]
+pub struct Trainer {
+    cfg: LearnerSettings,
+    run_dir: PathBuf,
+    shared: Arc<Shared>,
+    student_vs: VarStore,
+    student: Transformer,
+    _teacher_vs: VarStore,
+    teacher: Transformer,
+    opt: AdamW,
+    generatable: Generatable,
+    vocab_hash: String,
+    ema: Option<f64>,
+    step: u64,
+    version: u64,
+    log: std::fs::File,
+    stale_dropped: u64,
+}
+
+fn checkpoint_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Checkpoints in `run_dir`, newest first.
+pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoint_dir(run_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+impl Trainer {
+    /// Loads the teacher and the student (from the newest readable checkpoint of
+    /// `run_dir`, else from the base model) and publishes the student.
+    pub fn new(
+        cfg: LearnerSettings,
+        base: &Path,
+        run_dir: &Path,
+        ds: &Dataset,
+        shared: Arc<Shared>,
+        device: Device,
+    ) -> Result<Trainer> {
+        let vocab_hash = ds.vocab.hash();
+        let base_ck = Checkpoint::read_for(base, ModelKind::Policy, &vocab_hash)
+            .context("loading the base model (the teacher)")?;
+        let config = base_ck.meta.config.clone();
+        let mut teacher_vs = VarStore::new(device);
+        let teacher = Transformer::new(&teacher_vs.root(), &config);
+        base_ck.load_into(&mut teacher_vs)?;
+        teacher_vs.freeze();
+
+        let mut student_vs = VarStore::new(device);
+        let student = Transformer::new(&student_vs.root(), &config);
+        let mut opt = AdamW::new(
+            &student_vs,
+            AdamWConfig {
+                weight_decay: cfg.weight_decay,
+                ..AdamWConfig::default()
+            },
+        );
+        let (mut step, mut version, mut ema) = (0, 0, None);
+        let resumed = checkpoints(run_dir).into_iter().find_map(|p| {
+            match Checkpoint::read_for(&p, ModelKind::Policy, &vocab_hash)
+                .and_then(|ck| ck.check_compatible(&config, &vocab_hash).map(|_| ck))
+            {
+                Ok(ck) => Some((p, ck)),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "skipping an unusable checkpoint: {e:#}");
+                    None
+                }
+            }
+        });
+        match resumed {
+            Some((path, ck)) => {
+                ck.load_into(&mut student_vs)?;
+                if let Some((s, state)) = ck.optimizer_state() {
+                    opt.load_state(s, &state).map_err(anyhow::Error::msg)?;
+                }
+                step = ck.meta.step;
+                version = ck.meta.version;
+                ema = ck.meta.extra.get("baseline_ema").and_then(|v| v.as_f64());
+                if let Some(seed) = ck.meta.extra.get("seed").and_then(|v| v.as_u64()) {
+                    tch::manual_seed((seed.wrapping_add(step)) as i64);
+                }
+                tracing::info!(path = %path.display(), step, version, "resumed from checkpoint");
+            }
+            None => {
+                base_ck.load_into(&mut student_vs)?;
+                tch::manual_seed(cfg.seed as i64);
+                tracing::info!(base = %base.display(), "starting from the base model");
+            }
+        }
+        std::fs::create_dir_all(checkpoint_dir(run_dir))
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let log_path = run_dir.join("train.jsonl");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let generatable = Generatable::new(
+            std::iter::once(EOS).chain(ds.vocab.tune_ids()).collect(),
+            config.vocab_size as usize,
+            device,
+        );
+        let mut t = Trainer {
+            cfg,
+            run_dir: run_dir.to_path_buf(),
+            shared,
+            student_vs,
+            student,
+            _teacher_vs: teacher_vs,
+            teacher,
+            opt,
+            generatable,
+            vocab_hash,
+            ema,
+            step,
+            version,
+            log,
+            stale_dropped: 0,
+        };
+        t.shared.step.store(step, Ordering::SeqCst);
+        // A new version even after a resume: actors that got versions published after
+        // this checkpoint must not keep weights the learner no longer has.
+        t.publish()?;
+        Ok(t)
+    }
+
+    fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            kind: ModelKind::Policy,
+            config: &self.student.config,
+            vocab_hash: &self.vocab_hash,
+            step: self.step,
+            version: self.version,
+            extra: serde_json::json!({
+                "baseline_ema": self.ema,
+                "seed": self.cfg.seed,
+                "beta": self.cfg.beta,
+                "cfg_gamma": self.cfg.cfg_gamma,
+            }),
+        }
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        self.version += 1;
+        let blob = serialize(&self.student_vs, None, self.stamp())?;
+        self.shared
+            .publish(Published::new(self.version, self.step, blob));
+        metrics::histogram!("qd_learner_publish_seconds").record(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Writes a checkpoint (and the student alone), keeping the newest few.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let dir = checkpoint_dir(&self.run_dir);
+        let path = dir.join(format!("step-{:08}.safetensors", self.step));
+        save(&path, &self.student_vs, Some(&self.opt), self.stamp())?;
+        save(
+            &self.run_dir.join("student.safetensors"),
+            &self.student_vs,
+            None,
+            self.stamp(),
+        )?;
+        for old in checkpoints(&self.run_dir)
+            .into_iter()
+            .skip(self.cfg.keep_checkpoints)
+        {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), "could not delete an old checkpoint: {e}");
+            }
+        }
+        tracing::info!(path = %path.display(), step = self.step, version = self.version, "checkpoint written");
+        Ok(path)
+    }
+
+    /// The next batch of fresh pairs, or `None` when told to stop.
+    fn next_batch(
+        &mut self,
+        rx: &mut mpsc::Receiver<Queued>,
+        stop: &mut watch::Receiver<bool>,
+        rt: &tokio::runtime::Handle,
+    ) -> Option<(Vec<Pair>, f64)> {
+        let mut pairs = Vec::with_capacity(self.cfg.batch_prompts);
+        let mut staleness_sum = 0.0;
+        while pairs.len() < self.cfg.batch_prompts {
+            let item = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => None,
+                    item = rx.recv() => item,
+                }
+            })?;
+            let depth = self
+                .shared
+                .queue_depth
+                .fetch_sub(1, Ordering::SeqCst)
+                .saturating_sub(1);
+            metrics::gauge!("qd_learner_queue_depth").set(depth as f64);
+            let staleness = self.version.saturating_sub(item.pair.version);
+            metrics::histogram!("qd_learner_staleness").record(staleness as f64);
+            if staleness > self.cfg.max_staleness {
+                self.stale_dropped += 1;
+                self.shared.stale.fetch_add(1, Ordering::SeqCst);
+                metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => "stale")
+                    .increment(1);
+                tracing::debug!(
+                    actor_id = item.actor_id,
+                    staleness,
+                    "dropped a stale trajectory"
+                );
+                continue;
+            }
+            staleness_sum += staleness as f64;
+            pairs.push(item.pair);
+        }
+        let mean = staleness_sum / pairs.len().max(1) as f64;
+        Some((pairs, mean))
+    }
+
+    fn baseline(&mut self, pairs: &[Pair]) -> f64 {
+        let mean =
+            pairs.iter().map(|p| f64::from(p.reward)).sum::<f64>() / pairs.len().max(1) as f64;
+        match self.cfg.baseline {
+            Baseline::None => 0.0,
+            Baseline::BatchMean => mean,
+            Baseline::Ema => {
+                let b = self.ema.unwrap_or(mean);
+                self.ema = Some(self.cfg.ema_decay * b + (1.0 - self.cfg.ema_decay) * mean);
+                b
+            }
+        }
+    }
+
+    fn lr(&self) -> f64 {
+        let steps = if self.cfg.max_steps > 0 {
+            self.cfg.max_steps
+        } else {
+            u64::MAX
+        };
+        Schedule {
+            lr: self.cfg.lr,
+            warmup: self.cfg.warmup_steps,
+            steps,
+        }
+        .lr_at(self.step)
+    }
+
+    /// Trains until the step budget or `stop`; writes the final checkpoint.
+    pub fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Queued>,
+        mut stop: watch::Receiver<bool>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Outcome> {
+        let loss_cfg = LossConfig {
+            beta: self.cfg.beta,
+            cfg_gamma: self.cfg.cfg_gamma,
+            divergence: self.cfg.divergence,
+            jsd_alpha: self.cfg.jsd_alpha,
+            rho_bar: self.cfg.rho_bar,
+        };
+        let mut last_checkpoint = None;
+        let stopped = loop {
+            if self.cfg.max_steps > 0 && self.step >= self.cfg.max_steps {
+                break Stopped::Budget;
+            }
+            let wait = Instant::now();
+            let Some((pairs, mean_staleness)) = self.next_batch(&mut rx, &mut stop, &rt) else {
+                break Stopped::Signal;
+            };
+            let t0 = Instant::now();
+            let baseline = self.baseline(&pairs);
+            let lr = self.lr();
+            self.opt.zero_grad();
+            let l = loss(
+                &self.student,
+                &self.teacher,
+                &pairs,
+                &self.generatable,
+                baseline,
+                &loss_cfg,
+            );
+            if !l.stats.loss.is_finite() {
+                // Never step on a non-finite loss: skip the batch, keep the weights.
+                metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => "non_finite_loss")
+                    .increment(pairs.len() as u64);
+                tracing::error!(step = self.step, "non-finite loss; batch skipped");
+                continue;
+            }
+            l.total.backward();
+            let grad_norm = self.opt.clip_grad_norm(self.cfg.grad_clip);
+            self.opt.step(lr);
+            self.step += 1;
+            self.shared.step.store(self.step, Ordering::SeqCst);
+            let step_seconds = t0.elapsed().as_secs_f64();
+            let samples_per_second =
+                (2 * pairs.len()) as f64 / wait.elapsed().as_secs_f64().max(1e-9);
+            let s = &l.stats;
+            for (name, v) in [
+                ("qd_learner_step", self.step as f64),
+                ("qd_learner_loss", s.loss),
+                ("qd_learner_distill_loss", s.distill),
+                ("qd_learner_pg_loss", s.pg),
+                ("qd_learner_kl", s.kl),
+                ("qd_learner_entropy", s.entropy),
+                ("qd_learner_reward_mean", s.reward_mean),
+                ("qd_learner_reward_std", s.reward_std),
+                ("qd_learner_baseline", s.baseline),
+                ("qd_learner_grad_norm", grad_norm),
+                ("qd_learner_clip_fraction", s.clip_fraction),
+                ("qd_learner_lr", lr),
+                ("qd_learner_samples_per_second", samples_per_second),
+            ] {
+                metrics::gauge!(name).set(v);
+            }
+            metrics::histogram!("qd_learner_step_seconds").record(step_seconds);
+            metrics::counter!("qd_learner_samples_total").increment(2 * pairs.len() as u64);
+            let line = LogLine {
+                step: self.step,
+                version: self.version,
+                unix_time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                lr,
+                grad_norm,
+                step_seconds,
+                samples_per_second,
+                stale_dropped: self.stale_dropped,
+                mean_staleness,
+                beta: self.cfg.beta,
+                loss: s,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                let _ = writeln!(self.log, "{json}");
+            }
+            if self.step % 10 == 0 || self.step == 1 {
+                tracing::info!(
+                    step = self.step,
+                    version = self.version,
+                    kl = format!("{:.4}", s.kl),
+                    reward = format!("{:.3}", s.reward_mean),
+                    step_s = format!("{step_seconds:.2}"),
+                    "trained"
+                );
+            }
+            if self.step % self.cfg.publish_every == 0 {
+                self.publish()?;
+            }
+            if self.step % self.cfg.checkpoint_every == 0 {
+                last_checkpoint = Some(self.checkpoint()?);
+            }
+        };
+        let checkpoint =
+            match last_checkpoint.filter(|_| self.step % self.cfg.checkpoint_every == 0) {
+                Some(p) => p,
+                None => self.checkpoint()?,
+            };
+        Ok(Outcome {
+            stopped,
+            step: self.step,
+            version: self.version,
+            checkpoint,
+            student: self.run_dir.join("student.safetensors"),
+        })
+    }
+}

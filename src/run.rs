@@ -1,0 +1,238 @@
+//! `qd run`: the learner, N actors and the evaluator as separate local processes of this
+//! binary, on loopback, with one configuration. Logs are prefixed with the role; the
+//! machine's cores are divided between the roles; Ctrl-C or SIGTERM stops them all (the
+//! learner first, so that it writes its checkpoint), as does the learner reaching its
+//! step budget.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use common::settings::Settings;
+use common::telemetry::Endpoints;
+
+/// A started role.
+struct Role {
+    name: String,
+    child: Child,
+}
+
+/// Starts `qd <role>` with the effective settings plus `extra` overrides; its output is
+/// prefixed with `[name]`.
+fn spawn(name: &str, role: &str, config: &Path, extra: &[String]) -> Result<Role> {
+    let exe = std::env::current_exe().context("locating the qd binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(role).arg("--config").arg(config);
+    for e in extra {
+        cmd.arg("--set").arg(e);
+    }
+    if role != "learner" {
+        cmd.arg("--ready-file")
+            .arg(config.with_file_name(format!("{name}.endpoints.json")));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = format!("[{name}]");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix} {line}");
+            }
+        });
+    }
+    Ok(Role {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// Asks a role to stop (SIGTERM), as Ctrl-C or an orchestrator would.
+fn terminate(r: &Role) {
+    if let Some(pid) = r.child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+async fn stop_all(roles: &mut [Role]) {
+    for r in roles.iter() {
+        terminate(r);
+    }
+    for r in roles.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await {
+            Ok(Ok(status)) if !status.success() => {
+                tracing::warn!(role = r.name, %status, "stopped with an error")
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(role = r.name, "did not stop in 30 s; killing it");
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+}
+
+/// Threads per role: the learner gets half the cores, the others share the rest.
+fn threads(settings: &Settings) -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let learner = (cores / 2).max(1);
+    let others = settings.run.actors + usize::from(settings.run.evaluator);
+    let each = ((cores - learner.min(cores)) / others.max(1)).max(1);
+    (learner, each)
+}
+
+/// `host:port` with the port shifted by `by` (port 0 stays 0: any free port).
+fn shift_port(listen: &str, by: u16) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.port() != 0 && !listen.is_empty() => {
+            a.set_port(a.port().saturating_add(by));
+            a.to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
+/// Runs every role until the learner stops; returns when all have.
+pub async fn run(settings: Settings) -> Result<()> {
+    let run_dir = settings.paths.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let endpoints = run_dir.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    // The children read exactly these settings (the environment they inherit cannot
+    // change them again: the file already holds its effect).
+    let config = run_dir.join("run-config.toml");
+    common::fsutil::write_atomic(&config, toml::to_string(&settings)?.as_bytes())?;
+    let (learner_threads, each) = threads(&settings);
+    let pick = |configured: usize, auto: usize| if configured > 0 { configured } else { auto };
+
+    let mut roles = vec![spawn(
+        "learner",
+        "learner",
+        &config,
+        &[format!(
+            "learner.threads={}",
+            pick(settings.learner.threads, learner_threads)
+        )],
+    )?];
+    let learner_addr = tokio::select! {
+        a = wait_for_endpoints(&endpoints, &mut roles[0]) => a,
+        _ = learner::termination() => {
+            stop_all(&mut roles).await;
+            return Ok(());
+        }
+    };
+    let learner_addr = match learner_addr {
+        Ok(a) => a,
+        Err(e) => {
+            stop_all(&mut roles).await;
+            return Err(e);
+        }
+    };
+    let url = format!("http://{learner_addr}");
+    tracing::info!(
+        learner = url,
+        actors = settings.run.actors,
+        evaluator = settings.run.evaluator,
+        "learner is up; starting the other roles"
+    );
+    for i in 0..settings.run.actors {
+        roles.push(spawn(
+            &format!("actor-{}", i + 1),
+            "actor",
+            &config,
+            &[
+                format!("client.learner={url}"),
+                format!("actor.threads={}", pick(settings.actor.threads, each)),
+                format!("actor.seed={}", settings.actor.seed.wrapping_add(i as u64)),
+                format!(
+                    "actor.metrics_listen={}",
+                    shift_port(&settings.actor.metrics_listen, i as u16)
+                ),
+                format!("actor.name=actor-{}", i + 1),
+            ],
+        )?);
+    }
+    if settings.run.evaluator {
+        roles.push(spawn(
+            "evaluator",
+            "evaluator",
+            &config,
+            &[
+                format!("client.learner={url}"),
+                format!(
+                    "evaluator.threads={}",
+                    pick(settings.evaluator.threads, each)
+                ),
+            ],
+        )?);
+    }
+
+    let learner_status = tokio::select! {
+        s = roles[0].child.wait() => Some(s?),
+        _ = learner::termination() => None,
+    };
+    let learner_status = match learner_status {
+        Some(s) => s,
+        None => {
+            tracing::info!("stopping every role");
+            terminate(&roles[0]);
+            roles[0].child.wait().await?
+        }
+    };
+    stop_all(&mut roles[1..]).await;
+    if !learner_status.success() {
+        bail!("the learner stopped with {learner_status}");
+    }
+    let latest = learner::trainer::checkpoints(&run_dir).into_iter().next();
+    println!(
+        "student weights: {}",
+        run_dir.join("student.safetensors").display()
+    );
+    if let Some(c) = latest {
+        println!(
+            "last checkpoint (with optimizer state, resumable): {}",
+            c.display()
+        );
+    }
+    println!("training log: {}", run_dir.join("train.jsonl").display());
+    Ok(())
+}
+
+/// Waits for the learner's endpoints file; fails if the learner exits first.
+async fn wait_for_endpoints(path: &Path, learner: &mut Role) -> Result<std::net::SocketAddr> {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            status = learner.child.wait() => bail!("the learner exited before listening ({})", status?),
+            _ = tick.tick() => {
+                if let Ok(e) = Endpoints::read(path) {
+                    if let Some(a) = e.grpc {
+                        return Ok(a);
+                    }
+                }
+            }
+        }
+    }
+}
