@@ -46,7 +46,7 @@ impl Default for Paths {
             base: "runs/pretrain/last.safetensors".into(),
             embedder: "runs/embedder.safetensors".into(),
             judge: "runs/judge.safetensors".into(),
-            run_dir: "runs/rl".into(),
+            run_dir: "runs/rl/default".into(),
         }
     }
 }
@@ -142,7 +142,7 @@ impl Default for LearnerSettings {
             publish_every: 1,
             checkpoint_every: 25,
             keep_checkpoints: 3,
-            max_steps: 200,
+            max_steps: 150,
             queue_capacity: 64,
             chunk_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
@@ -202,7 +202,7 @@ impl Default for ActorSettings {
         ActorSettings {
             batch_prompts: 8,
             max_new_tokens: 256,
-            metrics_listen: "127.0.0.1:9101".into(),
+            metrics_listen: "127.0.0.1:9102".into(),
             name: String::new(),
             threads: 0,
             device: "cpu".into(),
@@ -232,11 +232,11 @@ pub struct EvaluatorSettings {
 impl Default for EvaluatorSettings {
     fn default() -> EvaluatorSettings {
         EvaluatorSettings {
-            every_versions: 10,
+            every_versions: 25,
             prompts: 32,
             samples_per_prompt: 2,
             max_new_tokens: 256,
-            metrics_listen: "127.0.0.1:9102".into(),
+            metrics_listen: "127.0.0.1:9101".into(),
             threads: 0,
             device: "cpu".into(),
             seed: 7,
