@@ -21,6 +21,7 @@ use common::settings::Settings;
 use common::telemetry::init_logging;
 use tch::Device;
 
+mod bench_service;
 mod run;
 
 /// Diversity-rewarded CFG distillation as a distributed actor/learner service.
@@ -321,6 +322,30 @@ struct EvalArgs {
 enum BenchCommand {
     /// Generation tokens/s with and without CFG, and against a PyTorch-eager reference.
     Generate(BenchGenerateArgs),
+    /// Trajectories/s and learner step time with 1 and 2 actors; weight delivery to every
+    /// actor against a raw loopback copy of the same bytes.
+    Service(BenchServiceArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchServiceArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Learner steps per run.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(3..=100_000))]
+    steps: u64,
+    /// Actor counts to run, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    actors: Vec<usize>,
+    /// Weight subscribers in the delivery measurement.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    subscribers: u32,
+    /// Versions delivered (median reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    reps: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -469,6 +494,25 @@ fn main() -> Result<()> {
         Command::Sample(a) => sample_cmd(a)?,
         Command::Eval(a) => eval_cmd(a)?,
         Command::Bench(BenchCommand::Generate(a)) => bench_generate_cmd(a)?,
+        Command::Bench(BenchCommand::Service(a)) => {
+            anyhow::ensure!(
+                !a.actors.is_empty() && a.actors.iter().all(|&k| (1..=64).contains(&k)),
+                "--actors takes counts from 1 to 64"
+            );
+            let r = bench_service::bench_service(
+                a.service.config.as_deref(),
+                &a.service.set,
+                a.steps,
+                &a.actors,
+                a.subscribers as usize,
+                a.reps as usize,
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", r.table());
+            }
+        }
         Command::Embedder(EmbedderCommand::Train(a)) => embedder_train(a)?,
         Command::Judge(JudgeCommand::Train(a)) => judge_train(a)?,
         Command::Data(DataCommand::Export(a)) => data_export(a)?,

@@ -47,7 +47,8 @@ pub struct BenchReport {
     pub max_logprob_diff: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the upper one of an even count; NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         f64::NAN

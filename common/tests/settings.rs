@@ -8,7 +8,10 @@ use std::path::Path;
 use common::settings::{Divergence, Settings};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn write(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -20,27 +23,50 @@ fn write(dir: &Path, text: &str) -> std::path::PathBuf {
 #[test]
 fn layers_override_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "[learner]\nbeta = 5.0\nlr = 0.001\nmax_steps = 7\n");
+    let f = write(
+        dir.path(),
+        "[learner]\nbeta = 5.0\nlr = 0.001\nmax_steps = 7\n",
+    );
     let s = Settings::load_from(Some(&f), &[], &[]).unwrap();
-    assert_eq!((s.learner.beta, s.learner.lr, s.learner.max_steps), (5.0, 0.001, 7));
-    assert_eq!(s.learner.cfg_gamma, 3.0, "untouched keys keep their defaults");
+    assert_eq!(
+        (s.learner.beta, s.learner.lr, s.learner.max_steps),
+        (5.0, 0.001, 7)
+    );
+    assert_eq!(
+        s.learner.cfg_gamma, 3.0,
+        "untouched keys keep their defaults"
+    );
 
-    let e = env(&[("QD__LEARNER__BETA", "10"), ("QD__LEARNER__DIVERGENCE", "jsd"), ("QD_CUDA", "1")]);
+    let e = env(&[
+        ("QD__LEARNER__BETA", "10"),
+        ("QD__LEARNER__DIVERGENCE", "jsd"),
+        ("QD_CUDA", "1"),
+    ]);
     let s = Settings::load_from(Some(&f), &e, &[]).unwrap();
     assert_eq!(s.learner.beta, 10.0, "the environment wins over the file");
     assert_eq!(s.learner.divergence, Divergence::Jsd);
     assert_eq!(s.learner.lr, 0.001);
 
-    let s = Settings::load_from(Some(&f), &e, &["learner.beta=15".into(), "actor.name=a7".into()]).unwrap();
+    let s = Settings::load_from(
+        Some(&f),
+        &e,
+        &["learner.beta=15".into(), "actor.name=a7".into()],
+    )
+    .unwrap();
     assert_eq!(s.learner.beta, 15.0, "--set wins over the environment");
     assert_eq!(s.actor.name, "a7");
-    assert_eq!(Settings::load_from(None, &[], &[]).unwrap(), Settings::default());
+    assert_eq!(
+        Settings::load_from(None, &[], &[]).unwrap(),
+        Settings::default()
+    );
 }
 
 #[test]
 fn bad_settings_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&str, &[(&str, &str)], &[&str], &str)] = &[
+    // (file, environment, --set overrides, what the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         ("[learner]\nbogus = 1\n", &[], &[], "bogus"),
         ("[lerner]\nbeta = 1\n", &[], &[], "lerner"),
         ("[learner]\nbeta = \"lots\"\n", &[], &[], "learner.beta"),
@@ -48,10 +74,25 @@ fn bad_settings_name_their_key() {
         ("", &[], &["learner.lr=-1"], "learner.lr"),
         ("", &[], &["learner.divergence=kl"], "learner.divergence"),
         ("", &[], &["learner.listen=nowhere"], "learner.listen"),
-        ("", &[], &["client.learner=127.0.0.1:50051"], "client.learner"),
+        (
+            "",
+            &[],
+            &["client.learner=127.0.0.1:50051"],
+            "client.learner",
+        ),
         ("", &[], &["actor.device=tpu"], "actor.device"),
-        ("", &[], &["evaluator.samples_per_prompt=1"], "evaluator.samples_per_prompt"),
-        ("", &[], &["learner.queue_capacity=2"], "learner.queue_capacity"),
+        (
+            "",
+            &[],
+            &["evaluator.samples_per_prompt=1"],
+            "evaluator.samples_per_prompt",
+        ),
+        (
+            "",
+            &[],
+            &["learner.queue_capacity=2"],
+            "learner.queue_capacity",
+        ),
         ("[learner\nbeta = 1\n", &[], &[], "c.toml"),
     ];
     for (file, e, sets, key) in cases {
@@ -74,11 +115,15 @@ fn shipped_configs_validate() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
-            Settings::load_from(Some(&p), &[], &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            Settings::load_from(Some(&p), &[], &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
             n += 1;
         }
     }
-    assert!(n >= 6, "configs/ holds the default, GPU and β-sweep configs");
+    assert!(
+        n >= 6,
+        "configs/ holds the default, GPU and β-sweep configs"
+    );
     let b = Settings::load_from(Some(&dir.join("beta-10.toml")), &[], &[]).unwrap();
     assert_eq!(b.learner.beta, 10.0);
 }

@@ -55,6 +55,8 @@ struct LogLine<'a> {
     lr: f64,
     grad_norm: f64,
     step_seconds: f64,
+    /// Prompts (sample pairs) in the step.
+    pairs: usize,
     samples_per_second: f64,
     stale_dropped: u64,
     mean_staleness: f64,
@@ -103,7 +105,7 @@ pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
             Some((step, e.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -406,6 +408,7 @@ impl Trainer {
                 lr,
                 grad_norm,
                 step_seconds,
+                pairs: pairs.len(),
                 samples_per_second,
                 stale_dropped: self.stale_dropped,
                 mean_staleness,

@@ -1,0 +1,294 @@
+//! `qd bench service`: the service's throughput, measured side by side in one run.
+//!
+//! 1. Trajectories per second and learner step time with 1 and 2 actors: `qd run` with
+//!    the given config (evaluator off, a temporary run folder, free ports) for a fixed
+//!    number of steps, read back from its `train.jsonl`.
+//! 2. Weight delivery: the time for one published version of the base model to reach
+//!    every subscriber through `WatchWeights` (real server, real clients, loopback),
+//!    against the time to copy the same bytes to as many raw TCP sockets on loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use actor::client::{Assembler, BearerToken};
+use common::bench::median;
+use common::folk::dataset::Dataset;
+use common::model::checkpoint::{Checkpoint, ModelKind};
+use common::settings::Settings;
+use learner::server::{Published, Service, Shared};
+use learner::validate::Rules;
+use qd_proto::WatchRequest;
+
+/// What `qd bench service` measures.
+#[derive(Debug, Serialize)]
+pub struct ServiceBench {
+    pub steps: u64,
+    pub runs: Vec<RunBench>,
+    pub weight_bytes: usize,
+    pub subscribers: usize,
+    /// Median seconds for one version to reach every subscriber over gRPC.
+    pub delivery_seconds: f64,
+    /// Median seconds to copy the same bytes to as many raw loopback sockets.
+    pub loopback_copy_seconds: f64,
+    /// `delivery_seconds / loopback_copy_seconds`.
+    pub delivery_over_copy: f64,
+}
+
+/// One `qd run` with `actors` actors.
+#[derive(Debug, Serialize)]
+pub struct RunBench {
+    pub actors: usize,
+    /// Trajectories (pairs) trained per second, from the second step to the last.
+    pub trajectories_per_s: f64,
+    /// Median compute time of a learner step.
+    pub step_seconds: f64,
+    /// Median wall time between steps (waiting for trajectories included).
+    pub step_interval_seconds: f64,
+}
+
+/// Runs the whole benchmark.
+pub fn bench_service(
+    config: Option<&Path>,
+    sets: &[String],
+    steps: u64,
+    actors: &[usize],
+    subscribers: usize,
+    reps: usize,
+) -> Result<ServiceBench> {
+    let settings = Settings::load(config, sets)?;
+    let mut runs = Vec::new();
+    for &k in actors {
+        eprintln!("bench service: {steps} learner steps with {k} actor(s)…");
+        runs.push(run_with_actors(config, sets, steps, k)?);
+    }
+    eprintln!("bench service: weight delivery to {subscribers} subscribers ({reps} versions)…");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (bytes, delivery, copy) = rt.block_on(delivery(&settings, subscribers, reps))?;
+    Ok(ServiceBench {
+        steps,
+        runs,
+        weight_bytes: bytes,
+        subscribers,
+        delivery_seconds: delivery,
+        loopback_copy_seconds: copy,
+        delivery_over_copy: delivery / copy.max(1e-12),
+    })
+}
+
+fn run_with_actors(
+    config: Option<&Path>,
+    sets: &[String],
+    steps: u64,
+    actors: usize,
+) -> Result<RunBench> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let ours = [
+        format!("paths.run_dir={}", dir.path().display()),
+        format!("learner.max_steps={steps}"),
+        "learner.listen=127.0.0.1:0".into(),
+        "learner.metrics_listen=".into(),
+        "actor.metrics_listen=".into(),
+        format!("run.actors={actors}"),
+        "run.evaluator=false".into(),
+    ];
+    for s in sets.iter().chain(&ours) {
+        cmd.arg("--set").arg(s);
+    }
+    let log = dir.path().join("run.log");
+    let f = std::fs::File::create(&log)?;
+    let status = cmd.stdout(f.try_clone()?).stderr(f).status()?;
+    if !status.success() {
+        bail!(
+            "qd run failed ({status}); its log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("train.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    if lines.len() < 3 {
+        bail!("too few steps to measure ({}); raise --steps", lines.len());
+    }
+    let f = |l: &serde_json::Value, k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+    let (first, last) = (&lines[0], &lines[lines.len() - 1]);
+    let pairs: f64 = lines[1..].iter().map(|l| f(l, "pairs")).sum();
+    let seconds = f(last, "unix_time") - f(first, "unix_time");
+    let intervals: Vec<f64> = lines
+        .windows(2)
+        .map(|w| f(&w[1], "unix_time") - f(&w[0], "unix_time"))
+        .collect();
+    Ok(RunBench {
+        actors,
+        trajectories_per_s: pairs / seconds.max(1e-9),
+        step_seconds: median(lines.iter().map(|l| f(l, "step_seconds")).collect()),
+        step_interval_seconds: median(intervals),
+    })
+}
+
+/// Median seconds to deliver one version to `n` subscribers, and to copy the same bytes.
+async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, f64, f64)> {
+    let ds = Dataset::load(&settings.paths.data)?;
+    let path = &settings.paths.base;
+    let base = Checkpoint::read_for(path, ModelKind::Policy, &ds.vocab.hash())
+        .context("the base model")?;
+    let blob = std::fs::read(path)?;
+    let (queue, _rx) = tokio::sync::mpsc::channel(1);
+    let rules = Rules {
+        prompts: Default::default(),
+        allowed: vec![],
+        eos: 2,
+        max_len: 0,
+        max_trajectories: 1,
+        samples_per_prompt: 2,
+    };
+    let shared = Arc::new(Shared::new(
+        rules,
+        base.meta.config.clone(),
+        ds.vocab.hash(),
+        settings.learner.chunk_bytes,
+        settings.learner.max_message_bytes,
+        0,
+        queue,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let svc = qd_proto::learner_server::LearnerServer::new(Service {
+        shared: shared.clone(),
+    })
+    .max_encoding_message_size(settings.learner.max_message_bytes);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let client_settings = common::settings::ClientSettings {
+        learner: format!("http://{addr}"),
+        ..settings.client.clone()
+    };
+    // One task per subscriber reports each version it has received whole.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..n {
+        let mut c = actor::client::connect(&client_settings, &BearerToken::new("")?).await?;
+        let mut stream = c
+            .watch_weights(WatchRequest { have_version: 0 })
+            .await?
+            .into_inner();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let mut a = Assembler::default();
+            while let Ok(Some(chunk)) = stream.message().await {
+                match a.push(chunk, u64::MAX) {
+                    Ok(Some(w)) => {
+                        if done.send(w.version).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    let mut times = Vec::new();
+    for v in 1..=reps as u64 + 1 {
+        let t0 = Instant::now();
+        shared.publish(Published::new(v, 0, blob.clone()));
+        let mut got = 0;
+        while got < n {
+            let version = tokio::time::timeout(Duration::from_secs(60), done_rx.recv())
+                .await
+                .context("a subscriber stalled")?
+                .context("a subscriber failed")?;
+            if version == v {
+                got += 1;
+            }
+        }
+        // The first version warms the connections up.
+        if v > 1 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let copy = loopback_copy(&blob, n, reps).await?;
+    Ok((blob.len(), median(times), copy))
+}
+
+/// Median seconds to write `blob` to `n` loopback sockets (concurrently) and read it back.
+async fn loopback_copy(blob: &[u8], n: usize, reps: usize) -> Result<f64> {
+    let blob: Arc<[u8]> = Arc::from(blob);
+    let mut times = Vec::new();
+    for _ in 0..=reps {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let t0 = Instant::now();
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                let len = blob.len();
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await?;
+                    let mut buf = vec![0u8; len];
+                    s.read_exact(&mut buf).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().await?;
+            let b = blob.clone();
+            tokio::spawn(async move { s.write_all(&b).await });
+        }
+        for r in readers {
+            tokio::time::timeout(Duration::from_secs(60), r).await???;
+        }
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    Ok(median(times))
+}
+
+impl ServiceBench {
+    pub fn table(&self) -> String {
+        let mut s = format!("service benchmark ({} learner steps per run)\n", self.steps);
+        s.push_str("actors  trajectories/s  step compute s  step interval s\n");
+        for r in &self.runs {
+            s.push_str(&format!(
+                "{:>6}  {:>14.2}  {:>14.3}  {:>15.3}\n",
+                r.actors, r.trajectories_per_s, r.step_seconds, r.step_interval_seconds
+            ));
+        }
+        if let (Some(a), Some(b)) = (
+            self.runs.iter().find(|r| r.actors == 1),
+            self.runs.iter().find(|r| r.actors == 2),
+        ) {
+            s.push_str(&format!(
+                "2 actors / 1 actor trajectories/s: {:.2}\n",
+                b.trajectories_per_s / a.trajectories_per_s.max(1e-12)
+            ));
+        }
+        s.push_str(&format!(
+            "weights: {:.1} MB to {} subscribers in {:.1} ms (median); raw loopback copy {:.1} ms; ratio {:.2}\n",
+            self.weight_bytes as f64 / 1e6,
+            self.subscribers,
+            self.delivery_seconds * 1e3,
+            self.loopback_copy_seconds * 1e3,
+            self.delivery_over_copy
+        ));
+        s
+    }
+}
