@@ -29,14 +29,20 @@ lint:
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 ## demo: the dataset, a pre-trained policy, the embedder and the judge (each cached),
-## then tunes for a prompt and the quality/diversity of the policy with and without CFG
+## then distributed CFG distillation (`qd run`: learner, 2 actors, evaluator; resumes or
+## skips when its run folder holds a finished run), tunes for a prompt, and quality and
+## diversity of the base model with and without CFG and of the distilled student
+STUDENT := runs/rl/default/student.safetensors
 demo: setup
 	$(QD) data prepare
 	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors runs/judge.safetensors
+	$(QD) run --config configs/default.toml
 	$(QD) data export --split test -n 2 --out samples/corpus
-	$(QD) sample "a lively irish reel in d major" -n 2 --cfg 3 --out samples/reel
+	$(QD) sample "a lively irish reel in d major" -n 2 --cfg 3 --out samples/reel-base-cfg3
+	$(QD) sample "a lively irish reel in d major" -n 2 --checkpoint $(STUDENT) --out samples/reel-distilled
 	$(QD) eval --prompts 100
 	$(QD) eval --prompts 100 --cfg 3
+	$(QD) eval --prompts 100 --checkpoint $(STUDENT)
 
 data/folk/dataset.json: | setup
 	$(QD) data prepare
@@ -51,9 +57,12 @@ runs/embedder.safetensors: | data/folk/dataset.json
 runs/judge.safetensors: | data/folk/dataset.json
 	$(QD) judge train
 
-## bench: generation tokens/s with and without CFG, and qd against PyTorch eager
+## bench: generation tokens/s with and without CFG, and qd against PyTorch eager; the
+## service's trajectories/s with 1 and 2 actors and its weight delivery time
 bench: setup | data/folk/dataset.json
 	$(QD) bench generate
+	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors
+	$(QD) bench service --config configs/default.toml
 
 clean:
 	$(CARGO) clean

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use actor::client::{Assembler, BearerToken};
+use actor::client::{Assembler, Credentials};
 use common::bench::median;
 use common::folk::dataset::Dataset;
 use common::model::checkpoint::{Checkpoint, ModelKind};
@@ -185,7 +185,9 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     // One task per subscriber reports each version it has received whole.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..n {
-        let mut c = actor::client::connect(&client_settings, &BearerToken::new("")?).await?;
+        let mut c =
+            actor::client::connect(&client_settings, &Credentials::new(&Default::default())?)
+                .await?;
         let mut stream = c
             .watch_weights(WatchRequest { have_version: 0 })
             .await?

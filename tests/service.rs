@@ -724,3 +724,85 @@ fn an_incompatible_actor_is_refused_at_register() {
     assert!(e.message().contains("protocol version 99"), "{e:?}");
     assert!(learner.child.try_wait().unwrap().is_none());
 }
+
+/// A CA and a `localhost` certificate it signed, as PEM files in `dir`: (ca, cert, key).
+fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_and_token_together() {
+    let f = Fixture::new();
+    let (ca, cert, key) = write_tls_files(f.dir.path());
+    let cfg = f.config(
+        "tls",
+        &format!(
+            "[auth]\ntoken = \"s3cret\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    );
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let _actor = f.spawn(
+        "actor-1",
+        "actor",
+        &cfg,
+        &[format!("client.learner=https://localhost:{}", addr.port())],
+    );
+    // The actor connects over TLS with the token: the learner trains on its trajectories.
+    let rt = runtime();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca).unwrap(),
+        ))
+        .domain_name("localhost");
+    let channel = rt.block_on(async {
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    });
+    let mut c = LearnerClient::new(channel);
+    wait_for_step(&rt, &mut c, Some("s3cret"), 3, &mut learner);
+    // A plaintext client gets nowhere.
+    let mut plain = client_result(&rt, addr);
+    assert!(
+        plain.as_mut().is_err()
+            || rt
+                .block_on(
+                    plain
+                        .unwrap()
+                        .status(with_token(StatusRequest {}, Some("s3cret")))
+                )
+                .is_err()
+    );
+}
+
+fn client_result(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Result<Client, tonic::transport::Error> {
+    rt.block_on(LearnerClient::connect(format!("http://{addr}")))
+}

@@ -4,17 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use qd_proto::learner_client::LearnerClient;
 use qd_proto::{RegisterRequest, RegisterResponse, Role, WeightChunk};
 use rand::Rng;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use common::model::checkpoint::Checkpoint;
 use common::model::config::ModelConfig;
-use common::settings::ClientSettings;
+use common::settings::{AuthSettings, ClientSettings};
 
 /// Adds `authorization: Bearer <token>` to every call when a token is configured.
 #[derive(Clone, Debug)]
@@ -43,19 +43,54 @@ impl tonic::service::Interceptor for BearerToken {
 
 pub type Client = LearnerClient<InterceptedService<Channel, BearerToken>>;
 
+/// What a client proves itself and the learner with.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub token: BearerToken,
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Credentials {
+    /// From the `auth` settings; reads the CA file when one is named.
+    pub fn new(auth: &AuthSettings) -> Result<Credentials> {
+        let tls = if auth.tls_ca.is_empty() {
+            None
+        } else {
+            let ca = std::fs::read(&auth.tls_ca)
+                .with_context(|| format!("auth.tls_ca: reading {}", auth.tls_ca))?;
+            let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if !auth.tls_domain.is_empty() {
+                c = c.domain_name(auth.tls_domain.clone());
+            }
+            Some(c)
+        };
+        Ok(Credentials {
+            token: BearerToken::new(&auth.token)?,
+            tls,
+        })
+    }
+}
+
 /// Connects to the learner (one attempt).
-pub async fn connect(s: &ClientSettings, token: &BearerToken) -> Result<Client, Status> {
-    let endpoint = Endpoint::from_shared(s.learner.clone())
+pub async fn connect(s: &ClientSettings, creds: &Credentials) -> Result<Client, Status> {
+    let mut endpoint = Endpoint::from_shared(s.learner.clone())
         .map_err(|e| Status::invalid_argument(format!("client.learner {:?}: {e}", s.learner)))?
         .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
         .tcp_nodelay(true);
+    if let Some(tls) = &creds.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", s.learner)))?;
-    Ok(LearnerClient::with_interceptor(channel, token.clone())
-        .max_decoding_message_size(s.max_message_bytes)
-        .max_encoding_message_size(s.max_message_bytes))
+    Ok(
+        LearnerClient::with_interceptor(channel, creds.token.clone())
+            .max_decoding_message_size(s.max_message_bytes)
+            .max_encoding_message_size(s.max_message_bytes),
+    )
 }
 
 /// Who a client is, for `Register`.

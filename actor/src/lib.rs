@@ -23,7 +23,7 @@ use common::model::config::ModelConfig;
 use common::model::transformer::Transformer;
 use common::settings::{ClientSettings, Settings};
 
-use client::{connect, is_fatal, Assembler, Backoff, BearerToken, Identity, Weights};
+use client::{connect, is_fatal, Assembler, Backoff, Credentials, Identity, Weights};
 
 /// Trajectory batches sent but not yet acknowledged, at most.
 const WINDOW: usize = 2;
@@ -34,7 +34,7 @@ const MAX_WEIGHT_BYTES: u64 = 16 << 30;
 #[derive(Debug)]
 pub struct Link {
     pub settings: ClientSettings,
-    pub token: BearerToken,
+    pub credentials: Credentials,
     pub identity: Identity,
     /// The newest verified weights (read by the compute thread between rollouts).
     pub weights: watch::Sender<Option<Arc<Weights>>>,
@@ -140,7 +140,7 @@ impl Setup {
     pub fn link(&self, role: Role, name: &str) -> Result<Link> {
         Ok(Link {
             settings: self.settings.client.clone(),
-            token: BearerToken::new(&self.settings.auth.token)?,
+            credentials: Credentials::new(&self.settings.auth)?,
             identity: Identity {
                 role,
                 name: default_name(name, role),
@@ -241,7 +241,7 @@ async fn session_inner(
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
 ) -> Result<std::convert::Infallible, Status> {
-    let mut client = connect(&link.settings, &link.token).await?;
+    let mut client = connect(&link.settings, &link.credentials).await?;
     let reg = link.identity.register(&mut client).await?;
     backoff.reset();
     let id = reg.actor_id;

@@ -143,7 +143,7 @@ impl Default for LearnerSettings {
             checkpoint_every: 25,
             keep_checkpoints: 3,
             max_steps: 150,
-            queue_capacity: 64,
+            queue_capacity: 16,
             chunk_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
             threads: 0,
@@ -244,12 +244,22 @@ impl Default for EvaluatorSettings {
     }
 }
 
-/// Optional bearer-token authentication of every RPC.
+/// Optional bearer-token authentication of every RPC, and optional TLS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// The shared token ("" disables authentication).
     pub token: String,
+    /// The learner's TLS certificate chain (PEM); with `tls_key`, it serves TLS only.
+    pub tls_cert: String,
+    /// The learner's TLS private key (PEM).
+    pub tls_key: String,
+    /// The CA certificate (PEM) clients verify the learner with; needed for an
+    /// `https://` `client.learner`.
+    pub tls_ca: String,
+    /// The name clients expect in the learner's certificate (default: the host of
+    /// `client.learner`).
+    pub tls_domain: String,
 }
 
 /// `qd run`: every role as local processes.
@@ -537,6 +547,19 @@ impl Settings {
             "run.actors",
             "must be at least 1",
             self.run.actors.to_string(),
+        );
+        let t = &self.auth;
+        check(
+            t.tls_cert.is_empty() == t.tls_key.is_empty(),
+            "auth.tls_key",
+            "and auth.tls_cert must be set together",
+            format!("{:?}", t.tls_key),
+        );
+        check(
+            !c.learner.starts_with("https://") || !t.tls_ca.is_empty(),
+            "auth.tls_ca",
+            "must name the CA certificate when client.learner is https://",
+            format!("{:?}", t.tls_ca),
         );
         if !bad.is_empty() {
             bail!("invalid configuration: {}", bad.join("; "));

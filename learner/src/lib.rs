@@ -116,8 +116,22 @@ pub async fn run(settings: Settings) -> Result<Outcome> {
     .max_decoding_message_size(cfg.max_message_bytes)
     .max_encoding_message_size(cfg.max_message_bytes);
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let mut builder = tonic::transport::Server::builder();
+    let tls = &settings.auth;
+    if !tls.tls_cert.is_empty() {
+        let read = |key: &str, path: &str| {
+            std::fs::read(path).with_context(|| format!("{key}: reading {path}"))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("auth.tls_cert", &tls.tls_cert)?,
+            read("auth.tls_key", &tls.tls_key)?,
+        );
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("auth.tls_cert / auth.tls_key")?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 learner_service,
@@ -135,6 +149,8 @@ pub async fn run(settings: Settings) -> Result<Outcome> {
     .write(&paths.run_dir.join("endpoints.json"))?;
     tracing::info!(
         grpc = %grpc_addr,
+        tls = !tls.tls_cert.is_empty(),
+        auth = !settings.auth.token.is_empty(),
         metrics = ?metrics_addr,
         beta = cfg.beta,
         cfg_gamma = cfg.cfg_gamma,
