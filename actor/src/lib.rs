@@ -25,8 +25,11 @@ use common::settings::{ClientSettings, Settings};
 
 use client::{connect, is_fatal, Assembler, Backoff, Credentials, Identity, Weights};
 
-/// Trajectory batches sent but not yet acknowledged, at most.
-const WINDOW: usize = 2;
+/// Batches an actor may have made and not yet seen queued by the learner (made, waiting
+/// or in flight). One keeps trajectories fresh: a new rollout starts only once the
+/// learner has queued the last one, so a full learner queue pauses the actors instead of
+/// letting their batches age.
+pub const CREDITS: usize = 1;
 /// Largest weight blob a client accepts.
 const MAX_WEIGHT_BYTES: u64 = 16 << 30;
 
@@ -38,6 +41,9 @@ pub struct Link {
     pub identity: Identity,
     /// The newest verified weights (read by the compute thread between rollouts).
     pub weights: watch::Sender<Option<Arc<Weights>>>,
+    /// Taken by the compute thread before each rollout, given back when the learner
+    /// acknowledges (or the batch is lost): see [`CREDITS`].
+    pub credits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The student as a client holds it: weights of one published version.
@@ -148,6 +154,7 @@ impl Setup {
                 vocab_hash: self.vocab_hash.clone(),
             },
             weights: watch::channel(None).0,
+            credits: Arc::new(tokio::sync::Semaphore::new(CREDITS)),
         })
     }
 }
@@ -229,10 +236,14 @@ async fn session(
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
 ) -> Status {
-    match session_inner(link, &mut batches, pending, backoff).await {
+    let mut in_flight = 0;
+    let ended = match session_inner(link, &mut batches, pending, backoff, &mut in_flight).await {
         Ok(never) => match never {},
         Err(s) => s,
-    }
+    };
+    // Batches sent but never acknowledged are lost with the connection.
+    link.credits.add_permits(in_flight);
+    ended
 }
 
 async fn session_inner(
@@ -240,6 +251,7 @@ async fn session_inner(
     batches: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
+    in_flight: &mut usize,
 ) -> Result<std::convert::Infallible, Status> {
     let mut client = connect(&link.settings, &link.credentials).await?;
     let reg = link.identity.register(&mut client).await?;
@@ -257,7 +269,7 @@ async fn session_inner(
         .identity
         .tag(Request::new(WatchRequest { have_version: have }), id);
     let mut chunks = client.clone().watch_weights(watch_req).await?.into_inner();
-    let (out_tx, out_rx) = mpsc::channel::<TrajectoryBatch>(WINDOW);
+    let (out_tx, out_rx) = mpsc::channel::<TrajectoryBatch>(CREDITS);
     let mut acks = match batches {
         Some(_) => {
             let req = link
@@ -269,7 +281,7 @@ async fn session_inner(
     };
     let mut known_version = reg.version;
     let mut assembler = Assembler::default();
-    let (mut in_flight, mut sequence) = (0usize, 0u64);
+    let mut sequence = 0u64;
     loop {
         if let Some(mut b) = pending.take() {
             if b.version > known_version {
@@ -277,7 +289,8 @@ async fn session_inner(
                 // from an earlier checkpoint): the learner would refuse it.
                 metrics::counter!("qd_actor_batches_dropped_total", "reason" => "version_ahead")
                     .increment(1);
-            } else if in_flight < WINDOW {
+                link.credits.add_permits(1);
+            } else {
                 b.sequence = sequence;
                 sequence += 1;
                 let n = b.trajectories.len() as u64;
@@ -285,14 +298,11 @@ async fn session_inner(
                     .send(b)
                     .await
                     .map_err(|_| Status::unavailable("trajectory stream closed"))?;
-                in_flight += 1;
+                *in_flight += 1;
                 metrics::counter!("qd_actor_trajectories_sent_total").increment(n);
                 metrics::counter!("qd_actor_batches_sent_total").increment(1);
-            } else {
-                *pending = Some(b);
             }
         }
-        let room = pending.is_none() && in_flight < WINDOW;
         tokio::select! {
             c = chunks.message() => {
                 let c = c?.ok_or_else(|| Status::unavailable("the learner ended the weight stream"))?;
@@ -303,11 +313,14 @@ async fn session_inner(
             }
             a = next_ack(&mut acks) => {
                 let a = a?.ok_or_else(|| Status::unavailable("the learner ended the trajectory stream"))?;
-                in_flight = in_flight.saturating_sub(1);
+                if *in_flight > 0 {
+                    *in_flight -= 1;
+                    link.credits.add_permits(1);
+                }
                 known_version = known_version.max(a.learner_version);
                 metrics::gauge!("qd_actor_learner_queue_depth").set(f64::from(a.queue_depth));
             }
-            b = next_batch(batches), if room => {
+            b = next_batch(batches) => {
                 *pending = Some(b.ok_or_else(|| Status::cancelled("rollouts ended"))?);
             }
         }

@@ -40,13 +40,14 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
             .context("loading the diversity embedder")?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
-    let (batch_tx, mut batch_rx) = mpsc::channel(2);
+    let (batch_tx, mut batch_rx) = mpsc::channel(1);
+    let credits = link.credits.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let weights = link.weights.subscribe();
     let rt = tokio::runtime::Handle::current();
     let stop = stop_rx.clone();
     let compute = tokio::task::spawn_blocking(move || {
-        rollouts(&setup, &embedder, weights, batch_tx, stop, rt)
+        rollouts(&setup, &embedder, weights, credits, batch_tx, stop, rt)
     });
     let outcome = tokio::select! {
         r = maintain(&link, Some(&mut batch_rx), stop_rx) => r,
@@ -64,6 +65,7 @@ fn rollouts(
     setup: &Setup,
     embedder: &Embedder,
     mut weights: watch::Receiver<Option<Arc<Weights>>>,
+    credits: Arc<tokio::sync::Semaphore>,
     out: mpsc::Sender<TrajectoryBatch>,
     mut stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
@@ -99,6 +101,20 @@ fn rollouts(
             }
             continue;
         }
+        // Wait for the learner to have queued the last batch (see `CREDITS`).
+        let credit = rt.block_on(async {
+            tokio::select! {
+                p = credits.acquire() => p.ok(),
+                _ = stop.wait_for(|s| *s) => None,
+            }
+        });
+        match credit {
+            Some(p) => p.forget(),
+            None => return Ok(()),
+        }
+        // Newer weights may have arrived while waiting.
+        let latest = weights.borrow_and_update().clone();
+        student.update(latest.as_ref())?;
         let t0 = Instant::now();
         let mut rows = Vec::with_capacity(2 * a.batch_prompts);
         for _ in 0..a.batch_prompts {

@@ -95,7 +95,12 @@ fn bad_settings_name_their_key() {
         ),
         ("[learner\nbeta = 1\n", &[], &[], "c.toml"),
         ("", &[], &["auth.tls_cert=cert.pem"], "auth.tls_key"),
-        ("", &[], &["client.learner=https://learner:50051"], "auth.tls_ca"),
+        (
+            "",
+            &[],
+            &["client.learner=https://learner:50051"],
+            "auth.tls_ca",
+        ),
     ];
     for (file, e, sets, key) in cases {
         let f = write(dir.path(), file);
