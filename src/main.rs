@@ -392,7 +392,9 @@ struct ServiceArgs {
     /// and the QD__SECTION__KEY environment).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     set: Vec<String>,
-    /// Write this process's endpoints as JSON here once it listens.
+    /// Write this process's endpoints (pid, gRPC and metrics addresses) as JSON here once
+    /// it listens (learner, actor, evaluator; the learner also writes
+    /// `run_dir/endpoints.json`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -435,9 +437,11 @@ fn service(
     flag: Option<LogFormat>,
     role: fn(Settings, Option<PathBuf>) -> BoxFuture,
 ) -> Result<()> {
-    let settings = args.settings()?;
-    let format = flag.map_or(settings.log.format, Into::into);
-    init_logging(format, &settings.log.level);
+    let mut settings = args.settings()?;
+    if let Some(f) = flag {
+        settings.log.format = f.into();
+    }
+    init_logging(settings.log.format, &settings.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -451,8 +455,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Learner(a) => {
-            return service(a, cli.log_format, |s, _| {
-                Box::pin(async move { learner::run(s).await.map(|_| ()) })
+            return service(a, cli.log_format, |s, f| {
+                Box::pin(async move { learner::run(s, f.as_deref()).await.map(|_| ()) })
             })
         }
         Command::Actor(a) => {

@@ -49,7 +49,7 @@ pub async fn termination() {
 
 /// Runs the learner until its step budget or a signal; returns where it left the model.
 /// The endpoints are written to `run_dir/endpoints.json` once the server listens.
-pub async fn run(settings: Settings) -> Result<Outcome> {
+pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Result<Outcome> {
     let cfg = settings.learner.clone();
     let device = common::torch::use_device(
         common::torch::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
@@ -141,12 +141,15 @@ pub async fn run(settings: Settings) -> Result<Outcome> {
                 let _ = server_stop_rx.wait_for(|s| *s).await;
             }),
     );
-    common::telemetry::Endpoints {
+    let endpoints = common::telemetry::Endpoints {
         pid: std::process::id(),
         grpc: Some(grpc_addr),
         metrics: metrics_addr,
+    };
+    endpoints.write(&paths.run_dir.join("endpoints.json"))?;
+    if let Some(p) = ready_file {
+        endpoints.write(p)?;
     }
-    .write(&paths.run_dir.join("endpoints.json"))?;
     tracing::info!(
         grpc = %grpc_addr,
         tls = !tls.tls_cert.is_empty(),

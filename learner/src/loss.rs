@@ -13,6 +13,10 @@ use common::folk::vocab::{PAD, SEP};
 use common::model::transformer::Transformer;
 use common::settings::Divergence;
 
+/// Ratios within this relative distance of `ρ̄` are float noise, not clipping (the
+/// sampler's and the learner's log-probabilities are sums of float32 terms).
+const CLIP_TOLERANCE: f64 = 1e-3;
+
 /// One prompt's pair of samples as the learner trains on it.
 #[derive(Clone, Debug)]
 pub struct Pair {
@@ -55,7 +59,7 @@ pub struct LossStats {
     pub reward_mean: f64,
     pub reward_std: f64,
     pub baseline: f64,
-    /// Share of samples whose importance ratio exceeded `ρ̄`.
+    /// Share of samples whose importance ratio exceeded `ρ̄` (by more than 0.1%).
     pub clip_fraction: f64,
     pub tokens: usize,
 }
@@ -170,6 +174,53 @@ fn divergence(ls: &Tensor, lt: &Tensor, d: Divergence, alpha: f64) -> Tensor {
     }
 }
 
+/// The student's side of a batch: per-token log-probabilities `[N, A]` over the
+/// generatable ids, `log π_θ(y)` per sample `[S]`, and the samples' behaviour
+/// `log μ(y)`.
+struct StudentTerms {
+    ls: Tensor,
+    logp_seq: Tensor,
+    behaviour: Vec<f64>,
+}
+
+fn student_terms(student: &Transformer, pairs: &[Pair], g: &Generatable) -> StudentTerms {
+    let device = student.device();
+    // Dropout off: the behaviour log-probs were taken without it, so at staleness 0 the
+    // importance ratio is exactly 1.
+    let ls = token_logprobs(student, &rows(pairs, true, device), g, false);
+    // Which sample each token belongs to, and the token's index in the generatable set.
+    let mut seq_of = Vec::new();
+    let mut target = Vec::new();
+    let mut behaviour = Vec::new();
+    for p in pairs {
+        for (tokens, lps) in &p.samples {
+            let s = behaviour.len() as i64;
+            seq_of.extend(std::iter::repeat_n(s, tokens.len()));
+            target.extend(tokens.iter().map(|&id| g.index_of[id as usize].max(0)));
+            behaviour.push(lps.iter().map(|&x| f64::from(x)).sum::<f64>());
+        }
+    }
+    let seq_of = Tensor::from_slice(&seq_of).to(device);
+    let target = Tensor::from_slice(&target).to(device);
+    let per_token = ls.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
+    let logp_seq = Tensor::zeros([behaviour.len() as i64], (Kind::Float, device))
+        .index_add(0, &seq_of, &per_token);
+    StudentTerms {
+        ls,
+        logp_seq,
+        behaviour,
+    }
+}
+
+/// `log π(y|x)` of every sample of `pairs` under `model`, in order.
+pub fn sequence_logprobs(model: &Transformer, pairs: &[Pair], g: &Generatable) -> Vec<f64> {
+    tch::no_grad(|| {
+        let t = student_terms(model, pairs, g);
+        Vec::<f64>::try_from(t.logp_seq.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+            .unwrap_or_default()
+    })
+}
+
 /// The loss of `student` on `pairs`, with the reward baseline `baseline`.
 pub fn loss(
     student: &Transformer,
@@ -182,34 +233,17 @@ pub fn loss(
     let device = student.device();
     let n_prompts = pairs.len().max(1) as f64;
     let lt = teacher_logprobs(teacher, pairs, g, cfg.cfg_gamma);
-    let ls = token_logprobs(student, &rows(pairs, true, device), g, true);
-
-    // Which sample each token belongs to, and the token's index in the generatable set.
-    let mut seq_of = Vec::new();
-    let mut target = Vec::new();
-    let mut behaviour = Vec::new();
-    let mut rewards = Vec::new();
-    for p in pairs {
-        rewards.push(f64::from(p.reward));
-        for (tokens, lps) in &p.samples {
-            let s = behaviour.len() as i64;
-            seq_of.extend(std::iter::repeat_n(s, tokens.len()));
-            target.extend(tokens.iter().map(|&id| g.index_of[id as usize].max(0)));
-            behaviour.push(lps.iter().map(|&x| f64::from(x)).sum::<f64>());
-        }
-    }
-    let n_seqs = behaviour.len() as i64;
-    let seq_of = Tensor::from_slice(&seq_of).to(device);
-    let target = Tensor::from_slice(&target).to(device);
-    let per_seq = |per_token: &Tensor| {
-        Tensor::zeros([n_seqs], (Kind::Float, device)).index_add(0, &seq_of, per_token)
-    };
+    let StudentTerms {
+        ls,
+        logp_seq,
+        behaviour,
+    } = student_terms(student, pairs, g);
+    let rewards: Vec<f64> = pairs.iter().map(|p| f64::from(p.reward)).collect();
 
     let d = divergence(&ls, &lt, cfg.divergence, cfg.jsd_alpha);
     let distill = d.sum(Kind::Float) / n_prompts;
 
-    // log π_θ(y) per sample and the truncated importance weights.
-    let logp_seq = per_seq(&ls.gather(1, &target.unsqueeze(1), false).squeeze_dim(1));
+    // The truncated importance weights.
     let log_ratio = logp_seq.detach()
         - Tensor::from_slice(&behaviour)
             .to_kind(Kind::Float)
@@ -217,7 +251,7 @@ pub fn loss(
     let ratio = log_ratio.exp();
     let weight = ratio.clamp_max(cfg.rho_bar);
     let clip_fraction =
-        f64::try_from(ratio.gt(cfg.rho_bar).to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(0.0);
+        f64::try_from(ratio.gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE)).to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(0.0);
     let per_sample_adv: Vec<f64> = pairs
         .iter()
         .flat_map(|p| std::iter::repeat_n(f64::from(p.reward) - baseline, p.samples.len()))
@@ -251,7 +285,7 @@ pub fn loss(
         reward_std: var.sqrt(),
         baseline,
         clip_fraction,
-        tokens: seq_of.size()[0] as usize,
+        tokens: ls.size()[0] as usize,
     };
     Loss { total, stats }
 }
