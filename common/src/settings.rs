@@ -133,7 +133,7 @@ impl Default for LearnerSettings {
             jsd_alpha: 0.5,
             baseline: Baseline::BatchMean,
             ema_decay: 0.9,
-            lr: 1e-4,
+            lr: 5e-4,
             warmup_steps: 10,
             weight_decay: 0.0,
             grad_clip: 1.0,
