@@ -147,7 +147,19 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     let path = &settings.paths.base;
     let base = Checkpoint::read_for(path, ModelKind::Policy, &ds.vocab.hash())
         .context("the base model")?;
-    let blob = std::fs::read(path)?;
+    // What the learner publishes: the policy's tensors without the optimizer's moments.
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _policy = common::model::transformer::Transformer::new(&vs.root(), &base.meta.config);
+    base.load_into(&mut vs)?;
+    let stamp = common::model::checkpoint::Stamp {
+        kind: ModelKind::Policy,
+        config: &base.meta.config,
+        vocab_hash: &base.meta.vocab_hash,
+        step: 0,
+        version: 0,
+        extra: serde_json::Value::Null,
+    };
+    let blob = common::model::checkpoint::serialize(&vs, None, stamp)?;
     let (queue, _rx) = tokio::sync::mpsc::channel(1);
     let rules = Rules {
         prompts: Default::default(),
@@ -173,7 +185,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     })
     .max_encoding_message_size(settings.learner.max_message_bytes);
     tokio::spawn(
-        tonic::transport::Server::builder()
+        learner::server::transport()
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );

@@ -332,7 +332,7 @@ struct BenchServiceArgs {
     #[command(flatten)]
     service: ServiceArgs,
     /// Learner steps per run.
-    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(3..=100_000))]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=100_000))]
     steps: u64,
     /// Actor counts to run, e.g. 1,2.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]

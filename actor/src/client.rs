@@ -76,6 +76,8 @@ pub async fn connect(s: &ClientSettings, creds: &Credentials) -> Result<Client, 
     let mut endpoint = Endpoint::from_shared(s.learner.clone())
         .map_err(|e| Status::invalid_argument(format!("client.learner {:?}: {e}", s.learner)))?
         .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
+        .initial_stream_window_size(qd_proto::STREAM_WINDOW)
+        .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
         .tcp_nodelay(true);
     if let Some(tls) = &creds.tls {
         endpoint = endpoint

@@ -116,7 +116,7 @@ pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Re
     .max_decoding_message_size(cfg.max_message_bytes)
     .max_encoding_message_size(cfg.max_message_bytes);
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = server::transport();
     let tls = &settings.auth;
     if !tls.tls_cert.is_empty() {
         let read = |key: &str, path: &str| {

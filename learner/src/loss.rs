@@ -250,8 +250,13 @@ pub fn loss(
             .to(device);
     let ratio = log_ratio.exp();
     let weight = ratio.clamp_max(cfg.rho_bar);
-    let clip_fraction =
-        f64::try_from(ratio.gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE)).to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(0.0);
+    let clip_fraction = f64::try_from(
+        ratio
+            .gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float),
+    )
+    .unwrap_or(0.0);
     let per_sample_adv: Vec<f64> = pairs
         .iter()
         .flat_map(|p| std::iter::repeat_n(f64::from(p.reward) - baseline, p.samples.len()))

@@ -382,6 +382,14 @@ impl Learner for Service {
     }
 }
 
+/// The gRPC server with qd's transport settings (HTTP/2 windows that let a weight chunk
+/// through at once).
+pub fn transport() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(qd_proto::STREAM_WINDOW)
+        .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
+}
+
 /// Refuses calls without `authorization: Bearer <token>` when a token is configured.
 #[derive(Clone, Debug)]
 pub struct Auth {
