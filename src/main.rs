@@ -73,6 +73,9 @@ enum Command {
     /// Print the effective configuration (defaults ← --config ← QD__… ← --set) as JSON,
     /// or the error naming the key that is wrong.
     Config(ServiceArgs),
+    /// Merge policy checkpoints: LERP of two (`--lambda`) or the uniform average of all
+    /// (`--average`). The output is an ordinary checkpoint.
+    Merge(MergeArgs),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
@@ -382,6 +385,22 @@ struct BenchGenerateArgs {
     compute: ComputeArgs,
 }
 
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// Policy checkpoints of the same architecture and vocabulary.
+    #[arg(required = true, num_args = 2..)]
+    checkpoints: Vec<PathBuf>,
+    /// θ = (1−λ)·θ_first + λ·θ_second (two checkpoints).
+    #[arg(long, conflicts_with = "average")]
+    lambda: Option<f64>,
+    /// The uniform average of every checkpoint given.
+    #[arg(long)]
+    average: bool,
+    /// The checkpoint to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 /// The configuration of a service role.
 #[derive(Debug, Args)]
 struct ServiceArgs {
@@ -481,6 +500,7 @@ fn main() -> Result<()> {
     );
     match cli.command {
         Command::Learner(_) | Command::Actor(_) | Command::Evaluator(_) | Command::Run(_) => {}
+        Command::Merge(a) => merge_cmd(a)?,
         Command::Config(a) => {
             let settings = a.settings()?;
             println!("{}", serde_json::to_string_pretty(&settings)?);
@@ -791,5 +811,37 @@ fn bench_generate_cmd(a: BenchGenerateArgs) -> Result<()> {
     } else {
         print!("{}", r.table());
     }
+    Ok(())
+}
+
+fn merge_cmd(a: MergeArgs) -> Result<()> {
+    use common::model::merge;
+    let cks = merge::read_compatible(&a.checkpoints)?;
+    let names: Vec<String> = a
+        .checkpoints
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let (tensors, extra) = match (a.lambda, a.average) {
+        (Some(l), false) => {
+            anyhow::ensure!(
+                cks.len() == 2,
+                "--lambda merges exactly two checkpoints (got {})",
+                cks.len()
+            );
+            (
+                merge::lerp(&cks[0], &cks[1], l)?,
+                serde_json::json!({"merge": "lerp", "lambda": l, "from": names}),
+            )
+        }
+        (None, true) => (
+            merge::average(&cks)?,
+            serde_json::json!({"merge": "average", "from": names}),
+        ),
+        _ => anyhow::bail!("say how to merge: --lambda λ (two checkpoints) or --average"),
+    };
+    create_parent(&a.out)?;
+    merge::write(&a.out, &cks[0], tensors, extra)?;
+    println!("wrote {}", a.out.display());
     Ok(())
 }

@@ -289,6 +289,46 @@ fn model_commands_end_to_end() {
     ]);
     assert!(out.contains("X:1") && out.contains("X:2"), "{out}");
     assert!(Path::new(&p("samples")).join("01.abc").exists());
+
+    // A merged checkpoint is an ordinary one; what cannot be merged is refused.
+    let out = run(&[
+        "merge",
+        &ck,
+        &ck,
+        "--lambda",
+        "0.5",
+        "--out",
+        &p("merged.safetensors"),
+    ]);
+    assert!(out.contains("wrote"), "{out}");
+    run(&[
+        "sample",
+        "a reel",
+        "--checkpoint",
+        &p("merged.safetensors"),
+        "--data",
+        &p("folk"),
+        "-n",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        &p("merged-samples"),
+    ]);
+    let o = qd(&[
+        "merge",
+        &ck,
+        &p("emb.safetensors"),
+        "--lambda",
+        "0.5",
+        "--out",
+        &p("x.safetensors"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only policies"));
+    let o = qd(&["merge", &ck, &ck, "--out", &p("x.safetensors")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lambda"));
+    assert!(!Path::new(&p("x.safetensors")).exists());
     let o = qd(&[
         "sample",
         "a reel",

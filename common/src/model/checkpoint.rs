@@ -275,6 +275,11 @@ impl Checkpoint {
         Some((step, state))
     }
 
+    /// A checkpoint held in memory (merged weights), described by `meta`.
+    pub fn from_tensors(meta: CheckpointMeta, tensors: Vec<(String, Tensor)>) -> Checkpoint {
+        Checkpoint { meta, tensors }
+    }
+
     /// Named model tensors (for merging and publishing).
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.tensors

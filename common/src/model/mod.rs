@@ -9,6 +9,7 @@
 //! - [`judge`]: the quality judge (attribute classifier × bar validity);
 //! - [`train`]: the learning-rate schedule and progress bar every loop uses;
 //! - [`checkpoint`]: safetensors checkpoints with metadata;
+//! - [`merge`]: LERP and uniform averages of policy checkpoints;
 //! - [`pretrain`]: `qd pretrain` and loading a policy for a dataset.
 
 pub mod batch;
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod embedder;
 pub mod judge;
+pub mod merge;
 pub mod optim;
 pub mod pretrain;
 pub mod sampling;
