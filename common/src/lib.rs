@@ -5,6 +5,7 @@
 //!   captions, MIDI, dataset);
 //! - [`bench`]: generation throughput, with and without CFG, against PyTorch;
 //! - [`eval`]: quality and diversity of a policy on held-out prompts;
+//! - [`front`]: quality–diversity fronts and their hypervolume;
 //! - [`model`]: the policy transformer, sampling, optimizer and checkpoints;
 //! - [`torch`]: libtorch facts (version, devices, threads);
 //! - [`fsutil`]: atomic file writes;
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod eval;
 pub mod folk;
+pub mod front;
 pub mod fsutil;
 pub mod model;
 pub mod settings;
