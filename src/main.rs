@@ -241,6 +241,13 @@ struct ComputeArgs {
     threads: Option<usize>,
 }
 
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number in (0, 1]")),
+    }
+}
+
 impl ComputeArgs {
     /// Applies the thread count and checks the device exists.
     fn apply(&self) -> Result<Device> {
@@ -264,6 +271,10 @@ struct SampleArgs {
     /// Classifier-free guidance strength γ (1: none; omit for plain sampling).
     #[arg(long = "cfg")]
     cfg_gamma: Option<f64>,
+    /// With --cfg: draw only ids whose conditional probability is at least this share of
+    /// the most likely id's (e.g. 0.1; omit to allow every id).
+    #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
+    cfg_plausibility: Option<f64>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long)]
@@ -303,6 +314,10 @@ struct EvalArgs {
     /// Classifier-free guidance strength γ (omit for none).
     #[arg(long = "cfg")]
     cfg_gamma: Option<f64>,
+    /// With --cfg: draw only ids whose conditional probability is at least this share of
+    /// the most likely id's (e.g. 0.1; omit to allow every id).
+    #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
+    cfg_plausibility: Option<f64>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long)]
@@ -654,6 +669,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: a.top_k,
         cfg_gamma: a.cfg_gamma,
+        cfg_plausibility: a.cfg_plausibility,
         max_new_tokens: a.max_new_tokens,
     };
     let n = a.n as usize;
@@ -757,6 +773,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             temperature: a.temperature,
             top_k: a.top_k,
             cfg_gamma: a.cfg_gamma,
+            cfg_plausibility: a.cfg_plausibility,
             max_new_tokens: a.max_new_tokens,
         },
         seed: a.seed,

@@ -82,11 +82,10 @@ fn rollouts(
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     prompts.shuffle(&mut rng);
     let mut cursor = 0;
+    // The student as it is: no CFG, temperature 1, every id.
     let sampling = SamplingConfig {
-        temperature: 1.0,
-        top_k: None,
-        cfg_gamma: None,
         max_new_tokens: a.max_new_tokens,
+        ..SamplingConfig::default()
     };
     loop {
         if *stop.borrow() {

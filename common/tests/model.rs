@@ -157,6 +157,7 @@ fn batched_sampling_equals_one_at_a_time() {
             temperature: 0.7,
             top_k: Some(5),
             cfg_gamma: Some(2.0),
+            cfg_plausibility: Some(0.05),
         },
     ] {
         let batched = sample(&model, &prompts(), &seeds, &vocabulary(), &cfg);

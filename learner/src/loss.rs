@@ -10,6 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use common::folk::vocab::{PAD, SEP};
+use common::model::sampling::guide;
 use common::model::transformer::Transformer;
 use common::settings::Divergence;
 
@@ -156,7 +157,7 @@ pub fn teacher_logprobs(
         let device = teacher.device();
         let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
         let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
-        (&u + (c - &u) * gamma).log_softmax(-1, Kind::Float)
+        guide(&c, &u, gamma, None).log_softmax(-1, Kind::Float)
     })
 }
 

@@ -19,6 +19,9 @@ pub struct SamplingConfig {
     pub top_k: Option<usize>,
     /// CFG strength γ (`None`: plain conditional sampling, one forward row per prompt).
     pub cfg_gamma: Option<f64>,
+    /// With CFG, only ids whose conditional probability is at least this share of the
+    /// most likely id's may be drawn (see [`guide`]; `None`: every id).
+    pub cfg_plausibility: Option<f64>,
     pub max_new_tokens: usize,
 }
 
@@ -28,6 +31,7 @@ impl Default for SamplingConfig {
             temperature: 1.0,
             top_k: None,
             cfg_gamma: None,
+            cfg_plausibility: None,
             max_new_tokens: 256,
         }
     }
@@ -68,6 +72,23 @@ impl Vocabulary {
 impl Samples {
     pub fn lengths(&self) -> Vec<usize> {
         self.tokens.iter().map(Vec::len).collect()
+    }
+}
+
+/// Classifier-free guidance of conditional log-probabilities `c` by unconditional ones
+/// `u` (same ids): `u + γ·(c − u)`, unnormalised. With a plausibility threshold α, ids
+/// whose conditional probability is below α times the most likely id's get −∞ (the
+/// adaptive plausibility constraint of contrastive decoding): guidance then re-weighs
+/// what the conditional model finds plausible and cannot promote an id both models
+/// consider unlikely merely because they disagree about how unlikely it is.
+pub fn guide(c: &Tensor, u: &Tensor, gamma: f64, plausibility: Option<f64>) -> Tensor {
+    let g = u + (c - u) * gamma;
+    match plausibility.filter(|a| *a > 0.0) {
+        Some(alpha) => {
+            let floor = c.amax([-1], true) + alpha.ln();
+            g.masked_fill(&c.lt_tensor(&floor), f64::NEG_INFINITY)
+        }
+        None => g,
     }
 }
 
@@ -144,7 +165,7 @@ fn sample_inner(
         let l = match cfg.cfg_gamma {
             Some(gamma) => {
                 let (c, u) = (l.narrow(0, 0, b as i64), l.narrow(0, b as i64, b as i64));
-                &u + (c - &u) * gamma
+                guide(&c, &u, gamma, cfg.cfg_plausibility)
             }
             None => l,
         };
