@@ -86,6 +86,10 @@ pub struct LearnerSettings {
     pub beta: f64,
     /// CFG strength of the frozen teacher.
     pub cfg_gamma: f64,
+    /// The teacher's plausibility constraint: ids whose conditional probability is below
+    /// this share of the most likely id's get (almost) no teacher probability (0: off,
+    /// plain CFG). See `qd eval --cfg-plausibility`.
+    pub cfg_plausibility: f64,
     pub divergence: Divergence,
     /// Student weight in the JSD mixture.
     pub jsd_alpha: f64,
@@ -129,6 +133,7 @@ impl Default for LearnerSettings {
             batch_prompts: 8,
             beta: 0.0,
             cfg_gamma: 3.0,
+            cfg_plausibility: 0.1,
             divergence: Divergence::ReverseKl,
             jsd_alpha: 0.5,
             baseline: Baseline::BatchMean,
@@ -376,6 +381,12 @@ impl Settings {
             "learner.beta",
             "must be a finite number ≥ 0",
             l.beta.to_string(),
+        );
+        check(
+            (0.0..=1.0).contains(&l.cfg_plausibility),
+            "learner.cfg_plausibility",
+            "must be in [0, 1]",
+            l.cfg_plausibility.to_string(),
         );
         check(
             l.cfg_gamma.is_finite() && l.cfg_gamma >= 0.0,

@@ -34,6 +34,8 @@ pub struct Pair {
 pub struct LossConfig {
     pub beta: f64,
     pub cfg_gamma: f64,
+    /// The teacher's plausibility constraint (0: plain CFG).
+    pub cfg_plausibility: f64,
     pub divergence: Divergence,
     pub jsd_alpha: f64,
     pub rho_bar: f64,
@@ -146,18 +148,24 @@ fn token_logprobs(model: &Transformer, r: &Rows, g: &Generatable, train: bool) -
         .log_softmax(-1, Kind::Float)
 }
 
+/// Teacher log-probabilities are floored here, so that ids the plausibility constraint
+/// excludes cost a finite (large) divergence instead of an infinite one.
+const TEACHER_LOG_FLOOR: f64 = -30.0;
+
 /// The teacher's CFG log-probabilities `[N, A]` (no gradient).
 pub fn teacher_logprobs(
     teacher: &Transformer,
     pairs: &[Pair],
     g: &Generatable,
-    gamma: f64,
+    cfg: &LossConfig,
 ) -> Tensor {
     tch::no_grad(|| {
         let device = teacher.device();
         let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
         let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
-        guide(&c, &u, gamma, None).log_softmax(-1, Kind::Float)
+        guide(&c, &u, cfg.cfg_gamma, Some(cfg.cfg_plausibility))
+            .log_softmax(-1, Kind::Float)
+            .clamp_min(TEACHER_LOG_FLOOR)
     })
 }
 
@@ -233,7 +241,7 @@ pub fn loss(
 ) -> Loss {
     let device = student.device();
     let n_prompts = pairs.len().max(1) as f64;
-    let lt = teacher_logprobs(teacher, pairs, g, cfg.cfg_gamma);
+    let lt = teacher_logprobs(teacher, pairs, g, cfg);
     let StudentTerms {
         ls,
         logp_seq,

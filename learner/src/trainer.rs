@@ -219,6 +219,7 @@ impl Trainer {
                 "seed": self.cfg.seed,
                 "beta": self.cfg.beta,
                 "cfg_gamma": self.cfg.cfg_gamma,
+                "cfg_plausibility": self.cfg.cfg_plausibility,
             }),
         }
     }
@@ -338,6 +339,7 @@ impl Trainer {
         let loss_cfg = LossConfig {
             beta: self.cfg.beta,
             cfg_gamma: self.cfg.cfg_gamma,
+            cfg_plausibility: self.cfg.cfg_plausibility,
             divergence: self.cfg.divergence,
             jsd_alpha: self.cfg.jsd_alpha,
             rho_bar: self.cfg.rho_bar,

@@ -67,6 +67,7 @@ fn cfg(beta: f64, divergence: Divergence, gamma: f64) -> LossConfig {
     LossConfig {
         beta,
         cfg_gamma: gamma,
+        cfg_plausibility: 0.0,
         divergence,
         jsd_alpha: 0.5,
         rho_bar: 1.0,
@@ -155,6 +156,24 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
         (r - f).abs() > 1e-6,
         "reverse and forward KL differ: {r} {f}"
     );
+    // With the plausibility constraint the teacher excludes ids: every divergence stays
+    // finite, and the student is pushed off them.
+    for d in [
+        Divergence::ReverseKl,
+        Divergence::ForwardKl,
+        Divergence::Jsd,
+    ] {
+        let c = LossConfig {
+            cfg_plausibility: 0.2,
+            ..cfg(0.0, d, 3.0)
+        };
+        let l = loss(&student, &student, &ps, &g, 0.0, &c);
+        assert!(
+            l.stats.loss.is_finite() && l.stats.kl > 1e-3,
+            "{d:?}: {:?}",
+            l.stats
+        );
+    }
     // β weighs the PG term in the total.
     let l = loss(
         &student,
