@@ -88,7 +88,9 @@ pub struct LearnerSettings {
     pub cfg_gamma: f64,
     /// The teacher's plausibility constraint: ids whose conditional probability is below
     /// this share of the most likely id's get (almost) no teacher probability (0: off,
-    /// plain CFG). See `qd eval --cfg-plausibility`.
+    /// plain CFG, the default). See `qd eval --cfg-plausibility`. Experimental: with the
+    /// reverse KL, 0.1 collapsed the student's diversity in the measured run
+    /// (docs/results.md).
     pub cfg_plausibility: f64,
     pub divergence: Divergence,
     /// Student weight in the JSD mixture.
@@ -133,7 +135,7 @@ impl Default for LearnerSettings {
             batch_prompts: 8,
             beta: 0.0,
             cfg_gamma: 3.0,
-            cfg_plausibility: 0.1,
+            cfg_plausibility: 0.0,
             divergence: Divergence::ReverseKl,
             jsd_alpha: 0.5,
             baseline: Baseline::BatchMean,
