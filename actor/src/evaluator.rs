@@ -18,38 +18,27 @@ use common::model::embedder::load_embedder;
 use common::model::judge::load_judge;
 use common::model::sampling::SamplingConfig;
 use common::settings::Settings;
-use common::telemetry::Endpoints;
 
 use crate::client::Weights;
-use crate::{maintain, wait_for_weights, Setup, Student};
+use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs the evaluator until SIGTERM/Ctrl-C or a refusal by the learner.
 pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
     let e = settings.evaluator.clone();
-    let setup = Setup::load(settings, &e.device, e.threads)?;
-    let metrics = common::telemetry::serve_metrics(&e.metrics_listen).await?;
-    if let Some(p) = ready_file {
-        Endpoints {
-            pid: std::process::id(),
-            grpc: None,
-            metrics,
-        }
-        .write(p)?;
-    }
+    let (setup, metrics) = Setup::start(
+        settings,
+        &e.device,
+        e.threads,
+        &e.metrics_listen,
+        ready_file,
+    )
+    .await?;
     let link = setup.link(Role::Evaluator, "")?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "evaluator starting");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let weights = link.weights.subscribe();
-    let rt = tokio::runtime::Handle::current();
-    let stop = stop_rx.clone();
-    let compute = tokio::task::spawn_blocking(move || evaluations(&setup, weights, stop, rt));
-    let outcome = tokio::select! {
-        r = maintain(&link, None, stop_rx) => r,
-        _ = learner::termination() => Ok(()),
-    };
-    let _ = stop_tx.send(true);
-    let computed = compute.await.context("the evaluation thread died")?;
-    outcome.and(computed)?;
+    run_client(link, None, move |weights, stop, rt| {
+        evaluations(&setup, weights, stop, rt)
+    })
+    .await?;
     tracing::info!("evaluator stopped");
     Ok(())
 }

@@ -124,6 +124,27 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// [`Setup::load`], then the `/metrics` endpoint and the ready file.
+    pub async fn start(
+        settings: Settings,
+        device: &str,
+        threads: usize,
+        metrics_listen: &str,
+        ready_file: Option<&std::path::Path>,
+    ) -> Result<(Setup, Option<std::net::SocketAddr>)> {
+        let setup = Setup::load(settings, device, threads)?;
+        let metrics = common::telemetry::serve_metrics(metrics_listen).await?;
+        if let Some(p) = ready_file {
+            common::telemetry::Endpoints {
+                pid: std::process::id(),
+                grpc: None,
+                metrics,
+            }
+            .write(p)?;
+        }
+        Ok((setup, metrics))
+    }
+
     /// Reads the dataset and the base model's architecture (what `Register` checks).
     pub fn load(settings: Settings, device: &str, threads: usize) -> Result<Setup> {
         let device = common::torch::use_device(
@@ -175,6 +196,38 @@ fn default_name(name: &str, role: Role) -> String {
         "actor"
     };
     format!("{role}@{host}:{}", std::process::id())
+}
+
+/// Runs a client until SIGTERM/Ctrl-C, a refusal by the learner, or the end of its
+/// compute: `compute` runs on its own thread with the newest weights, a stop flag and the
+/// runtime; the connection (which sends `batches`, for actors) runs here.
+pub async fn run_client<F>(
+    link: Link,
+    mut batches: Option<mpsc::Receiver<TrajectoryBatch>>,
+    compute: F,
+) -> Result<()>
+where
+    F: FnOnce(
+            watch::Receiver<Option<Arc<Weights>>>,
+            watch::Receiver<bool>,
+            tokio::runtime::Handle,
+        ) -> Result<()>
+        + Send
+        + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let weights = link.weights.subscribe();
+    let rt = tokio::runtime::Handle::current();
+    let stop = stop_rx.clone();
+    let computing = tokio::task::spawn_blocking(move || compute(weights, stop, rt));
+    let outcome = tokio::select! {
+        r = maintain(&link, batches.as_mut(), stop_rx) => r,
+        _ = learner::termination() => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    drop(batches);
+    let computed = computing.await.context("the compute thread died")?;
+    outcome.and(computed)
 }
 
 /// Keeps a connection to the learner until `stop`: registers, streams weights into

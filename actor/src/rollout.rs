@@ -17,46 +17,32 @@ use common::folk::dataset::Split;
 use common::model::embedder::{load_embedder, pair_rewards, Embedder};
 use common::model::sampling::{sample, SamplingConfig, Vocabulary};
 use common::settings::Settings;
-use common::telemetry::Endpoints;
 
 use crate::client::Weights;
-use crate::{maintain, wait_for_weights, Setup, Student};
+use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs an actor until SIGTERM/Ctrl-C or a refusal by the learner.
 pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
     let a = settings.actor.clone();
-    let setup = Setup::load(settings, &a.device, a.threads)?;
-    let metrics = common::telemetry::serve_metrics(&a.metrics_listen).await?;
-    if let Some(p) = ready_file {
-        Endpoints {
-            pid: std::process::id(),
-            grpc: None,
-            metrics,
-        }
-        .write(p)?;
-    }
+    let (setup, metrics) = Setup::start(
+        settings,
+        &a.device,
+        a.threads,
+        &a.metrics_listen,
+        ready_file,
+    )
+    .await?;
     let (_embedder_vs, embedder) =
         load_embedder(&setup.settings.paths.embedder, &setup.ds, setup.device)
             .context("loading the diversity embedder")?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
-    let (batch_tx, mut batch_rx) = mpsc::channel(1);
+    let (batch_tx, batch_rx) = mpsc::channel(1);
     let credits = link.credits.clone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let weights = link.weights.subscribe();
-    let rt = tokio::runtime::Handle::current();
-    let stop = stop_rx.clone();
-    let compute = tokio::task::spawn_blocking(move || {
+    run_client(link, Some(batch_rx), move |weights, stop, rt| {
         rollouts(&setup, &embedder, weights, credits, batch_tx, stop, rt)
-    });
-    let outcome = tokio::select! {
-        r = maintain(&link, Some(&mut batch_rx), stop_rx) => r,
-        _ = learner::termination() => Ok(()),
-    };
-    let _ = stop_tx.send(true);
-    drop(batch_rx);
-    let computed = compute.await.context("the rollout thread died")?;
-    outcome.and(computed)?;
+    })
+    .await?;
     tracing::info!("actor stopped");
     Ok(())
 }
