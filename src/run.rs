@@ -2,7 +2,7 @@
 //! binary, on loopback, with one configuration. Logs are prefixed with the role; the
 //! machine's cores are divided between the roles; Ctrl-C or SIGTERM stops them all (the
 //! learner first, so that it writes its checkpoint), as does the learner reaching its
-//! step budget.
+//! step budget. An actor or the evaluator that dies is started again.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -15,10 +15,27 @@ use tokio::process::{Child, Command};
 use common::settings::Settings;
 use common::telemetry::Endpoints;
 
+/// Restarts of one actor or evaluator after which `qd run` leaves it down.
+const MAX_RESTARTS: u32 = 5;
+
 /// A started role.
 struct Role {
     name: String,
+    role: String,
+    extra: Vec<String>,
     child: Child,
+    restarts: u32,
+    given_up: bool,
+}
+
+impl Role {
+    /// Starts the same process again (same name, role and settings).
+    fn restart(&mut self, config: &Path) -> Result<()> {
+        let fresh = spawn(&self.name, &self.role, config, &self.extra)?;
+        self.child = fresh.child;
+        self.restarts += 1;
+        Ok(())
+    }
 }
 
 /// Starts `qd <role>` with the effective settings plus `extra` overrides; its output is
@@ -62,7 +79,11 @@ fn spawn(name: &str, role: &str, config: &Path, extra: &[String]) -> Result<Role
     }
     Ok(Role {
         name: name.to_string(),
+        role: role.to_string(),
+        extra: extra.to_vec(),
         child,
+        restarts: 0,
+        given_up: false,
     })
 }
 
@@ -189,9 +210,26 @@ pub async fn run(settings: Settings) -> Result<()> {
         )?);
     }
 
-    let learner_status = tokio::select! {
-        s = roles[0].child.wait() => Some(s?),
-        _ = learner::termination() => None,
+    // Supervise: an actor or the evaluator that exits while the learner runs is started
+    // again (at most MAX_RESTARTS times each).
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let learner_status = loop {
+        tokio::select! {
+            s = roles[0].child.wait() => break Some(s?),
+            _ = learner::termination() => break None,
+            _ = tick.tick() => {
+                for r in roles[1..].iter_mut().filter(|r| !r.given_up) {
+                    let Ok(Some(status)) = r.child.try_wait() else { continue };
+                    if r.restarts >= MAX_RESTARTS {
+                        tracing::error!(role = r.name, %status, "exited again; left down after {MAX_RESTARTS} restarts");
+                        r.given_up = true;
+                    } else {
+                        tracing::warn!(role = r.name, %status, restarts = r.restarts + 1, "exited; starting it again");
+                        r.restart(&config)?;
+                    }
+                }
+            }
+        }
     };
     let learner_status = match learner_status {
         Some(s) => s,
