@@ -292,8 +292,7 @@ fn runtime() -> tokio::runtime::Runtime {
 type Client = LearnerClient<tonic::transport::Channel>;
 
 fn client(rt: &tokio::runtime::Runtime, addr: SocketAddr) -> Client {
-    rt.block_on(LearnerClient::connect(format!("http://{addr}")))
-        .unwrap()
+    client_result(rt, addr).unwrap()
 }
 
 /// `authorization: Bearer <token>` on a request.

@@ -7,29 +7,13 @@ use common::model::batch::{lm_batch, lm_loss};
 use common::model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use common::model::config::{ModelConfig, Preset};
 use common::model::optim::{AdamW, AdamWConfig};
-use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use common::model::sampling::{sample, SamplingConfig};
 use common::model::transformer::{KvCache, Transformer};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-const VOCAB: usize = 40;
-
-fn tiny(seed: i64) -> (VarStore, Transformer) {
-    tch::manual_seed(seed);
-    let vs = VarStore::new(Device::Cpu);
-    let model = Transformer::new(&vs.root(), &Preset::Tiny.config(VOCAB));
-    (vs, model)
-}
-
-fn vocabulary() -> Vocabulary {
-    // 0 pad, 1 sep, 2 eos, 3 unk, 4..10 words, 10..40 tune tokens.
-    Vocabulary {
-        pad: 0,
-        sep: 1,
-        eos: 2,
-        allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
-    }
-}
+mod support;
+use support::{tiny, vocabulary, VOCAB};
 
 fn prompts() -> Vec<Vec<u32>> {
     vec![vec![4, 5, 6], vec![7], vec![8, 9, 4, 5, 6], vec![]]

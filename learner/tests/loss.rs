@@ -5,33 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use tch::nn::VarStore;
 use tch::Device;
 
-use common::model::config::Preset;
 use common::model::optim::{AdamW, AdamWConfig};
-use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use common::model::sampling::{sample, SamplingConfig};
 use common::model::transformer::Transformer;
 use common::settings::Divergence;
 use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig, Pair};
 
-const VOCAB: usize = 40;
-
-fn model(seed: i64) -> (VarStore, Transformer) {
-    tch::manual_seed(seed);
-    let vs = VarStore::new(Device::Cpu);
-    let m = Transformer::new(&vs.root(), &Preset::Tiny.config(VOCAB));
-    (vs, m)
-}
-
-fn vocabulary() -> Vocabulary {
-    Vocabulary {
-        pad: 0,
-        sep: 1,
-        eos: 2,
-        allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
-    }
-}
+#[path = "../../common/tests/support/mod.rs"]
+mod support;
+use support::{tiny as model, vocabulary, VOCAB};
 
 fn generatable() -> Generatable {
     Generatable::new(vocabulary().allowed, VOCAB, Device::Cpu)

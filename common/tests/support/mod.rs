@@ -53,3 +53,27 @@ pub fn fixture_dataset(dir: &Path) -> std::path::PathBuf {
     common::folk::dataset::prepare(&cfg).unwrap();
     out
 }
+
+/// Vocabulary size of the random tiny models below.
+pub const VOCAB: usize = 40;
+
+/// A randomly initialised `tiny` policy over [`VOCAB`] ids, seeded.
+pub fn tiny(seed: i64) -> (tch::nn::VarStore, common::model::transformer::Transformer) {
+    tch::manual_seed(seed);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = common::model::transformer::Transformer::new(
+        &vs.root(),
+        &common::model::config::Preset::Tiny.config(VOCAB),
+    );
+    (vs, model)
+}
+
+/// The ids of the tiny models: 0 pad, 1 sep, 2 eos, 3 unk, 4..10 words, 10..40 tune tokens.
+pub fn vocabulary() -> common::model::sampling::Vocabulary {
+    common::model::sampling::Vocabulary {
+        pad: 0,
+        sep: 1,
+        eos: 2,
+        allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
+    }
+}
