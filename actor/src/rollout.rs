@@ -37,19 +37,31 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
             .context("loading the diversity embedder")?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
+    let seed = stream_seed(a.seed, &link.identity.name);
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let credits = link.credits.clone();
     run_client(link, Some(batch_rx), move |weights, stop, rt| {
-        rollouts(&setup, &embedder, weights, credits, batch_tx, stop, rt)
+        rollouts(&setup, &embedder, seed, weights, credits, batch_tx, stop, rt)
     })
     .await?;
     tracing::info!("actor stopped");
     Ok(())
 }
 
+/// The seed of an actor's prompt order and sampling: `actor.seed` mixed with the actor's
+/// name (FNV-1a), so replicas sharing one config (docker compose, a Kubernetes
+/// Deployment: the names default to host and process id) roll out different data.
+fn stream_seed(seed: u64, name: &str) -> u64 {
+    name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn rollouts(
     setup: &Setup,
     embedder: &Embedder,
+    seed: u64,
     mut weights: watch::Receiver<Option<Arc<Weights>>>,
     credits: Arc<tokio::sync::Semaphore>,
     out: mpsc::Sender<TrajectoryBatch>,
@@ -65,7 +77,7 @@ fn rollouts(
         .map(|r| r.prompt.clone())
         .collect();
     anyhow::ensure!(!prompts.is_empty(), "the dataset has no training prompts");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     prompts.shuffle(&mut rng);
     let mut cursor = 0;
     // The student as it is: no CFG, temperature 1, every id.
@@ -156,5 +168,18 @@ fn rollouts(
         if !sent {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_seed;
+
+    #[test]
+    fn replicas_get_their_own_stream() {
+        assert_eq!(stream_seed(1, "actor-1"), stream_seed(1, "actor-1"));
+        assert_ne!(stream_seed(1, "actor-1"), stream_seed(1, "actor-2"));
+        assert_ne!(stream_seed(1, "actor-1"), stream_seed(2, "actor-1"));
+        assert_ne!(stream_seed(0, "actor@a1b2c3:1"), stream_seed(0, "actor@d4e5f6:1"));
     }
 }

@@ -200,7 +200,8 @@ pub struct ActorSettings {
     pub name: String,
     pub threads: usize,
     pub device: String,
-    /// Seeds prompt order and sampling; each actor should have its own.
+    /// Seeds prompt order and sampling, mixed with the actor's name (replicas of one
+    /// config roll out different data).
     pub seed: u64,
 }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# qd-bootstrap: fills the state directory with what the services load, skipping what is
+# already there: the prepared dataset, the pre-trained policy (an interrupted pre-training
+# resumes; a finished one returns at once), the diversity embedder and the judge.
+# Extra flags for each step: QD_PRETRAIN_ARGS, QD_EMBEDDER_ARGS, QD_JUDGE_ARGS
+# (e.g. QD_PRETRAIN_ARGS="--preset tiny --steps 50" for a quick trial).
+set -euo pipefail
+cd "${QD_STATE:-/var/lib/qd}"
+corpus=${QD_CORPUS:-/opt/qd/data/raw}
+
+if [ ! -f data/folk/dataset.json ]; then
+  qd data prepare --raw "$corpus" --out data/folk
+fi
+# shellcheck disable=SC2086  # the *_ARGS are word lists
+qd pretrain ${QD_PRETRAIN_ARGS:-}
+if [ ! -f runs/embedder.safetensors ]; then
+  qd embedder train ${QD_EMBEDDER_ARGS:-}
+fi
+if [ ! -f runs/judge.safetensors ]; then
+  qd judge train ${QD_JUDGE_ARGS:-}
+fi
+echo "qd-bootstrap: $(pwd) holds the dataset, the base policy, the embedder and the judge"

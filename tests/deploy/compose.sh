@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# End to end with containers: builds the images locally (deploy/docker/build-local.sh),
+# starts docker-compose.yml with 2 actors on tiny models, sees the learner step and
+# Prometheus scrape it, scales to 3 actors, kills one actor container and sees training
+# go on, then stops the learner container (SIGTERM: checkpoint) and sees the restarted
+# one resume from that checkpoint. Skipped, saying so, where no Docker engine runs.
+#
+#   tests/deploy/compose.sh          (from the repository root, after `make setup`)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! docker info >/dev/null 2>&1; then
+  echo "compose: SKIPPED: no Docker engine answers on this machine"
+  exit 0
+fi
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+
+deploy/docker/build-local.sh --cpu
+
+work=$(mktemp -d)
+project=qd-e2e-$$
+export COMPOSE_PROJECT_NAME=$project
+export QD_IMAGE=qd:cpu PROMETHEUS_IMAGE=qd-prometheus:local
+export PROMETHEUS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export QD_CONFIG=$work/qd.toml
+common="--batch-size 8 --no-progress --threads 1"
+export QD_PRETRAIN_ARGS="--preset tiny --steps 30 --lr 0.01 --context 64 $common"
+export QD_EMBEDDER_ARGS="--steps 3 $common" QD_JUDGE_ARGS="--steps 3 $common"
+
+cleanup() {
+  status=$?
+  if [ $status -ne 0 ]; then
+    echo "compose: FAILED; the last log lines of every service:"
+    "${compose[@]}" logs --no-color --tail 30 || true
+  fi
+  "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit $status
+}
+trap cleanup EXIT
+
+# Tiny batches; the rest as deploy/compose/qd.toml.
+cat >"$QD_CONFIG" <<'EOF'
+[paths]
+run_dir = "runs/rl/e2e"
+[learner]
+batch_prompts = 4
+lr = 0.001
+warmup_steps = 2
+max_steps = 0
+checkpoint_every = 10
+threads = 1
+[actor]
+batch_prompts = 4
+max_new_tokens = 32
+threads = 1
+[evaluator]
+prompts = 4
+every_versions = 5
+max_new_tokens = 32
+threads = 1
+EOF
+
+say() { echo "compose: $*"; }
+# The value of a PromQL query's first sample ("" when it has none).
+query() {
+  curl -fsS --get "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")'
+}
+# Polls until `query` gives a number for which the python expression `cond` (on x) holds.
+wait_for() {
+  local q=$1 cond=$2 what=$3 deadline=$((SECONDS + ${4:-240})) v
+  while :; do
+    v=$(query "$q" 2>/dev/null || true)
+    if [ -n "$v" ] && python3 -c "import sys; x=float(sys.argv[1]); sys.exit(not ($cond))" "$v"; then
+      say "$what ($q = $v)"
+      return 0
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      say "timed out waiting until $what: $q = ${v:-no data}"
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+say "up: bootstrap, learner, 2 actors, evaluator, prometheus (project $project)"
+"${compose[@]}" up -d --scale actor=2 learner actor evaluator prometheus
+wait_for 'max(qd_learner_step)' 'x >= 5' "the learner steps and Prometheus scrapes it"
+wait_for 'count(up{job="qd-actor"} == 1)' 'x == 2' "Prometheus scrapes 2 actors"
+wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are connected"
+
+say "scale to 3 actors"
+deploy/scale-actors.sh 3 >/dev/null
+wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 3' "3 actors are connected"
+wait_for 'count(up{job="qd-actor"} == 1)' 'x == 3' "Prometheus scrapes 3 actors"
+
+victim=$("${compose[@]}" ps -q actor | head -1)
+step=$(query 'max(qd_learner_step)')
+say "kill actor container ${victim:0:12} at step $step"
+docker kill "$victim" >/dev/null
+wait_for 'max(qd_learner_step)' "x >= $step + 10" "training goes on"
+
+say "stop the learner container"
+"${compose[@]}" stop learner
+line=$("${compose[@]}" logs --no-color learner | grep "learner stopped" | tail -1)
+last=$(grep -o ' step=[0-9]*' <<<"$line" | cut -d= -f2)
+[ -n "$last" ] || { say "the stopped learner did not log its last step"; exit 1; }
+say "the learner stopped at step $last and wrote a checkpoint"
+"${compose[@]}" start learner
+deadline=$((SECONDS + 120))
+until grep -q "resumed from checkpoint.* step=$last " <<<"$("${compose[@]}" logs --no-color learner)"; do
+  [ $SECONDS -lt $deadline ] || { say "the restarted learner did not resume from step $last"; exit 1; }
+  sleep 1
+done
+say "the restarted learner resumed from step $last"
+wait_for 'max(qd_learner_step)' "x > $last" "the resumed learner steps on"
+say "PASSED"
