@@ -33,6 +33,7 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
         ready_file,
     )
     .await?;
+    metrics::counter!("qd_eval_runs_total").absolute(0);
     let link = setup.link(Role::Evaluator, "")?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "evaluator starting");
     run_client(link, None, move |weights, stop, rt| {

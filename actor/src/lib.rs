@@ -134,6 +134,13 @@ impl Setup {
     ) -> Result<(Setup, Option<std::net::SocketAddr>)> {
         let setup = Setup::load(settings, device, threads)?;
         let metrics = common::telemetry::serve_metrics(metrics_listen).await?;
+        // Counters from 0, so that Prometheus sees their first increase.
+        for name in [
+            "qd_actor_reconnects_total",
+            "qd_actor_weight_sync_bytes_total",
+        ] {
+            metrics::counter!(name).absolute(0);
+        }
         if let Some(p) = ready_file {
             common::telemetry::Endpoints {
                 pid: std::process::id(),

@@ -37,6 +37,14 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
             .context("loading the diversity embedder")?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
+    for name in [
+        "qd_actor_tokens_total",
+        "qd_actor_trajectories_sent_total",
+        "qd_actor_batches_sent_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::counter!("qd_actor_batches_dropped_total", "reason" => "version_ahead").absolute(0);
     let seed = stream_seed(a.seed, &link.identity.name);
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let credits = link.credits.clone();

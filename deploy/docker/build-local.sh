@@ -25,11 +25,10 @@ deploy/docker/stage.sh "--$variant" "$ctx/dist"
 echo "build-local: qd:$variant"
 docker build --quiet -f deploy/docker/Dockerfile --target local --build-arg "BASE=$base" \
   -t "qd:$variant" "$ctx" >/dev/null
-if ! docker image inspect qd-prometheus:local >/dev/null 2>&1; then
-  echo "build-local: qd-prometheus:local (Debian's prometheus)"
-  docker build --quiet -f deploy/docker/prometheus.Dockerfile --build-arg "BASE=$base" \
-    -t qd-prometheus:local deploy/docker >/dev/null
-fi
+# Docker's layer cache makes this a no-op when prometheus.Dockerfile is unchanged.
+echo "build-local: qd-prometheus:local (Debian's prometheus)"
+docker build --quiet -f deploy/docker/prometheus.Dockerfile --build-arg "BASE=$base" \
+  -t qd-prometheus:local deploy/docker >/dev/null
 for image in "$base" "qd:$variant" qd-prometheus:local; do
   echo "build-local: $image $(docker image inspect -f '{{.Size}}' "$image" | numfmt --to=iec)"
 done

@@ -1,9 +1,10 @@
 # Prometheus from Debian's package, for machines that cannot pull prom/prometheus
-# (deploy/docker/build-local.sh). Same entrypoint, user and data path as the official image.
+# (deploy/docker/build-local.sh). Same entrypoint, user and data path as the official
+# image, and wget for the compose healthcheck, as there.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends prometheus \
+    && apt-get install -y --no-install-recommends prometheus wget \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /prometheus && chown prometheus:prometheus /prometheus
 USER prometheus

@@ -56,6 +56,7 @@ pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Re
         cfg.threads,
     )?;
     let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen).await?;
+    server::zero_metrics();
     let paths = settings.paths.clone();
     let ds = Dataset::load(&paths.data)?;
     let vocab_hash = ds.vocab.hash();

@@ -130,6 +130,26 @@ impl Shared {
     }
 }
 
+/// Exports the learner's counters (each drop reason) and connection gauges at 0, so that
+/// Prometheus sees their first increase and dashboards show "none" as 0, not "no data".
+pub fn zero_metrics() {
+    let reasons = crate::validate::REASONS.iter().chain(&["stale", "non_finite_loss"]);
+    for &reason in reasons {
+        metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => reason).absolute(0);
+    }
+    for name in [
+        "qd_learner_trajectories_accepted_total",
+        "qd_learner_samples_total",
+        "qd_learner_registrations_refused_total",
+        "qd_learner_unauthenticated_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for role in ["actor", "evaluator"] {
+        metrics::gauge!("qd_learner_actors_connected", "role" => role).set(0.0);
+    }
+}
+
 /// Removes a watcher when its stream ends, however it ends.
 struct WatchGuard {
     shared: Arc<Shared>,

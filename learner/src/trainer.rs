@@ -344,6 +344,7 @@ impl Trainer {
             jsd_alpha: self.cfg.jsd_alpha,
             rho_bar: self.cfg.rho_bar,
         };
+        metrics::gauge!("qd_learner_step").set(self.step as f64);
         let mut last_checkpoint = None;
         let stopped = loop {
             if self.cfg.max_steps > 0 && self.step >= self.cfg.max_steps {

@@ -90,6 +90,18 @@ wait_for 'max(qd_learner_step)' 'x >= 5' "the learner steps and Prometheus scrap
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 2' "Prometheus scrapes 2 actors"
 wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are connected"
 
+# Every healthcheck (qd health over gRPC and HTTP, Prometheus's /-/healthy) passes.
+deadline=$((SECONDS + 120))
+while :; do
+  states=$(for c in $("${compose[@]}" ps -q learner actor evaluator prometheus); do
+    docker inspect -f '{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$c"
+  done)
+  grep -qv '=healthy$' <<<"$states" || break
+  [ $SECONDS -lt $deadline ] || { say "not all healthy: $(tr '\n' ' ' <<<"$states")"; exit 1; }
+  sleep 1
+done
+say "every container is healthy ($(wc -l <<<"$states") containers)"
+
 say "scale to 3 actors"
 deploy/scale-actors.sh 3 >/dev/null
 wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 3' "3 actors are connected"
