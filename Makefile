@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build test lint demo bench clean
+.PHONY: setup build test test-deploy lint demo paper bench clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -20,9 +20,16 @@ setup:
 build:
 	$(CARGO) build --release --locked
 
-## test: formatting, lints and every test (unit, property, end-to-end)
+## test: formatting, lints and every test (unit, property, end-to-end), then the
+## deployment's: Kubernetes manifests, Prometheus rules and dashboard, containers
 test: setup lint
 	$(CARGO) test --release --locked --workspace --all-targets
+	@$(MAKE) --no-print-directory test-deploy
+
+test-deploy: setup
+	tests/deploy/k8s.sh
+	tests/deploy/prometheus.sh
+	tests/deploy/compose.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -30,19 +37,51 @@ lint:
 
 ## demo: the dataset, a pre-trained policy, the embedder and the judge (each cached),
 ## then distributed CFG distillation (`qd run`: learner, 2 actors, evaluator; resumes or
-## skips when its run folder holds a finished run), tunes for a prompt, and quality and
-## diversity of the base model with and without CFG and of the distilled student
+## skips when its run folder holds a finished run); a small sweep (quality and diversity
+## of the base model with and without CFG, of the distilled student and of its LERP with
+## the base model, on 100 held-out prompts; cached) with its plot; and tunes (.abc, .mid)
+## for a few prompts from the base model with CFG, the student and the merged model
+BASE := runs/pretrain/last.safetensors
 STUDENT := runs/rl/default/student.safetensors
+MERGED := runs/merged/default-base-0.5.safetensors
+DEMO_PROMPTS := "a lively irish reel in d major" "a slow scottish air in g minor" "a german love song in 3/4"
 demo: setup
 	$(QD) data prepare
-	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors runs/judge.safetensors
+	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
 	$(QD) run --config configs/default.toml
-	$(QD) data export --split test -n 2 --out samples/corpus
-	$(QD) sample "a lively irish reel in d major" -n 2 --cfg 3 --out samples/reel-base-cfg3
-	$(QD) sample "a lively irish reel in d major" -n 2 --checkpoint $(STUDENT) --out samples/reel-distilled
-	$(QD) eval --prompts 100
-	$(QD) eval --prompts 100 --cfg 3
-	$(QD) eval --prompts 100 --checkpoint $(STUDENT)
+	$(QD) sweep --runs runs/rl/default --cfg 1,3 --temperatures 1 --lambdas 0,0.5,1 --out runs/demo-sweep
+	$(QD) merge $(STUDENT) $(BASE) --lambda 0.5 --out $(MERGED)
+	$(QD) data export --split test -n 2 --out samples/corpus > /dev/null
+	@for p in $(DEMO_PROMPTS); do \
+	  d=samples/$$(echo "$$p" | tr ' /' '-_'); echo "tunes for \"$$p\" → $$d/"; \
+	  $(QD) sample "$$p" -n 2 --cfg 3 --out $$d/base-cfg3 > /dev/null && \
+	  $(QD) sample "$$p" -n 2 --checkpoint $(STUDENT) --out $$d/beta0 > /dev/null && \
+	  $(QD) sample "$$p" -n 2 --checkpoint $(MERGED) --out $$d/merged > /dev/null || exit 1; \
+	done
+	@echo
+	@echo "To look at:"
+	@echo "  plot     runs/demo-sweep/front.png (quality against diversity; .svg beside it, lerp.png too)"
+	@echo "  tables   runs/demo-sweep/summary.md, runs/demo-sweep/sweep.csv"
+	@echo "  tunes    .abc (text) and .mid (audio) files, two per model:"
+	@for p in $(DEMO_PROMPTS); do d=samples/$$(echo "$$p" | tr ' /' '-_'); \
+	  echo "           $$d/{base-cfg3,beta0,merged}/"; done
+	@echo "           samples/corpus/ (held-out tunes of the corpus)"
+	@echo "  models   base $(BASE) with CFG γ = 3; β = 0 student $(STUDENT); merged $(MERGED) (λ = 0.5 toward the base)"
+
+## paper: the β sweep (configs/beta-{0,50,100,200}.toml) trained through the service
+## from one base model, then `qd sweep` over it: the paper's figures and tables in
+## runs/sweep/, copied to docs/figures/. Every step is cached: trained models and finished
+## runs are kept, and the sweep evaluates only the points whose inputs changed.
+BETAS := 0 50 100 200
+paper: setup
+	@$(MAKE) --no-print-directory data/folk/dataset.json
+	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
+	@for b in $(BETAS); do echo "$(QD) run --config configs/beta-$$b.toml"; \
+	  $(QD) run --config configs/beta-$$b.toml || exit 1; done
+	$(QD) sweep --runs $(BETAS:%=runs/rl/beta-%) --out runs/sweep
+	@mkdir -p docs/figures
+	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md docs/figures/
+	@echo "figures and tables: docs/figures/summary.md"
 
 data/folk/dataset.json: | setup
 	$(QD) data prepare

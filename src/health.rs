@@ -16,10 +16,7 @@ pub enum Target {
     /// `host:port` or `grpc://host:port`: the gRPC health service.
     Grpc(String),
     /// `http://host:port/path`: an HTTP GET that must return 200.
-    Http {
-        authority: String,
-        path: String,
-    },
+    Http { authority: String, path: String },
 }
 
 impl std::str::FromStr for Target {
@@ -29,7 +26,9 @@ impl std::str::FromStr for Target {
         if let Some(rest) = s.strip_prefix("http://") {
             let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
             if !authority.contains(':') {
-                return Err(format!("{s:?}: the URL needs a port (http://host:port/path)"));
+                return Err(format!(
+                    "{s:?}: the URL needs a port (http://host:port/path)"
+                ));
             }
             return Ok(Target::Http {
                 authority: authority.to_string(),

@@ -22,7 +22,10 @@ use common::telemetry::init_logging;
 use tch::Device;
 
 mod bench_service;
+mod health;
+mod plot;
 mod run;
+mod sweep;
 
 /// Diversity-rewarded CFG distillation as a distributed actor/learner service.
 #[derive(Debug, Parser)]
@@ -76,12 +79,35 @@ enum Command {
     /// Merge policy checkpoints: LERP of two (`--lambda`) or the uniform average of all
     /// (`--average`). The output is an ordinary checkpoint.
     Merge(MergeArgs),
+    /// Compare CFG, temperature, the β-sweep students and weight interpolation on the same
+    /// held-out prompts and seeds: a CSV, plots, hypervolumes (each point cached).
+    ///
+    /// Families: the base model with CFG γ and with temperatures, the β = 0 student with
+    /// temperatures, every run's student, LERP from the β = 0 student to the most diverse
+    /// student and to the base model, and the average of all students.
+    Sweep(SweepArgs),
+    /// Probe a qd process: gRPC health (`host:port`, the learner) or an HTTP endpoint
+    /// (`http://host:port/metrics`, every process); exit 0 when it is healthy.
+    Health(HealthArgs),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// `host:port` or `grpc://host:port` (grpc.health.v1), or `http://host:port/path`
+    /// (must answer 200).
+    target: health::Target,
+    /// gRPC service to ask about ("" is the whole server).
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -416,6 +442,58 @@ struct MergeArgs {
     out: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// Run folders of the β sweep (each with `student.safetensors`; β is read from the
+    /// student's metadata or the folder's `run-config.toml`; one must have β = 0).
+    #[arg(long, required = true, num_args = 1..)]
+    runs: Vec<PathBuf>,
+    /// The base model: the CFG and temperature baselines, and one end of `lerp-base`.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    base: PathBuf,
+    #[arg(long, default_value = "runs/embedder.safetensors")]
+    embedder: PathBuf,
+    #[arg(long, default_value = "runs/judge.safetensors")]
+    judge: PathBuf,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    data: PathBuf,
+    /// Held-out test prompts (the first N of the test split).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
+    prompts: u32,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    samples: u32,
+    /// CFG strengths γ of the base model (1: no guidance).
+    #[arg(long = "cfg", value_delimiter = ',', default_value = "1,1.5,2,3,4,5,7")]
+    gammas: Vec<f64>,
+    /// Temperatures of the base model and of the β = 0 student.
+    #[arg(long, value_delimiter = ',', default_value = "0.7,0.85,1,1.15,1.3")]
+    temperatures: Vec<f64>,
+    /// LERP weights λ (default: 0 to 1 in steps of 0.1, or 0.05 with --fine).
+    #[arg(long, value_delimiter = ',', conflicts_with = "fine")]
+    lambdas: Option<Vec<f64>>,
+    /// λ in steps of 0.05.
+    #[arg(long)]
+    fine: bool,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Rows per sampling batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder: sweep.csv, summary.{json,md}, front/lerp/training .png and .svg,
+    /// and the per-point cache in points/.
+    #[arg(long, default_value = "runs/sweep")]
+    out: PathBuf,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
 /// The configuration of a service role.
 #[derive(Debug, Args)]
 struct ServiceArgs {
@@ -516,9 +594,18 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Learner(_) | Command::Actor(_) | Command::Evaluator(_) | Command::Run(_) => {}
         Command::Merge(a) => merge_cmd(a)?,
+        Command::Sweep(a) => sweep_cmd(a)?,
         Command::Config(a) => {
             let settings = a.settings()?;
             println!("{}", serde_json::to_string_pretty(&settings)?);
+        }
+        Command::Health(a) => {
+            let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout {}: {e}", a.timeout))?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(health::check(&a.target, &a.service, timeout))?;
         }
         Command::Info { json } => {
             let info = common::torch::info();
@@ -860,5 +947,40 @@ fn merge_cmd(a: MergeArgs) -> Result<()> {
     create_parent(&a.out)?;
     merge::write(&a.out, &cks[0], tensors, extra)?;
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn sweep_cmd(a: SweepArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let cfg = sweep::SweepConfig {
+        runs: a.runs,
+        base: a.base,
+        embedder: a.embedder,
+        judge: a.judge,
+        data: a.data,
+        out: a.out,
+        prompts: a.prompts as usize,
+        samples: a.samples as usize,
+        seed: a.seed,
+        batch: a.batch as usize,
+        max_new_tokens: a.max_new_tokens,
+        gammas: a.gammas,
+        temperatures: a.temperatures,
+        lambdas: a.lambdas.unwrap_or_else(|| sweep::default_lambdas(a.fine)),
+        device,
+        progress: !a.no_progress,
+    };
+    let s = sweep::sweep(&cfg)?;
+    println!("{}", s.markdown());
+    println!(
+        "{} points: {} evaluated, {} cached",
+        s.points, s.evaluated, s.cached
+    );
+    for name in ["sweep.csv", "summary.md", "summary.json"] {
+        println!("wrote {}", cfg.out.join(name).display());
+    }
+    for png in &s.plots {
+        println!("plot: {} (and .svg)", png.display());
+    }
     Ok(())
 }

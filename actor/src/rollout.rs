@@ -49,7 +49,9 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let credits = link.credits.clone();
     run_client(link, Some(batch_rx), move |weights, stop, rt| {
-        rollouts(&setup, &embedder, seed, weights, credits, batch_tx, stop, rt)
+        rollouts(
+            &setup, &embedder, seed, weights, credits, batch_tx, stop, rt,
+        )
     })
     .await?;
     tracing::info!("actor stopped");
@@ -188,6 +190,9 @@ mod tests {
         assert_eq!(stream_seed(1, "actor-1"), stream_seed(1, "actor-1"));
         assert_ne!(stream_seed(1, "actor-1"), stream_seed(1, "actor-2"));
         assert_ne!(stream_seed(1, "actor-1"), stream_seed(2, "actor-1"));
-        assert_ne!(stream_seed(0, "actor@a1b2c3:1"), stream_seed(0, "actor@d4e5f6:1"));
+        assert_ne!(
+            stream_seed(0, "actor@a1b2c3:1"),
+            stream_seed(0, "actor@d4e5f6:1")
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::folk::dataset::{Dataset, Split};
@@ -30,7 +30,7 @@ pub struct EvalConfig {
 }
 
 /// The numbers `qd eval` reports.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EvalReport {
     pub prompts: usize,
     pub samples: usize,

@@ -133,7 +133,9 @@ impl Shared {
 /// Exports the learner's counters (each drop reason) and connection gauges at 0, so that
 /// Prometheus sees their first increase and dashboards show "none" as 0, not "no data".
 pub fn zero_metrics() {
-    let reasons = crate::validate::REASONS.iter().chain(&["stale", "non_finite_loss"]);
+    let reasons = crate::validate::REASONS
+        .iter()
+        .chain(&["stale", "non_finite_loss"]);
     for &reason in reasons {
         metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => reason).absolute(0);
     }
