@@ -94,6 +94,42 @@ fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
     (header, rows, n)
 }
 
+/// The fixture dataset and a tiny base policy, embedder and judge trained for `steps`
+/// steps in `dir`; the dataset's folder and the base checkpoint.
+fn tiny_models(dir: &Path, steps: u32) -> (PathBuf, PathBuf) {
+    let data = support::fixture_dataset(dir);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let steps = steps.to_string();
+    let common = [
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--steps",
+        &steps,
+    ];
+    let commands: [&[&str]; 3] = [
+        &[
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--context",
+            "64",
+            "--out",
+            &p("pt"),
+        ],
+        &["embedder", "train", "--out", &p("emb.safetensors")],
+        &["judge", "train", "--out", &p("judge.safetensors")],
+    ];
+    for command in commands {
+        qd_ok(&[command, &common[..]].concat());
+    }
+    (data, dir.join("pt/last.safetensors"))
+}
+
 fn counts(stdout: &str) -> String {
     stdout
         .lines()
@@ -106,49 +142,8 @@ fn counts(stdout: &str) -> String {
 fn sweep_families_cache_and_figures() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = support::fixture_dataset(dir);
+    let (data, base) = tiny_models(dir, 3);
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    let common = [
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--no-progress",
-        "--threads",
-        "1",
-        "--steps",
-        "3",
-    ];
-    qd_ok(
-        &[
-            &[
-                "pretrain",
-                "--preset",
-                "tiny",
-                "--context",
-                "64",
-                "--out",
-                &p("pt"),
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
-    qd_ok(
-        &[
-            &["embedder", "train", "--out", &p("emb.safetensors")],
-            &common[..],
-        ]
-        .concat(),
-    );
-    qd_ok(
-        &[
-            &["judge", "train", "--out", &p("judge.safetensors")],
-            &common[..],
-        ]
-        .concat(),
-    );
-    let base = dir.join("pt/last.safetensors");
     let zero = run_dir(&dir.join("rl/beta-0"), &base, 1, Some(0.0), 0.0);
     // β from run-config.toml when the student does not record it.
     let fifty = run_dir(&dir.join("rl/beta-50"), &base, 2, None, 50.0);
@@ -354,49 +349,8 @@ fn sweep_families_cache_and_figures() {
 fn sweep_with_only_the_beta_zero_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = support::fixture_dataset(dir);
+    let (data, base) = tiny_models(dir, 2);
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    let common = [
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--no-progress",
-        "--threads",
-        "1",
-        "--steps",
-        "2",
-    ];
-    qd_ok(
-        &[
-            &[
-                "pretrain",
-                "--preset",
-                "tiny",
-                "--context",
-                "64",
-                "--out",
-                &p("pt"),
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
-    qd_ok(
-        &[
-            &["embedder", "train", "--out", &p("emb.safetensors")],
-            &common[..],
-        ]
-        .concat(),
-    );
-    qd_ok(
-        &[
-            &["judge", "train", "--out", &p("judge.safetensors")],
-            &common[..],
-        ]
-        .concat(),
-    );
-    let base = dir.join("pt/last.safetensors");
     let zero = run_dir(&dir.join("rl/beta-0"), &base, 1, Some(0.0), 0.0);
     let out = qd_ok(&[
         "sweep",
