@@ -30,7 +30,7 @@ missing=$(ldd "$qd" | awk '/not found/ {print $1}')
 ldd "$qd" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' \
   | grep -v -E '^/(usr/)?lib(64)?/' | xargs -r cp -L -t "$out/lib/"
 if [ "$variant" = cuda ]; then
-  ldd "$qd" | grep -q libtorch_cuda \
+  grep -q libtorch_cuda <<<"$(ldd "$qd")" \
     || { echo "stage: $qd does not link libtorch_cuda: build it with QD_CUDA=1 make build" >&2; exit 1; }
   site=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
   find "$site/torch/lib" "$site/nvidia" -name '*.so*' -type f -exec cp -n -t "$out/lib/" {} +

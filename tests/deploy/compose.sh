@@ -107,7 +107,8 @@ deploy/scale-actors.sh 3 >/dev/null
 wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 3' "3 actors are connected"
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 3' "Prometheus scrapes 3 actors"
 
-victim=$("${compose[@]}" ps -q actor | head -1)
+# (sed, not head: head would close the pipe early and pipefail would see SIGPIPE)
+victim=$("${compose[@]}" ps -q actor | sed -n 1p)
 step=$(query 'max(qd_learner_step)')
 say "kill actor container ${victim:0:12} at step $step"
 docker kill "$victim" >/dev/null

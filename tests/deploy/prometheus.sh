@@ -43,7 +43,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     fi
 fi
 command -v python3 >/dev/null || fail "python3 is needed"
-say "$(prometheus --version 2>&1 | head -n1)"
+say "$(prometheus --version 2>&1 | sed -n 1p)"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/qd-prometheus.XXXXXX")
 PIDS=()
