@@ -220,6 +220,8 @@ fn draw<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc(p.x.as_str())
             .y_desc(p.y.as_str())
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(WHITE)
@@ -245,6 +247,18 @@ fn draw<DB: DrawingBackend>(
         }
     }
     root.present()
+}
+
+/// An axis label: whole numbers without a fraction (learner steps), others with at most
+/// four decimals and no trailing zeros.
+fn tick(v: &f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
 }
 
 /// Writes `stem.png` and `stem.svg`, the panels side by side under `title`.
@@ -277,4 +291,18 @@ pub fn write(stem: &Path, title: &str, panels: &[Panel]) -> Result<()> {
         w.finish()?;
     }
     write_atomic(&stem.with_extension("png"), &png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn ticks_drop_useless_decimals() {
+        let t: Vec<String> = [20.0, 0.0, -0.0, 0.05, 0.125, 1.5, 0.123456]
+            .iter()
+            .map(tick)
+            .collect();
+        assert_eq!(t, ["20", "0", "0", "0.05", "0.125", "1.5", "0.1235"]);
+    }
 }
