@@ -16,7 +16,7 @@ use common::model::config::Preset;
 use common::model::embedder::{load_embedder, train_embedder, EmbedderConfig};
 use common::model::judge::{load_judge, train_judge, JudgeConfig};
 use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
-use common::model::sampling::{sample, SamplingConfig, Vocabulary};
+use common::model::sampling::{sample, CfgScope, SamplingConfig, Vocabulary};
 use common::settings::Settings;
 use common::telemetry::init_logging;
 use tch::Device;
@@ -301,6 +301,10 @@ struct SampleArgs {
     /// the most likely id's (e.g. 0.1; omit to allow every id).
     #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
     cfg_plausibility: Option<f64>,
+    /// With --cfg: what guidance re-weighs: `all` ids (standard CFG) or only the `content`
+    /// (which pitch, key, meter; the rhythm and bar lines stay conditional).
+    #[arg(long, requires = "cfg_gamma", default_value_t = CfgScope::All)]
+    cfg_scope: CfgScope,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long)]
@@ -344,6 +348,10 @@ struct EvalArgs {
     /// the most likely id's (e.g. 0.1; omit to allow every id).
     #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
     cfg_plausibility: Option<f64>,
+    /// With --cfg: what guidance re-weighs: `all` ids (standard CFG) or only the `content`
+    /// (which pitch, key, meter; the rhythm and bar lines stay conditional).
+    #[arg(long, requires = "cfg_gamma", default_value_t = CfgScope::All)]
+    cfg_scope: CfgScope,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long)]
@@ -757,6 +765,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         top_k: a.top_k,
         cfg_gamma: a.cfg_gamma,
         cfg_plausibility: a.cfg_plausibility,
+        cfg_scope: a.cfg_scope,
         max_new_tokens: a.max_new_tokens,
     };
     let n = a.n as usize;
@@ -861,6 +870,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             top_k: a.top_k,
             cfg_gamma: a.cfg_gamma,
             cfg_plausibility: a.cfg_plausibility,
+            cfg_scope: a.cfg_scope,
             max_new_tokens: a.max_new_tokens,
         },
         seed: a.seed,

@@ -80,6 +80,7 @@ pub fn bench_generate(
         sep: SEP,
         eos: u32::MAX,
         allowed: allowed.clone(),
+        content_groups: Vec::new(),
     };
     let seeds: Vec<u64> = (0..cfg.batch as u64).collect();
     let plain = SamplingConfig {

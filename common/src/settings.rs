@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::sampling::CfgScope;
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,9 @@ pub struct LearnerSettings {
     /// reverse KL, 0.1 collapsed the student's diversity in the measured run
     /// (docs/results.md).
     pub cfg_plausibility: f64,
+    /// What the teacher's guidance re-weighs: `all` ids (standard CFG, the default) or
+    /// only the `content` (which pitch, key, meter). See `qd eval --cfg-scope`.
+    pub cfg_scope: CfgScope,
     pub divergence: Divergence,
     /// Student weight in the JSD mixture.
     pub jsd_alpha: f64,
@@ -136,6 +140,7 @@ impl Default for LearnerSettings {
             beta: 0.0,
             cfg_gamma: 3.0,
             cfg_plausibility: 0.0,
+            cfg_scope: CfgScope::All,
             divergence: Divergence::ReverseKl,
             jsd_alpha: 0.5,
             baseline: Baseline::BatchMean,

@@ -158,6 +158,7 @@ pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Re
         metrics = ?metrics_addr,
         beta = cfg.beta,
         cfg_gamma = cfg.cfg_gamma,
+        cfg_scope = %cfg.cfg_scope,
         max_steps = cfg.max_steps,
         "learner listening"
     );

@@ -10,7 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use common::folk::vocab::{PAD, SEP};
-use common::model::sampling::guide;
+use common::model::sampling::{guide, CfgScope, Vocabulary};
 use common::model::transformer::Transformer;
 use common::settings::Divergence;
 
@@ -36,6 +36,8 @@ pub struct LossConfig {
     pub cfg_gamma: f64,
     /// The teacher's plausibility constraint (0: plain CFG).
     pub cfg_plausibility: f64,
+    /// What the teacher's guidance re-weighs.
+    pub cfg_scope: CfgScope,
     pub divergence: Divergence,
     pub jsd_alpha: f64,
     pub rho_bar: f64,
@@ -70,24 +72,26 @@ pub struct LossStats {
 /// Maps vocabulary ids to positions in the generatable set.
 #[derive(Debug)]
 pub struct Generatable {
-    /// Ids a sample may hold, in logit order.
-    pub ids: Vec<u32>,
+    /// The sampler's view of the vocabulary: `allowed` are the ids a sample may hold, in
+    /// logit order.
+    pub vocabulary: Vocabulary,
     index_of: Vec<i64>,
     ids_tensor: Tensor,
+    device: Device,
 }
 
 impl Generatable {
-    pub fn new(ids: Vec<u32>, vocab_size: usize, device: Device) -> Generatable {
+    pub fn new(vocabulary: Vocabulary, vocab_size: usize, device: Device) -> Generatable {
         let mut index_of = vec![-1i64; vocab_size];
-        for (i, &id) in ids.iter().enumerate() {
+        for (i, &id) in vocabulary.allowed.iter().enumerate() {
             index_of[id as usize] = i as i64;
         }
-        let ids_tensor =
-            Tensor::from_slice(&ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()).to(device);
+        let ids: Vec<i64> = vocabulary.allowed.iter().map(|&x| i64::from(x)).collect();
         Generatable {
-            ids,
+            vocabulary,
             index_of,
-            ids_tensor,
+            ids_tensor: Tensor::from_slice(&ids).to(device),
+            device,
         }
     }
 }
@@ -163,7 +167,8 @@ pub fn teacher_logprobs(
         let device = teacher.device();
         let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
         let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
-        guide(&c, &u, cfg.cfg_gamma, Some(cfg.cfg_plausibility))
+        let groups = g.vocabulary.guidance_groups(cfg.cfg_scope, g.device);
+        guide(&c, &u, cfg.cfg_gamma, Some(cfg.cfg_plausibility), &groups)
             .log_softmax(-1, Kind::Float)
             .clamp_min(TEACHER_LOG_FLOOR)
     })

@@ -15,9 +15,9 @@ use tch::Device;
 use tokio::sync::{mpsc, watch};
 
 use common::folk::dataset::Dataset;
-use common::folk::vocab::EOS;
 use common::model::checkpoint::{save, serialize, Checkpoint, ModelKind, Stamp};
 use common::model::optim::{AdamW, AdamWConfig};
+use common::model::sampling::Vocabulary;
 use common::model::train::Schedule;
 use common::model::transformer::Transformer;
 use common::settings::{Baseline, LearnerSettings};
@@ -179,7 +179,7 @@ impl Trainer {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let generatable = Generatable::new(
-            std::iter::once(EOS).chain(ds.vocab.tune_ids()).collect(),
+            Vocabulary::of(&ds.vocab),
             config.vocab_size as usize,
             device,
         );
@@ -220,6 +220,7 @@ impl Trainer {
                 "beta": self.cfg.beta,
                 "cfg_gamma": self.cfg.cfg_gamma,
                 "cfg_plausibility": self.cfg.cfg_plausibility,
+                "cfg_scope": self.cfg.cfg_scope,
             }),
         }
     }
@@ -340,6 +341,7 @@ impl Trainer {
             beta: self.cfg.beta,
             cfg_gamma: self.cfg.cfg_gamma,
             cfg_plausibility: self.cfg.cfg_plausibility,
+            cfg_scope: self.cfg.cfg_scope,
             divergence: self.cfg.divergence,
             jsd_alpha: self.cfg.jsd_alpha,
             rho_bar: self.cfg.rho_bar,

@@ -8,7 +8,7 @@
 use tch::Device;
 
 use common::model::optim::{AdamW, AdamWConfig};
-use common::model::sampling::{sample, SamplingConfig};
+use common::model::sampling::{sample, CfgScope, SamplingConfig};
 use common::model::transformer::Transformer;
 use common::settings::Divergence;
 use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig, Pair};
@@ -18,7 +18,7 @@ mod support;
 use support::{tiny as model, vocabulary, VOCAB};
 
 fn generatable() -> Generatable {
-    Generatable::new(vocabulary().allowed, VOCAB, Device::Cpu)
+    Generatable::new(vocabulary(), VOCAB, Device::Cpu)
 }
 
 /// Two samples for each of three prompts of different lengths, drawn from `m`.
@@ -52,6 +52,7 @@ fn cfg(beta: f64, divergence: Divergence, gamma: f64) -> LossConfig {
         beta,
         cfg_gamma: gamma,
         cfg_plausibility: 0.0,
+        cfg_scope: CfgScope::All,
         divergence,
         jsd_alpha: 0.5,
         rho_bar: 1.0,
@@ -110,9 +111,22 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             "{d:?}: {:?}",
             diff.stats
         );
-        // The same model as its own CFG teacher with γ ≠ 1 is another distribution.
-        let guided = loss(&student, &student, &ps, &g, 0.0, &cfg(0.0, d, 3.0));
-        assert!(guided.stats.kl > 1e-4, "{d:?}: {:?}", guided.stats);
+        // The same model as its own CFG teacher with γ ≠ 1 is another distribution,
+        // whatever the guidance scope; with γ = 1 both scopes are the conditional.
+        for scope in [CfgScope::All, CfgScope::Content] {
+            let with = |gamma| LossConfig {
+                cfg_scope: scope,
+                ..cfg(0.0, d, gamma)
+            };
+            let same = loss(&student, &student, &ps, &g, 0.0, &with(1.0));
+            assert!(
+                same.stats.kl.abs() < 1e-5,
+                "{d:?} {scope}: {:?}",
+                same.stats
+            );
+            let guided = loss(&student, &student, &ps, &g, 0.0, &with(3.0));
+            assert!(guided.stats.kl > 1e-4, "{d:?} {scope}: {:?}", guided.stats);
+        }
     }
     let (r, f) = (
         loss(

@@ -22,7 +22,42 @@ pub struct SamplingConfig {
     /// With CFG, only ids whose conditional probability is at least this share of the
     /// most likely id's may be drawn (see [`guide`]; `None`: every id).
     pub cfg_plausibility: Option<f64>,
+    /// Which choices CFG re-weighs (see [`CfgScope`]).
+    pub cfg_scope: CfgScope,
     pub max_new_tokens: usize,
+}
+
+/// Which choices classifier-free guidance re-weighs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CfgScope {
+    /// Every id: the standard formula.
+    #[default]
+    All,
+    /// Only the choice among pitches, among keys and among meters: the conditional model
+    /// alone decides what kind of token comes next (a note, a duration, a bar line …), so
+    /// guidance changes which note is played but never the rhythm. See [`guide`].
+    Content,
+}
+
+impl std::str::FromStr for CfgScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CfgScope, String> {
+        match s {
+            "all" => Ok(CfgScope::All),
+            "content" => Ok(CfgScope::Content),
+            _ => Err(format!("unknown CFG scope {s:?} (expected all or content)")),
+        }
+    }
+}
+
+impl std::fmt::Display for CfgScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CfgScope::All => "all",
+            CfgScope::Content => "content",
+        })
+    }
 }
 
 impl Default for SamplingConfig {
@@ -32,6 +67,7 @@ impl Default for SamplingConfig {
             top_k: None,
             cfg_gamma: None,
             cfg_plausibility: None,
+            cfg_scope: CfgScope::All,
             max_new_tokens: 256,
         }
     }
@@ -45,6 +81,9 @@ pub struct Vocabulary {
     pub eos: u32,
     /// Ids that may be generated (tune tokens and `<eos>`).
     pub allowed: Vec<u32>,
+    /// The groups [`CfgScope::Content`] guides within, as positions in `allowed`: the
+    /// pitches, the keys, the meters.
+    pub content_groups: Vec<Vec<usize>>,
 }
 
 /// Sampled continuations, one per prompt.
@@ -59,12 +98,48 @@ pub struct Samples {
 impl Vocabulary {
     /// What a policy trained on `vocab` may generate: its tune tokens and `<eos>`.
     pub fn of(vocab: &crate::folk::vocab::Vocab) -> Vocabulary {
+        use crate::folk::tune::Token;
         use crate::folk::vocab::{EOS, PAD, SEP};
+        let allowed: Vec<u32> = std::iter::once(EOS).chain(vocab.tune_ids()).collect();
+        let kinds: [fn(&Token) -> bool; 3] = [
+            |t| matches!(t, Token::Note(_)),
+            |t| matches!(t, Token::Key(_)),
+            |t| matches!(t, Token::Meter(_)),
+        ];
+        let content_groups = kinds
+            .iter()
+            .map(|is| {
+                (0..allowed.len())
+                    .filter(|&i| {
+                        vocab
+                            .decode_tune(&allowed[i..=i])
+                            .is_ok_and(|t| t.first().is_some_and(is))
+                    })
+                    .collect()
+            })
+            .collect();
         Vocabulary {
             pad: PAD,
             sep: SEP,
             eos: EOS,
-            allowed: std::iter::once(EOS).chain(vocab.tune_ids()).collect(),
+            allowed,
+            content_groups,
+        }
+    }
+
+    /// The guidance groups of `scope` as `[A]` masks over the allowed ids.
+    pub fn guidance_groups(&self, scope: CfgScope, device: Device) -> Vec<Tensor> {
+        match scope {
+            CfgScope::All => Vec::new(),
+            CfgScope::Content => self
+                .content_groups
+                .iter()
+                .map(|g| {
+                    let mut m = vec![false; self.allowed.len()];
+                    g.iter().for_each(|&i| m[i] = true);
+                    Tensor::from_slice(&m).to(device)
+                })
+                .collect(),
         }
     }
 }
@@ -81,15 +156,41 @@ impl Samples {
 /// adaptive plausibility constraint of contrastive decoding): guidance then re-weighs
 /// what the conditional model finds plausible and cannot promote an id both models
 /// consider unlikely merely because they disagree about how unlikely it is.
-pub fn guide(c: &Tensor, u: &Tensor, gamma: f64, plausibility: Option<f64>) -> Tensor {
-    let g = u + (c - u) * gamma;
-    match plausibility.filter(|a| *a > 0.0) {
-        Some(alpha) => {
-            let floor = c.amax([-1], true) + alpha.ln();
-            g.masked_fill(&c.lt_tensor(&floor), f64::NEG_INFINITY)
-        }
-        None => g,
+///
+/// With `groups` (boolean `[A]` masks, [`Vocabulary::guidance_groups`]) guidance acts
+/// only within each group: an id of group `G` gets `p_c(G) · softmax_G(u + γ·(c − u))`,
+/// the conditional probability of the group shared out by the guided scores, and an id
+/// in no group keeps its conditional probability. With γ = 1 this is `c` whatever the
+/// groups.
+pub fn guide(
+    c: &Tensor,
+    u: &Tensor,
+    gamma: f64,
+    plausibility: Option<f64>,
+    groups: &[Tensor],
+) -> Tensor {
+    let mut g = u + (c - u) * gamma;
+    let mut c = c.shallow_clone();
+    if let Some(alpha) = plausibility.filter(|a| *a > 0.0) {
+        let implausible = c.lt_tensor(&(c.amax([-1], true) + alpha.ln()));
+        g = g.masked_fill(&implausible, f64::NEG_INFINITY);
+        c = c.masked_fill(&implausible, f64::NEG_INFINITY);
     }
+    if groups.is_empty() {
+        return g;
+    }
+    let mut out = c.shallow_clone();
+    for m in groups {
+        let outside = m.logical_not();
+        let lse = |t: &Tensor| {
+            t.masked_fill(&outside, f64::NEG_INFINITY)
+                .logsumexp([-1], true)
+        };
+        // A group the constraint emptied stays −∞ (and −∞ − (−1e30) is still −∞).
+        let within = &g - lse(&g).clamp_min(-1e30);
+        out = (lse(&c) + within).where_self(m, &out);
+    }
+    out
 }
 
 /// Left-pads rows into `[R, T]` ids and a `[R, T]` validity mask.
@@ -141,6 +242,7 @@ fn sample_inner(
         .iter()
         .map(|&s| rand::rngs::StdRng::seed_from_u64(s))
         .collect();
+    let groups = v.guidance_groups(cfg.cfg_scope, device);
     let allowed_idx =
         Tensor::from_slice(&v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()).to(device);
     let room = (model.config.max_len as usize)
@@ -165,7 +267,7 @@ fn sample_inner(
         let l = match cfg.cfg_gamma {
             Some(gamma) => {
                 let (c, u) = (l.narrow(0, 0, b as i64), l.narrow(0, b as i64, b as i64));
-                guide(&c, &u, gamma, cfg.cfg_plausibility)
+                guide(&c, &u, gamma, cfg.cfg_plausibility, &groups)
             }
             None => l,
         };
@@ -216,4 +318,35 @@ fn sample_inner(
             .select(1, -1);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folk::tune::Token;
+    use crate::folk::vocab::Vocab;
+
+    #[test]
+    fn content_groups_are_the_pitches_keys_and_meters() {
+        let tunes: Vec<Token> = ["M:6/8", "K:D", "A", "|", "2", "c", "z", "K:G", "B,", "M:C|"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let vocab = Vocab::new(vec!["reel".into()], tunes).unwrap();
+        let v = Vocabulary::of(&vocab);
+        let text = |g: &Vec<usize>| -> Vec<String> {
+            g.iter().map(|&i| vocab.text(v.allowed[i])).collect()
+        };
+        let groups: Vec<Vec<String>> = v.content_groups.iter().map(text).collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["A", "c", "B,"],
+                vec!["K:D", "K:G"],
+                vec!["M:6/8", "M:C|"]
+            ]
+        );
+        assert!(v.guidance_groups(CfgScope::All, Device::Cpu).is_empty());
+        assert_eq!(v.guidance_groups(CfgScope::Content, Device::Cpu).len(), 3);
+    }
 }

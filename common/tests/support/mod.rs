@@ -68,12 +68,15 @@ pub fn tiny(seed: i64) -> (tch::nn::VarStore, common::model::transformer::Transf
     (vs, model)
 }
 
-/// The ids of the tiny models: 0 pad, 1 sep, 2 eos, 3 unk, 4..10 words, 10..40 tune tokens.
+/// The ids of the tiny models: 0 pad, 1 sep, 2 eos, 3 unk, 4..10 words, 10..40 tune tokens;
+/// for `CfgScope::Content`, ids 10..22 are "pitches" and 22..25 "keys" (positions 1..13
+/// and 13..16 of the allowed ids).
 pub fn vocabulary() -> common::model::sampling::Vocabulary {
     common::model::sampling::Vocabulary {
         pad: 0,
         sep: 1,
         eos: 2,
         allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
+        content_groups: vec![(1..13).collect(), (13..16).collect()],
     }
 }
