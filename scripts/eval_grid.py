@@ -17,6 +17,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--gammas", default="1,3,5", help="CFG strengths (1 = no guidance)")
     ap.add_argument("--temperatures", default="0.7,1.0,1.3")
+    ap.add_argument("--cfg-scope", default="all", choices=["all", "content"],
+                    help="what guidance re-weighs (qd eval --cfg-scope)")
     args = ap.parse_args()
     rows = []
     for gamma in [float(g) for g in args.gammas.split(",")]:
@@ -24,7 +26,7 @@ def main():
             cmd = [args.qd, "eval", "--checkpoint", args.checkpoint, "--prompts", str(args.prompts),
                    "--temperature", str(temp), "--json"]
             if gamma != 1.0:
-                cmd += ["--cfg", str(gamma)]
+                cmd += ["--cfg", str(gamma), "--cfg-scope", args.cfg_scope]
             print(" ".join(cmd), file=sys.stderr)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append((gamma, temp, json.loads(out)))
