@@ -77,7 +77,8 @@ pub struct Generatable {
     pub vocabulary: Vocabulary,
     index_of: Vec<i64>,
     ids_tensor: Tensor,
-    device: Device,
+    /// The teacher's guidance groups for `CfgScope::Content`, built once.
+    content_groups: Vec<Tensor>,
 }
 
 impl Generatable {
@@ -88,10 +89,10 @@ impl Generatable {
         }
         let ids: Vec<i64> = vocabulary.allowed.iter().map(|&x| i64::from(x)).collect();
         Generatable {
+            content_groups: vocabulary.guidance_groups(CfgScope::Content, device),
             vocabulary,
             index_of,
             ids_tensor: Tensor::from_slice(&ids).to(device),
-            device,
         }
     }
 }
@@ -167,8 +168,11 @@ pub fn teacher_logprobs(
         let device = teacher.device();
         let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
         let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
-        let groups = g.vocabulary.guidance_groups(cfg.cfg_scope, g.device);
-        guide(&c, &u, cfg.cfg_gamma, Some(cfg.cfg_plausibility), &groups)
+        let groups = match cfg.cfg_scope {
+            CfgScope::All => &[][..],
+            CfgScope::Content => &g.content_groups[..],
+        };
+        guide(&c, &u, cfg.cfg_gamma, Some(cfg.cfg_plausibility), groups)
             .log_softmax(-1, Kind::Float)
             .clamp_min(TEACHER_LOG_FLOOR)
     })
