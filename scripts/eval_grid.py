@@ -33,7 +33,7 @@ def main():
     print("| γ | T | quality | adherence | bar validity | embedding diversity | edit diversity | tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for gamma, temp, r in rows:
-        print(f"| {gamma:g} | {temp:g} | {r['quality']:.4f} | {r['adherence']:.3f} | {r['bar_validity']:.3f} "
+        print(f"| {gamma:g} | {temp:g} | {r['quality']:.4f} | {r['adherence']:.3f} | {r['validity']:.3f} "
               f"| {r['embed_diversity']:.3f} "
               f"| {r['edit_diversity']:.3f} | {r['tokens_per_s']:.0f} |")
     r = rows[0][2]

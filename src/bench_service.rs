@@ -16,13 +16,15 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use actor::client::{Assembler, Credentials};
-use common::bench::median;
-use common::folk::dataset::Dataset;
-use common::model::checkpoint::{Checkpoint, ModelKind};
+use actor::broadcast::Assembler;
+use actor::client::Credentials;
 use common::settings::Settings;
-use learner::server::{Published, Service, Shared};
+use eval::bench::median;
+use folk::dataset::Dataset;
+use learner::broadcast::Published;
+use learner::server::{Service, Shared};
 use learner::validate::Rules;
+use model::checkpoint::{Checkpoint, ModelKind};
 use qd_proto::WatchRequest;
 
 /// What `qd bench service` measures.
@@ -149,9 +151,9 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         .context("the base model")?;
     // What the learner publishes: the policy's tensors without the optimizer's moments.
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _policy = common::model::transformer::Transformer::new(&vs.root(), &base.meta.config);
+    let _policy = model::transformer::Transformer::new(&vs.root(), &base.meta.config);
     base.load_into(&mut vs)?;
-    let stamp = common::model::checkpoint::Stamp {
+    let stamp = model::checkpoint::Stamp {
         kind: ModelKind::Policy,
         config: &base.meta.config,
         vocab_hash: &base.meta.vocab_hash,
@@ -159,7 +161,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         version: 0,
         extra: serde_json::Value::Null,
     };
-    let blob = common::model::checkpoint::serialize(&vs, None, stamp)?;
+    let blob = model::checkpoint::serialize(&vs, None, stamp)?;
     let (queue, _rx) = tokio::sync::mpsc::channel(1);
     let rules = Rules {
         prompts: Default::default(),

@@ -2,30 +2,31 @@
 //! library crates together; the work lives in `common`, `actor` and `learner`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use common::bench::{bench_generate, BenchConfig};
-use common::eval::{evaluate, EvalConfig};
-use common::folk::dataset::{prepare, Dataset, PrepareConfig, Split};
-use common::folk::{midi, render};
-use common::fsutil::write_atomic;
-use common::model::checkpoint::{save, ModelKind, Stamp};
-use common::model::config::Preset;
-use common::model::embedder::{load_embedder, train_embedder, EmbedderConfig};
-use common::model::judge::{load_judge, train_judge, JudgeConfig};
-use common::model::pretrain::{load_policy, pretrain, PretrainConfig};
-use common::model::sampling::{sample, CfgScope, SamplingConfig, Vocabulary};
 use common::settings::Settings;
 use common::telemetry::init_logging;
+use eval::bench::{bench_generate, BenchConfig};
+use eval::evaluate::{evaluate, EvalConfig};
+use eval::sweep;
+use folk::dataset::{prepare, Dataset, PrepareConfig, Split};
+use folk::embedder::{train_embedder, EmbedderConfig};
+use folk::judge::{train_judge, JudgeConfig};
+use folk::pretrain::{pretrain, PretrainConfig};
+use folk::{midi, render, FolkTask};
+use model::checkpoint::{load_policy, save, ModelKind, Stamp};
+use model::config::Preset;
+use model::fsutil::write_atomic;
+use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::task::Task;
 use tch::Device;
 
 mod bench_service;
 mod health;
-mod plot;
 mod run;
-mod sweep;
 
 /// Diversity-rewarded CFG distillation as a distributed actor/learner service.
 #[derive(Debug, Parser)]
@@ -260,7 +261,7 @@ fn create_parent(path: &std::path::Path) -> Result<()> {
 #[derive(Debug, Args)]
 struct ComputeArgs {
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = common::torch::parse_device)]
+    #[arg(long, default_value = "cpu", value_parser = model::device::parse_device)]
     device: Device,
     /// libtorch intra-op threads (default: every core).
     #[arg(long)]
@@ -277,7 +278,7 @@ fn parse_share(s: &str) -> Result<f64, String> {
 impl ComputeArgs {
     /// Applies the thread count and checks the device exists.
     fn apply(&self) -> Result<Device> {
-        common::torch::use_device(self.device, self.threads.unwrap_or(0))
+        model::device::use_device(self.device, self.threads.unwrap_or(0))
     }
 }
 
@@ -571,22 +572,40 @@ fn service(
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
 
+/// The folk task over the settings' data, embedder and judge.
+fn folk_task(s: &Settings) -> Result<Arc<dyn Task>> {
+    Ok(Arc::new(FolkTask::open(
+        &s.paths.data,
+        &s.paths.embedder,
+        &s.paths.judge,
+    )?))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Learner(a) => {
             return service(a, cli.log_format, |s, f| {
-                Box::pin(async move { learner::run(s, f.as_deref()).await.map(|_| ()) })
+                Box::pin(async move {
+                    let task = folk_task(&s)?;
+                    learner::run(s, task, f.as_deref()).await.map(|_| ())
+                })
             })
         }
         Command::Actor(a) => {
             return service(a, cli.log_format, |s, f| {
-                Box::pin(async move { actor::rollout::run(s, f.as_deref()).await })
+                Box::pin(async move {
+                    let task = folk_task(&s)?;
+                    actor::rollout::run(s, task, f.as_deref()).await
+                })
             })
         }
         Command::Evaluator(a) => {
             return service(a, cli.log_format, |s, f| {
-                Box::pin(async move { actor::evaluator::run(s, f.as_deref()).await })
+                Box::pin(async move {
+                    let task = folk_task(&s)?;
+                    actor::evaluator::run(s, task, f.as_deref()).await
+                })
             })
         }
         Command::Run(a) => {
@@ -616,7 +635,7 @@ fn main() -> Result<()> {
                 .block_on(health::check(&a.target, &a.service, timeout))?;
         }
         Command::Info { json } => {
-            let info = common::torch::info();
+            let info = model::device::info();
             if json {
                 println!("{}", serde_json::to_string(&info)?);
             } else {
@@ -750,16 +769,16 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         a.temperature > 0.0 && a.temperature.is_finite(),
         "--temperature must be positive"
     );
-    let ds = Dataset::load(&a.data)?;
-    let (_vs, model, _ck) = load_policy(&a.checkpoint, &ds, device)?;
-    let (prompt, unknown) = ds.vocab.encode_prompt(&a.prompt);
+    let task =
+        FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new()).with_qpm(a.qpm);
+    let (_vs, model, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let (prompt, unknown) = task.dataset().vocab.encode_prompt(&a.prompt);
     if !unknown.is_empty() {
         eprintln!(
             "warning: words not in the prompt vocabulary (read as <unk>): {}",
             unknown.join(", ")
         );
     }
-    let v = Vocabulary::of(&ds.vocab);
     let cfg = SamplingConfig {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -770,26 +789,20 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     };
     let n = a.n as usize;
     let seeds: Vec<u64> = (0..n as u64).map(|i| a.seed.wrapping_add(i)).collect();
-    let samples = sample(&model, &vec![prompt; n], &seeds, &v, &cfg);
+    let samples = sample(&model, &vec![prompt; n], &seeds, task.vocabulary(), &cfg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (i, ids) in samples.tokens.iter().enumerate() {
-        let tokens = ds.vocab.decode_tune(ids)?;
-        let abc = render::to_abc(&tokens, i as u32 + 1, &a.prompt);
         let stem = a.out.join(format!("{:02}", i + 1));
-        write_atomic(&stem.with_extension("abc"), abc.as_bytes())?;
-        match midi::to_midi(&tokens, a.qpm) {
-            Ok(mid) => write_atomic(&stem.with_extension("mid"), &mid)?,
-            Err(e) => eprintln!(
-                "warning: sample {} is not well-formed enough for MIDI: {e}",
-                i + 1
-            ),
+        let written = task.write_sample(&a.prompt, ids, &stem)?;
+        if let Some(note) = &written.note {
+            eprintln!("warning: sample {}: {note}", i + 1);
         }
-        let ended = if ids.last() == Some(&common::folk::vocab::EOS) {
+        let ended = if ids.last() == Some(&task.vocabulary().eos) {
             ""
         } else {
             " (cut at --max-new-tokens)"
         };
-        println!("% sample {}{ended}\n{abc}", i + 1);
+        println!("% sample {}{ended}\n{}", i + 1, written.text);
     }
     println!("wrote {n} tunes to {}", a.out.display());
     Ok(())
@@ -857,10 +870,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         a.temperature > 0.0 && a.temperature.is_finite(),
         "--temperature must be positive"
     );
-    let ds = Dataset::load(&a.data)?;
-    let (_p, policy, _ck) = load_policy(&a.checkpoint, &ds, device)?;
-    let (_e, embedder) = load_embedder(&a.embedder, &ds, device)?;
-    let (_j, judge) = load_judge(&a.judge, &ds, device)?;
+    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let (_p, policy, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let embedder = task.embedder(device)?;
+    let judge = task.judge(device)?;
     let cfg = EvalConfig {
         k: a.k as usize,
         prompts: a.prompts,
@@ -875,7 +888,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         },
         seed: a.seed,
     };
-    let r = evaluate(&policy, &embedder, &judge, &ds, &cfg);
+    let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -886,23 +899,23 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 
 fn bench_generate_cmd(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;
-    let ds = Dataset::load(&a.data)?;
+    let task = FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new());
     let tmp = tempfile::tempdir()?;
     let (_vs, model, checkpoint) = match &a.checkpoint {
         Some(path) => {
-            let (vs, model, _ck) = load_policy(path, &ds, device)?;
+            let (vs, model, _ck) = load_policy(path, &task.vocab_hash(), device)?;
             (vs, model, path.clone())
         }
         None => {
             tch::manual_seed(0);
-            let config = a.preset.config(ds.vocab.len());
+            let config = a.preset.config(task.vocab_size());
             let vs = tch::nn::VarStore::new(device);
-            let model = common::model::transformer::Transformer::new(&vs.root(), &config);
+            let model = model::transformer::Transformer::new(&vs.root(), &config);
             let path = tmp.path().join("init.safetensors");
             let stamp = Stamp {
                 kind: ModelKind::Policy,
                 config: &config,
-                vocab_hash: &ds.vocab.hash(),
+                vocab_hash: &task.vocab_hash(),
                 step: 0,
                 version: 0,
                 extra: serde_json::Value::Null,
@@ -919,7 +932,7 @@ fn bench_generate_cmd(a: BenchGenerateArgs) -> Result<()> {
         python: (!a.no_reference).then_some(a.python),
         script: PathBuf::from("scripts/reference_generate.py"),
     };
-    let r = bench_generate(&model, &checkpoint, &ds, &cfg)?;
+    let r = bench_generate(&model, &checkpoint, &task, &cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -929,7 +942,7 @@ fn bench_generate_cmd(a: BenchGenerateArgs) -> Result<()> {
 }
 
 fn merge_cmd(a: MergeArgs) -> Result<()> {
-    use common::model::merge;
+    use model::merge;
     let cks = merge::read_compatible(&a.checkpoints)?;
     let names: Vec<String> = a
         .checkpoints
@@ -965,9 +978,6 @@ fn sweep_cmd(a: SweepArgs) -> Result<()> {
     let cfg = sweep::SweepConfig {
         runs: a.runs,
         base: a.base,
-        embedder: a.embedder,
-        judge: a.judge,
-        data: a.data,
         out: a.out,
         prompts: a.prompts as usize,
         samples: a.samples as usize,
@@ -980,7 +990,8 @@ fn sweep_cmd(a: SweepArgs) -> Result<()> {
         device,
         progress: !a.no_progress,
     };
-    let s = sweep::sweep(&cfg)?;
+    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let s = sweep::sweep(&cfg, &task)?;
     println!("{}", s.markdown());
     println!(
         "{} points: {} evaluated, {} cached",

@@ -144,7 +144,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     // The children read exactly these settings (the environment they inherit cannot
     // change them again: the file already holds its effect).
     let config = run_dir.join("run-config.toml");
-    common::fsutil::write_atomic(&config, toml::to_string(&settings)?.as_bytes())?;
+    model::fsutil::write_atomic(&config, toml::to_string(&settings)?.as_bytes())?;
     let (learner_threads, each) = threads(&settings);
     let pick = |configured: usize, auto: usize| if configured > 0 { configured } else { auto };
 
@@ -159,7 +159,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     )?];
     let learner_addr = tokio::select! {
         a = wait_for_endpoints(&endpoints, &mut roles[0]) => a,
-        _ = learner::termination() => {
+        _ = common::shutdown::termination() => {
             stop_all(&mut roles).await;
             return Ok(());
         }
@@ -216,7 +216,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let learner_status = loop {
         tokio::select! {
             s = roles[0].child.wait() => break Some(s?),
-            _ = learner::termination() => break None,
+            _ = common::shutdown::termination() => break None,
             _ = tick.tick() => {
                 for r in roles[1..].iter_mut().filter(|r| !r.given_up) {
                     let Ok(Some(status)) = r.child.try_wait() else { continue };

@@ -4,18 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../common/tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::folk::dataset::{Dataset, Split};
-use common::model::checkpoint::Checkpoint;
 use common::telemetry::Endpoints;
+use folk::dataset::{Dataset, Split};
+use model::checkpoint::Checkpoint;
 use qd_proto::learner_client::LearnerClient;
 use qd_proto::{RegisterRequest, Role, Sample, StatusRequest, Trajectory, TrajectoryBatch};
 use tonic::Code;
@@ -81,7 +78,7 @@ fn qd_ok(args: &[&str]) {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let data = support::fixture_dataset(dir.path());
+        let data = testkit::fixture_dataset(dir.path());
         let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
         let common = [
             "--data",

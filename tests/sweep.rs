@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../common/tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::model::checkpoint::Checkpoint;
-use common::model::merge;
+use model::checkpoint::Checkpoint;
+use model::merge;
 
 fn qd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qd"))
@@ -97,7 +94,7 @@ fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
 /// The fixture dataset and a tiny base policy, embedder and judge trained for `steps`
 /// steps in `dir`; the dataset's folder and the base checkpoint.
 fn tiny_models(dir: &Path, steps: u32) -> (PathBuf, PathBuf) {
-    let data = support::fixture_dataset(dir);
+    let data = testkit::fixture_dataset(dir);
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let steps = steps.to_string();
     let common = [

@@ -13,20 +13,20 @@ use anyhow::{Context, Result};
 use qd_proto::Role;
 use tokio::sync::watch;
 
-use common::eval::{evaluate, EvalConfig};
-use common::model::embedder::load_embedder;
-use common::model::judge::load_judge;
-use common::model::sampling::SamplingConfig;
 use common::settings::Settings;
+use eval::evaluate::{evaluate, EvalConfig};
+use model::sampling::SamplingConfig;
+use model::task::Task;
 
-use crate::client::Weights;
+use crate::broadcast::Weights;
 use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs the evaluator until SIGTERM/Ctrl-C or a refusal by the learner.
-pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
+pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Path>) -> Result<()> {
     let e = settings.evaluator.clone();
     let (setup, metrics) = Setup::start(
         settings,
+        task,
         &e.device,
         e.threads,
         &e.metrics_listen,
@@ -52,10 +52,8 @@ fn evaluations(
 ) -> Result<()> {
     let e = &setup.settings.evaluator;
     let paths = &setup.settings.paths;
-    let (_evs, embedder) =
-        load_embedder(&paths.embedder, &setup.ds, setup.device).context("loading the embedder")?;
-    let (_jvs, judge) =
-        load_judge(&paths.judge, &setup.ds, setup.device).context("loading the judge")?;
+    let embedder = setup.task.embedder(setup.device)?;
+    let judge = setup.task.judge(setup.device)?;
     let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
     let cfg = EvalConfig {
         k: e.samples_per_prompt,
@@ -85,7 +83,14 @@ fn evaluations(
         student.update(latest.as_ref())?;
         let step = latest.as_ref().map_or(0, |w| w.step);
         let t0 = Instant::now();
-        let r = evaluate(&student.model, &embedder, &judge, &setup.ds, &cfg);
+        let r = evaluate(
+            &student.model,
+            setup.task.as_ref(),
+            embedder.as_ref(),
+            judge.as_ref(),
+            &cfg,
+        )
+        .context("evaluating")?;
         let seconds = t0.elapsed().as_secs_f64();
         last = Some(student.version);
         for (name, v) in [
@@ -93,7 +98,7 @@ fn evaluations(
             ("qd_eval_step", step as f64),
             ("qd_eval_quality", r.quality),
             ("qd_eval_adherence", r.adherence),
-            ("qd_eval_bar_validity", r.bar_validity),
+            ("qd_eval_validity", r.validity),
             ("qd_eval_embed_diversity", r.embed_diversity),
             ("qd_eval_edit_diversity", r.edit_diversity),
             ("qd_eval_tokens_per_second", r.tokens_per_s),

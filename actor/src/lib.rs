@@ -4,6 +4,7 @@
 //! with [`maintain`], and do their compute on their own thread, swapping weights only
 //! between rollouts.
 
+pub mod broadcast;
 pub mod client;
 pub mod evaluator;
 pub mod rollout;
@@ -17,21 +18,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
-use common::folk::dataset::Dataset;
-use common::model::checkpoint::{Checkpoint, ModelKind};
-use common::model::config::ModelConfig;
-use common::model::transformer::Transformer;
 use common::settings::{ClientSettings, Settings};
+use model::checkpoint::{Checkpoint, ModelKind};
+use model::config::ModelConfig;
+use model::task::Task;
+use model::transformer::Transformer;
 
-use client::{connect, is_fatal, Assembler, Backoff, Credentials, Identity, Weights};
+use broadcast::{Assembler, Weights, MAX_WEIGHT_BYTES};
+use client::{connect, is_fatal, Backoff, Credentials, Identity};
 
 /// Batches an actor may have made and not yet seen queued by the learner (made, waiting
 /// or in flight). One keeps trajectories fresh: a new rollout starts only once the
 /// learner has queued the last one, so a full learner queue pauses the actors instead of
 /// letting their batches age.
 pub const CREDITS: usize = 1;
-/// Largest weight blob a client accepts.
-const MAX_WEIGHT_BYTES: u64 = 16 << 30;
 
 /// What keeps a client connected and hands weights to its compute thread.
 #[derive(Debug)]
@@ -113,11 +113,11 @@ pub fn wait_for_weights(
     })
 }
 
-/// The settings, dataset and base model a client starts from.
+/// The settings, task and base model a client starts from.
 #[derive(Debug)]
 pub struct Setup {
     pub settings: Settings,
-    pub ds: Dataset,
+    pub task: Arc<dyn Task>,
     pub model_config: ModelConfig,
     pub vocab_hash: String,
     pub device: tch::Device,
@@ -127,12 +127,13 @@ impl Setup {
     /// [`Setup::load`], then the `/metrics` endpoint and the ready file.
     pub async fn start(
         settings: Settings,
+        task: Arc<dyn Task>,
         device: &str,
         threads: usize,
         metrics_listen: &str,
         ready_file: Option<&std::path::Path>,
     ) -> Result<(Setup, Option<std::net::SocketAddr>)> {
-        let setup = Setup::load(settings, device, threads)?;
+        let setup = Setup::load(settings, task, device, threads)?;
         let metrics = common::telemetry::serve_metrics(metrics_listen).await?;
         // Counters from 0, so that Prometheus sees their first increase.
         for name in [
@@ -152,20 +153,24 @@ impl Setup {
         Ok((setup, metrics))
     }
 
-    /// Reads the dataset and the base model's architecture (what `Register` checks).
-    pub fn load(settings: Settings, device: &str, threads: usize) -> Result<Setup> {
-        let device = common::torch::use_device(
-            common::torch::parse_device(device).map_err(anyhow::Error::msg)?,
+    /// Reads the base model's architecture (what `Register` checks).
+    pub fn load(
+        settings: Settings,
+        task: Arc<dyn Task>,
+        device: &str,
+        threads: usize,
+    ) -> Result<Setup> {
+        let device = model::device::use_device(
+            model::device::parse_device(device).map_err(anyhow::Error::msg)?,
             threads,
         )?;
-        let ds = Dataset::load(&settings.paths.data)?;
-        let vocab_hash = ds.vocab.hash();
+        let vocab_hash = task.vocab_hash();
         let base = Checkpoint::read_for(&settings.paths.base, ModelKind::Policy, &vocab_hash)
             .context("reading the base model's architecture")?;
         Ok(Setup {
             model_config: base.meta.config.clone(),
             settings,
-            ds,
+            task,
             vocab_hash,
             device,
         })
@@ -229,7 +234,7 @@ where
     let computing = tokio::task::spawn_blocking(move || compute(weights, stop, rt));
     let outcome = tokio::select! {
         r = maintain(&link, batches.as_mut(), stop_rx) => r,
-        _ = learner::termination() => Ok(()),
+        _ = common::shutdown::termination() => Ok(()),
     };
     let _ = stop_tx.send(true);
     drop(batches);

@@ -1,40 +1,40 @@
-//! `qd actor`: the rollout loop. Takes prompts from the training split in a seeded
-//! shuffled order, samples two tunes per prompt from the current student (no CFG,
-//! temperature 1), scores each pair's diversity with the frozen embedder, and hands the
-//! batch to the connection, tagged with the policy version and the behaviour log-probs.
+//! `qd actor`: the rollout loop. Takes prompts from the task's training split in a seeded
+//! shuffled order, samples two outputs per prompt from the current student (no CFG,
+//! temperature 1), scores each pair's diversity with the task's frozen embedder, and
+//! hands the batch to the connection, tagged with the policy version and the behaviour
+//! log-probs.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use qd_proto::{Role, Sample, Trajectory, TrajectoryBatch};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
-use common::folk::dataset::Split;
-use common::model::embedder::{load_embedder, pair_rewards, Embedder};
-use common::model::sampling::{sample, SamplingConfig, Vocabulary};
 use common::settings::Settings;
+use model::fnv::Fnv;
+use model::sampling::{sample, SamplingConfig};
+use model::task::{pair_rewards, Embedder, Split, Task};
 
-use crate::client::Weights;
+use crate::broadcast::Weights;
 use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs an actor until SIGTERM/Ctrl-C or a refusal by the learner.
-pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
+pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Path>) -> Result<()> {
     let a = settings.actor.clone();
     let (setup, metrics) = Setup::start(
         settings,
+        task,
         &a.device,
         a.threads,
         &a.metrics_listen,
         ready_file,
     )
     .await?;
-    let (_embedder_vs, embedder) =
-        load_embedder(&setup.settings.paths.embedder, &setup.ds, setup.device)
-            .context("loading the diversity embedder")?;
+    let embedder = setup.task.embedder(setup.device)?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
     for name in [
@@ -50,7 +50,14 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
     let credits = link.credits.clone();
     run_client(link, Some(batch_rx), move |weights, stop, rt| {
         rollouts(
-            &setup, &embedder, seed, weights, credits, batch_tx, stop, rt,
+            &setup,
+            embedder.as_ref(),
+            seed,
+            weights,
+            credits,
+            batch_tx,
+            stop,
+            rt,
         )
     })
     .await?;
@@ -62,15 +69,13 @@ pub async fn run(settings: Settings, ready_file: Option<&Path>) -> Result<()> {
 /// name (FNV-1a), so replicas sharing one config (docker compose, a Kubernetes
 /// Deployment: the names default to host and process id) roll out different data.
 fn stream_seed(seed: u64, name: &str) -> u64 {
-    name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    Fnv::seeded(seed, name.as_bytes())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn rollouts(
     setup: &Setup,
-    embedder: &Embedder,
+    embedder: &dyn Embedder,
     seed: u64,
     mut weights: watch::Receiver<Option<Arc<Weights>>>,
     credits: Arc<tokio::sync::Semaphore>,
@@ -80,13 +85,14 @@ fn rollouts(
 ) -> Result<()> {
     let a = &setup.settings.actor;
     let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
-    let vocabulary = Vocabulary::of(&setup.ds.vocab);
+    let vocabulary = setup.task.vocabulary();
     let mut prompts: Vec<Vec<u32>> = setup
-        .ds
-        .split(Split::Train)
-        .map(|r| r.prompt.clone())
+        .task
+        .prompts(Split::Train)
+        .into_iter()
+        .map(|p| p.ids)
         .collect();
-    anyhow::ensure!(!prompts.is_empty(), "the dataset has no training prompts");
+    anyhow::ensure!(!prompts.is_empty(), "the task has no training prompts");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     prompts.shuffle(&mut rng);
     let mut cursor = 0;
@@ -134,13 +140,13 @@ fn rollouts(
             cursor += 1;
         }
         let seeds: Vec<u64> = rows.iter().map(|_| rng.gen()).collect();
-        let s = sample(&student.model, &rows, &seeds, &vocabulary, &sampling);
+        let s = sample(&student.model, &rows, &seeds, vocabulary, &sampling)?;
         let pairs: Vec<(&[u32], &[u32])> = s
             .tokens
             .chunks(2)
             .map(|p| (p[0].as_slice(), p[1].as_slice()))
             .collect();
-        let rewards = pair_rewards(embedder, &setup.ds.vocab, &pairs);
+        let rewards = pair_rewards(embedder, &pairs)?;
         let tokens: usize = s.tokens.iter().map(Vec::len).sum();
         let seconds = t0.elapsed().as_secs_f64();
         let mut trajectories = Vec::with_capacity(a.batch_prompts);

@@ -1,23 +1,12 @@
-//! qd's shared library.
+//! The service core every role shares.
 //!
 //! Layout:
-//! - [`folk`]: the default task, text-to-tune on a folk-music corpus (parser, tokens,
-//!   captions, MIDI, dataset);
-//! - [`bench`]: generation throughput, with and without CFG, against PyTorch;
-//! - [`eval`]: quality and diversity of a policy on held-out prompts;
-//! - [`front`]: quality–diversity fronts and their hypervolume;
-//! - [`model`]: the policy transformer, sampling, optimizer and checkpoints;
-//! - [`torch`]: libtorch facts (version, devices, threads);
-//! - [`fsutil`]: atomic file writes;
-//! - [`settings`]: the service's layered configuration;
-//! - [`telemetry`]: logging and the Prometheus endpoint.
+//! - [`settings`]: the layered configuration (defaults ← TOML ← `QD__…` ← `--set`) and
+//!   its validation;
+//! - [`telemetry`]: logging, the Prometheus endpoint, metric catalogues, and the ready
+//!   file a started process writes;
+//! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C).
 
-pub mod bench;
-pub mod eval;
-pub mod folk;
-pub mod front;
-pub mod fsutil;
-pub mod model;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
-pub mod torch;

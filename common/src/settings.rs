@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::sampling::CfgScope;
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
+use model::sampling::CfgScope;
 use serde::{Deserialize, Serialize};
 
 /// Every setting of every role.
@@ -492,7 +492,7 @@ impl Settings {
             ("evaluator.device", &self.evaluator.device),
         ] {
             check(
-                crate::torch::parse_device(v).is_ok(),
+                model::device::parse_device(v).is_ok(),
                 key,
                 "must be cpu, cuda or cuda:N",
                 format!("{v:?}"),

@@ -117,7 +117,7 @@ impl Endpoints {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(self)?)
+        model::fsutil::write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// Reads a ready file.

@@ -1,7 +1,9 @@
 //! The learner role: the gRPC server ([`server`]), trajectory validation ([`validate`]),
-//! the distillation and policy-gradient losses ([`loss`]), and the compute thread that
-//! trains, publishes and checkpoints ([`trainer`]).
+//! the distillation and policy-gradient losses ([`loss`]), the compute thread that
+//! trains, publishes and checkpoints ([`trainer`]), and the weight broadcast
+//! ([`broadcast`]).
 
+pub mod broadcast;
 pub mod loss;
 pub mod server;
 pub mod trainer;
@@ -15,73 +17,57 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use common::folk::dataset::{Dataset, Split};
-use common::folk::vocab::EOS;
-use common::model::checkpoint::{Checkpoint, ModelKind};
 use common::settings::Settings;
+use common::shutdown::termination;
+use model::checkpoint::{Checkpoint, ModelKind};
+use model::task::{Split, Task};
 
 use server::{Auth, Service, Shared};
 use trainer::{Outcome, Trainer};
 use validate::Rules;
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Runs the learner until its step budget or a signal; returns where it left the model.
 /// The endpoints are written to `run_dir/endpoints.json` once the server listens.
-pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Result<Outcome> {
+pub async fn run(
+    settings: Settings,
+    task: Arc<dyn Task>,
+    ready_file: Option<&std::path::Path>,
+) -> Result<Outcome> {
     let cfg = settings.learner.clone();
-    let device = common::torch::use_device(
-        common::torch::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
+    let device = model::device::use_device(
+        model::device::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
         cfg.threads,
     )?;
     let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen).await?;
     server::zero_metrics();
     let paths = settings.paths.clone();
-    let ds = Dataset::load(&paths.data)?;
-    let vocab_hash = ds.vocab.hash();
+    let vocab_hash = task.vocab_hash();
     let base = Checkpoint::read_for(&paths.base, ModelKind::Policy, &vocab_hash)
         .context("loading the base model")?;
     let model_config = base.meta.config.clone();
     drop(base);
+    let vocabulary = task.vocabulary();
     let mut allowed = vec![false; model_config.vocab_size as usize];
-    for id in std::iter::once(EOS).chain(ds.vocab.tune_ids()) {
-        allowed[id as usize] = true;
+    for &id in &vocabulary.allowed {
+        if let Some(a) = allowed.get_mut(id as usize) {
+            *a = true;
+        }
     }
     let rules = Rules {
-        prompts: ds
-            .split(Split::Train)
-            .map(|r| r.prompt.clone())
+        prompts: task
+            .prompts(Split::Train)
+            .into_iter()
+            .map(|p| p.ids)
             .collect::<HashSet<_>>(),
         allowed,
-        eos: EOS,
+        eos: vocabulary.eos,
         max_len: model_config.max_len as usize,
         max_trajectories: cfg.queue_capacity,
         samples_per_prompt: 2,
     };
     anyhow::ensure!(
         !rules.prompts.is_empty(),
-        "the dataset has no training prompts"
+        "the task has no training prompts"
     );
     let (queue_tx, queue_rx) = mpsc::channel(cfg.queue_capacity);
     let shared = Arc::new(Shared::new(
@@ -96,8 +82,10 @@ pub async fn run(settings: Settings, ready_file: Option<&std::path::Path>) -> Re
     let trainer = {
         let (cfg, shared) = (cfg.clone(), shared.clone());
         let (base, run_dir) = (paths.base.clone(), paths.run_dir.clone());
-        tokio::task::spawn_blocking(move || Trainer::new(cfg, &base, &run_dir, &ds, shared, device))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            Trainer::new(cfg, &base, &run_dir, task.as_ref(), shared, device)
+        })
+        .await??
     };
 
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

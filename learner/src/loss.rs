@@ -9,10 +9,10 @@
 
 use tch::{Device, Kind, Tensor};
 
-use common::folk::vocab::{PAD, SEP};
-use common::model::sampling::{guide, CfgScope, Vocabulary};
-use common::model::transformer::Transformer;
 use common::settings::Divergence;
+use model::sampling::{guide, CfgScope, Vocabulary};
+use model::transformer::Transformer;
+use tch::TchError;
 
 /// Ratios within this relative distance of `ρ̄` are float noise, not clipping (the
 /// sampler's and the learner's log-probabilities are sums of float32 terms).
@@ -106,7 +106,7 @@ struct Rows {
 }
 
 /// Builds `[prefix] <sep> y` rows; `with_prompt` false gives the unconditional `<sep> y`.
-fn rows(pairs: &[Pair], with_prompt: bool, device: Device) -> Rows {
+fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, device: Device) -> Rows {
     let seqs: Vec<(Vec<i64>, usize, usize)> = pairs
         .iter()
         .flat_map(|p| {
@@ -114,7 +114,7 @@ fn rows(pairs: &[Pair], with_prompt: bool, device: Device) -> Rows {
                 let prefix: &[u32] = if with_prompt { &p.prompt } else { &[] };
                 let s: Vec<i64> = prefix
                     .iter()
-                    .chain(std::iter::once(&SEP))
+                    .chain(std::iter::once(&v.sep))
                     .chain(y.iter())
                     .map(|&x| i64::from(x))
                     .collect();
@@ -123,7 +123,7 @@ fn rows(pairs: &[Pair], with_prompt: bool, device: Device) -> Rows {
         })
         .collect();
     let t = seqs.iter().map(|(s, _, _)| s.len()).max().unwrap_or(1);
-    let mut ids = vec![i64::from(PAD); seqs.len() * t];
+    let mut ids = vec![i64::from(v.pad); seqs.len() * t];
     let mut valid = vec![false; seqs.len() * t];
     let mut gather = Vec::new();
     for (r, (s, plen, n)) in seqs.iter().enumerate() {
@@ -166,8 +166,13 @@ pub fn teacher_logprobs(
 ) -> Tensor {
     tch::no_grad(|| {
         let device = teacher.device();
-        let c = token_logprobs(teacher, &rows(pairs, true, device), g, false);
-        let u = token_logprobs(teacher, &rows(pairs, false, device), g, false);
+        let c = token_logprobs(teacher, &rows(pairs, true, &g.vocabulary, device), g, false);
+        let u = token_logprobs(
+            teacher,
+            &rows(pairs, false, &g.vocabulary, device),
+            g,
+            false,
+        );
         let groups = match cfg.cfg_scope {
             CfgScope::All => &[][..],
             CfgScope::Content => &g.content_groups[..],
@@ -205,7 +210,7 @@ fn student_terms(student: &Transformer, pairs: &[Pair], g: &Generatable) -> Stud
     let device = student.device();
     // Dropout off: the behaviour log-probs were taken without it, so at staleness 0 the
     // importance ratio is exactly 1.
-    let ls = token_logprobs(student, &rows(pairs, true, device), g, false);
+    let ls = token_logprobs(student, &rows(pairs, true, &g.vocabulary, device), g, false);
     // Which sample each token belongs to, and the token's index in the generatable set.
     let mut seq_of = Vec::new();
     let mut target = Vec::new();
@@ -231,11 +236,14 @@ fn student_terms(student: &Transformer, pairs: &[Pair], g: &Generatable) -> Stud
 }
 
 /// `log π(y|x)` of every sample of `pairs` under `model`, in order.
-pub fn sequence_logprobs(model: &Transformer, pairs: &[Pair], g: &Generatable) -> Vec<f64> {
+pub fn sequence_logprobs(
+    model: &Transformer,
+    pairs: &[Pair],
+    g: &Generatable,
+) -> Result<Vec<f64>, TchError> {
     tch::no_grad(|| {
         let t = student_terms(model, pairs, g);
         Vec::<f64>::try_from(t.logp_seq.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-            .unwrap_or_default()
     })
 }
 
@@ -247,7 +255,7 @@ pub fn loss(
     g: &Generatable,
     baseline: f64,
     cfg: &LossConfig,
-) -> Loss {
+) -> Result<Loss, TchError> {
     let device = student.device();
     let n_prompts = pairs.len().max(1) as f64;
     let lt = teacher_logprobs(teacher, pairs, g, cfg);
@@ -273,8 +281,7 @@ pub fn loss(
             .gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE))
             .to_kind(Kind::Float)
             .mean(Kind::Float),
-    )
-    .unwrap_or(0.0);
+    )?;
     let per_sample_adv: Vec<f64> = pairs
         .iter()
         .flat_map(|p| std::iter::repeat_n(f64::from(p.reward) - baseline, p.samples.len()))
@@ -290,18 +297,15 @@ pub fn loss(
         let ent = -(ls.exp() * &ls)
             .sum_dim_intlist(-1, false, Kind::Float)
             .mean(Kind::Float);
-        (
-            f64::try_from(kl).unwrap_or(f64::NAN),
-            f64::try_from(ent).unwrap_or(f64::NAN),
-        )
-    });
+        Ok::<_, TchError>((f64::try_from(kl)?, f64::try_from(ent)?))
+    })?;
     let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
     let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len().max(1) as f64;
-    let scalar = |t: &Tensor| f64::try_from(t.detach()).unwrap_or(f64::NAN);
+    let scalar = |t: &Tensor| f64::try_from(t.detach());
     let stats = LossStats {
-        loss: scalar(&total),
-        distill: scalar(&distill),
-        pg: scalar(&pg),
+        loss: scalar(&total)?,
+        distill: scalar(&distill)?,
+        pg: scalar(&pg)?,
         kl,
         entropy,
         reward_mean: mean,
@@ -310,5 +314,5 @@ pub fn loss(
         clip_fraction,
         tokens: ls.size()[0] as usize,
     };
-    Loss { total, stats }
+    Ok(Loss { total, stats })
 }

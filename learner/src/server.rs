@@ -1,13 +1,12 @@
 //! The `Learner` gRPC service: registration with the compatibility check, trajectory
-//! intake into the bounded queue (back-pressure, validation), weight streaming from the
-//! shared published buffer, and status.
+//! intake into the bounded queue (back-pressure, validation), weight subscriptions (the
+//! streaming itself is [`crate::broadcast`]), status, and the bearer-token check.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use qd_proto::learner_server::Learner;
 use qd_proto::{
     PushAck, RegisterRequest, RegisterResponse, Role, StatusRequest, StatusResponse,
@@ -18,32 +17,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use common::model::config::ModelConfig;
+use model::config::ModelConfig;
 
+use crate::broadcast::{self, Published};
 use crate::loss::Pair;
 use crate::validate::{validate, Rules};
-
-/// One published version of the student: serialised once, shared by every subscriber.
-#[derive(Debug)]
-pub struct Published {
-    pub version: u64,
-    pub step: u64,
-    pub blob: Bytes,
-    /// CRC32 of `blob`, lowercase hex.
-    pub checksum: String,
-}
-
-impl Published {
-    pub fn new(version: u64, step: u64, blob: Vec<u8>) -> Published {
-        let checksum = format!("{:08x}", crc32fast::hash(&blob));
-        Published {
-            version,
-            step,
-            blob: Bytes::from(blob),
-            checksum,
-        }
-    }
-}
 
 /// A validated trajectory waiting for the trainer.
 #[derive(Debug)]
@@ -153,7 +131,8 @@ pub fn zero_metrics() {
 }
 
 /// Removes a watcher when its stream ends, however it ends.
-struct WatchGuard {
+#[derive(Debug)]
+pub struct WatchGuard {
     shared: Arc<Shared>,
     id: u64,
 }
@@ -332,7 +311,7 @@ impl Learner for Service {
             Some("evaluator") => Role::Evaluator,
             _ => Role::Actor,
         };
-        let mut have = req.into_inner().have_version;
+        let have = req.into_inner().have_version;
         let shared = self.shared.clone();
         shared
             .watchers
@@ -344,46 +323,10 @@ impl Learner for Service {
             shared: shared.clone(),
             id,
         };
-        let mut published = shared.published.subscribe();
-        let mut closing = shared.closing.subscribe();
-        let chunk = shared.chunk_bytes;
-        let (tx, rx) = mpsc::channel::<Result<WeightChunk, Status>>(2);
-        tokio::spawn(async move {
-            let _guard = guard;
-            loop {
-                let current = published.borrow_and_update().clone();
-                if let Some(p) = current.filter(|p| p.version != have) {
-                    let total = p.blob.len();
-                    let mut offset = 0;
-                    while offset < total || offset == 0 {
-                        let end = (offset + chunk).min(total);
-                        let msg = WeightChunk {
-                            version: p.version,
-                            step: p.step,
-                            offset: offset as u64,
-                            total_len: total as u64,
-                            checksum: p.checksum.clone(),
-                            data: p.blob.slice(offset..end),
-                        };
-                        // A slow subscriber waits here alone; the learner never does.
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
-                        offset = end;
-                        if total == 0 {
-                            break;
-                        }
-                    }
-                    have = p.version;
-                }
-                tokio::select! {
-                    changed = published.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = closing.wait_for(|c| *c) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let published = shared.published.subscribe();
+        let closing = shared.closing.subscribe();
+        let rx = broadcast::stream(published, closing, have, shared.chunk_bytes, guard);
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {

@@ -14,16 +14,16 @@ use tch::nn::VarStore;
 use tch::Device;
 use tokio::sync::{mpsc, watch};
 
-use common::folk::dataset::Dataset;
-use common::model::checkpoint::{save, serialize, Checkpoint, ModelKind, Stamp};
-use common::model::optim::{AdamW, AdamWConfig};
-use common::model::sampling::Vocabulary;
-use common::model::train::Schedule;
-use common::model::transformer::Transformer;
 use common::settings::{Baseline, LearnerSettings};
+use model::checkpoint::{save, serialize, Checkpoint, ModelKind, Stamp};
+use model::optim::{AdamW, AdamWConfig};
+use model::task::Task;
+use model::train::Schedule;
+use model::transformer::Transformer;
 
+use crate::broadcast::Published;
 use crate::loss::{loss, Generatable, LossConfig, LossStats, Pair};
-use crate::server::{Published, Queued, Shared};
+use crate::server::{Queued, Shared};
 
 /// Why the trainer stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,11 +116,11 @@ impl Trainer {
         cfg: LearnerSettings,
         base: &Path,
         run_dir: &Path,
-        ds: &Dataset,
+        task: &dyn Task,
         shared: Arc<Shared>,
         device: Device,
     ) -> Result<Trainer> {
-        let vocab_hash = ds.vocab.hash();
+        let vocab_hash = task.vocab_hash();
         let base_ck = Checkpoint::read_for(base, ModelKind::Policy, &vocab_hash)
             .context("loading the base model (the teacher)")?;
         let config = base_ck.meta.config.clone();
@@ -139,17 +139,28 @@ impl Trainer {
             },
         );
         let (mut step, mut version, mut ema) = (0, 0, None);
-        let resumed = checkpoints(run_dir).into_iter().find_map(|p| {
+        // The newest checkpoint that reads and verifies; a damaged one is skipped, but one
+        // of another model stops the learner (starting over would rotate it away).
+        let mut resumed = None;
+        for p in checkpoints(run_dir) {
             match Checkpoint::read_for(&p, ModelKind::Policy, &vocab_hash)
                 .and_then(|ck| ck.check_compatible(&config, &vocab_hash).map(|_| ck))
             {
-                Ok(ck) => Some((p, ck)),
+                Ok(ck) => {
+                    resumed = Some((p, ck));
+                    break;
+                }
+                Err(e) if e.is_damaged() => {
+                    tracing::warn!(path = %p.display(), "skipping a damaged checkpoint: {e}");
+                }
                 Err(e) => {
-                    tracing::warn!(path = %p.display(), "skipping an unusable checkpoint: {e:#}");
-                    None
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "{} holds checkpoints of another model: use another run_dir",
+                        run_dir.display()
+                    )))
                 }
             }
-        });
+        }
         match resumed {
             Some((path, ck)) => {
                 ck.load_into(&mut student_vs)?;
@@ -179,7 +190,7 @@ impl Trainer {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let generatable = Generatable::new(
-            Vocabulary::of(&ds.vocab),
+            task.vocabulary().clone(),
             config.vocab_size as usize,
             device,
         );
@@ -367,7 +378,8 @@ impl Trainer {
                 &self.generatable,
                 baseline,
                 &loss_cfg,
-            );
+            )
+            .context("computing the loss")?;
             if !l.stats.loss.is_finite() {
                 // Never step on a non-finite loss: skip the batch, keep the weights.
                 metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => "non_finite_loss")

@@ -7,15 +7,13 @@
 
 use tch::Device;
 
-use common::model::optim::{AdamW, AdamWConfig};
-use common::model::sampling::{sample, CfgScope, SamplingConfig};
-use common::model::transformer::Transformer;
 use common::settings::Divergence;
 use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig, Pair};
+use model::optim::{AdamW, AdamWConfig};
+use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::transformer::Transformer;
 
-#[path = "../../common/tests/support/mod.rs"]
-mod support;
-use support::{tiny as model, vocabulary, VOCAB};
+use testkit::{tiny as model, vocabulary, VOCAB};
 
 fn generatable() -> Generatable {
     Generatable::new(vocabulary(), VOCAB, Device::Cpu)
@@ -33,7 +31,7 @@ fn pairs(m: &Transformer, rewards: [f32; 3]) -> Vec<Pair> {
         max_new_tokens: 16,
         ..SamplingConfig::default()
     };
-    let s = sample(m, &rows, &seeds, &vocabulary(), &cfg);
+    let s = sample(m, &rows, &seeds, &vocabulary(), &cfg).unwrap();
     let mut samples = s.tokens.into_iter().zip(s.logprobs);
     prompts
         .iter()
@@ -63,7 +61,7 @@ fn cfg(beta: f64, divergence: Divergence, gamma: f64) -> LossConfig {
 fn recomputed_logprobs_match_the_sampler() {
     let (_vs, m) = model(1);
     let ps = pairs(&m, [0.1, 0.2, 0.3]);
-    let recomputed = sequence_logprobs(&m, &ps, &generatable());
+    let recomputed = sequence_logprobs(&m, &ps, &generatable()).unwrap();
     let recorded: Vec<f64> = ps
         .iter()
         .flat_map(|p| {
@@ -84,7 +82,8 @@ fn recomputed_logprobs_match_the_sampler() {
         &generatable(),
         0.0,
         &cfg(1.0, Divergence::ReverseKl, 1.0),
-    );
+    )
+    .unwrap();
     assert_eq!(l.stats.clip_fraction, 0.0);
 }
 
@@ -99,13 +98,13 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
         Divergence::ForwardKl,
         Divergence::Jsd,
     ] {
-        let same = loss(&student, &student, &ps, &g, 0.0, &cfg(0.0, d, 1.0));
+        let same = loss(&student, &student, &ps, &g, 0.0, &cfg(0.0, d, 1.0)).unwrap();
         assert!(
             same.stats.distill.abs() < 1e-4 && same.stats.kl.abs() < 1e-6,
             "{d:?}: {:?}",
             same.stats
         );
-        let diff = loss(&student, &other, &ps, &g, 0.0, &cfg(0.0, d, 1.0));
+        let diff = loss(&student, &other, &ps, &g, 0.0, &cfg(0.0, d, 1.0)).unwrap();
         assert!(
             diff.stats.distill > 1e-3 && diff.stats.kl > 1e-4,
             "{d:?}: {:?}",
@@ -118,13 +117,13 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
                 cfg_scope: scope,
                 ..cfg(0.0, d, gamma)
             };
-            let same = loss(&student, &student, &ps, &g, 0.0, &with(1.0));
+            let same = loss(&student, &student, &ps, &g, 0.0, &with(1.0)).unwrap();
             assert!(
                 same.stats.kl.abs() < 1e-5,
                 "{d:?} {scope}: {:?}",
                 same.stats
             );
-            let guided = loss(&student, &student, &ps, &g, 0.0, &with(3.0));
+            let guided = loss(&student, &student, &ps, &g, 0.0, &with(3.0)).unwrap();
             assert!(guided.stats.kl > 1e-4, "{d:?} {scope}: {:?}", guided.stats);
         }
     }
@@ -137,6 +136,7 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             0.0,
             &cfg(0.0, Divergence::ReverseKl, 1.0),
         )
+        .unwrap()
         .stats
         .distill,
         loss(
@@ -147,6 +147,7 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             0.0,
             &cfg(0.0, Divergence::ForwardKl, 1.0),
         )
+        .unwrap()
         .stats
         .distill,
     );
@@ -165,7 +166,7 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             cfg_plausibility: 0.2,
             ..cfg(0.0, d, 3.0)
         };
-        let l = loss(&student, &student, &ps, &g, 0.0, &c);
+        let l = loss(&student, &student, &ps, &g, 0.0, &c).unwrap();
         assert!(
             l.stats.loss.is_finite() && l.stats.kl > 1e-3,
             "{d:?}: {:?}",
@@ -180,7 +181,8 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
         &g,
         0.4,
         &cfg(2.0, Divergence::ReverseKl, 3.0),
-    );
+    )
+    .unwrap();
     assert!(
         (l.stats.loss - (l.stats.distill + 2.0 * l.stats.pg)).abs()
             < 1e-3 * l.stats.loss.abs().max(1.0)
@@ -195,15 +197,15 @@ fn distillation_moves_the_student_toward_the_cfg_teacher() {
     let c = cfg(0.0, Divergence::ReverseKl, 3.0);
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
     let ps = pairs(&student, [0.5; 3]);
-    let first = loss(&student, &teacher, &ps, &g, 0.0, &c).stats.kl;
+    let first = loss(&student, &teacher, &ps, &g, 0.0, &c).unwrap().stats.kl;
     for _ in 0..20 {
         opt.zero_grad();
-        let l = loss(&student, &teacher, &ps, &g, 0.0, &c);
+        let l = loss(&student, &teacher, &ps, &g, 0.0, &c).unwrap();
         l.total.backward();
         opt.clip_grad_norm(1.0);
         opt.step(1e-2);
     }
-    let last = loss(&student, &teacher, &ps, &g, 0.0, &c).stats.kl;
+    let last = loss(&student, &teacher, &ps, &g, 0.0, &c).unwrap().stats.kl;
     assert!(last < 0.5 * first, "KL {first} → {last}");
 }
 
@@ -214,13 +216,13 @@ fn the_policy_gradient_favours_the_better_rewarded_pair() {
     // Teacher = student with γ = 1: no distillation gradient, the PG term alone.
     let c = cfg(1.0, Divergence::ReverseKl, 1.0);
     let ps = pairs(&student, [1.5, 0.0, 0.75]);
-    let before = sequence_logprobs(&student, &ps, &g);
+    let before = sequence_logprobs(&student, &ps, &g).unwrap();
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
     opt.zero_grad();
-    let l = loss(&student, &student, &ps, &g, 0.75, &c);
+    let l = loss(&student, &student, &ps, &g, 0.75, &c).unwrap();
     l.total.backward();
     opt.step(1e-3);
-    let after = sequence_logprobs(&student, &ps, &g);
+    let after = sequence_logprobs(&student, &ps, &g).unwrap();
     let delta = |i: usize| (after[2 * i] - before[2 * i]) + (after[2 * i + 1] - before[2 * i + 1]);
     assert!(delta(0) > 0.0, "rewarded pair: {before:?} → {after:?}");
     assert!(delta(1) < 0.0, "unrewarded pair: {before:?} → {after:?}");

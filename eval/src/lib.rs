@@ -1,0 +1,14 @@
+//! Evaluation of policies on a task, and the paper's comparisons built on it.
+//!
+//! Layout:
+//! - [`evaluate`]: quality and diversity of a policy on held-out prompts (`qd eval`, the
+//!   evaluator role);
+//! - [`front`]: quality–diversity fronts and their hypervolume;
+//! - [`sweep`]: `qd sweep`, every family of operating points on shared prompts and seeds,
+//!   cached, with tables and figures;
+//! - [`bench`]: generation throughput with and without CFG, against PyTorch.
+
+pub mod bench;
+pub mod evaluate;
+pub mod front;
+pub mod sweep;

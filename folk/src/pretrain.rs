@@ -1,0 +1,213 @@
+//! `qd pretrain`: maximum likelihood on the training split with condition dropout (so
+//! that CFG works), fresh captions drawn from each tune's attributes every time it is
+//! seen, AdamW, linear warm-up then cosine decay, gradient clipping, validation loss
+//! every N steps, and checkpoints it resumes from after an interruption.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tch::nn::VarStore;
+use tch::Device;
+
+use crate::caption::caption;
+use crate::dataset::{Dataset, Split};
+use model::batch::{lm_batch, lm_loss};
+use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
+use model::config::Preset;
+use model::optim::{AdamW, AdamWConfig};
+use model::train::{progress_bar, Schedule};
+use model::transformer::Transformer;
+
+/// Settings of a pre-training run.
+#[derive(Clone, Debug)]
+pub struct PretrainConfig {
+    pub data: PathBuf,
+    /// Folder for `last.safetensors` (the run resumes from it when present).
+    pub out: PathBuf,
+    pub preset: Preset,
+    /// Total steps: the learning-rate schedule spans them.
+    pub steps: u64,
+    /// Stop after this step for now (a later run with the same settings continues).
+    pub until: Option<u64>,
+    pub batch_size: usize,
+    /// Training sequences are cut to this many tokens (prompt, `<sep>`, tune, `<eos>`).
+    pub context: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub clip: f64,
+    /// Probability of training a tune with the empty prompt.
+    pub cond_dropout: f64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+    pub device: Device,
+    pub progress: bool,
+}
+
+/// What a run ends with.
+#[derive(Clone, Debug)]
+pub struct PretrainReport {
+    pub checkpoint: PathBuf,
+    pub steps: u64,
+    /// Loss of the last training batch.
+    pub train_loss: f64,
+    /// Loss on the validation split at the last evaluation (NaN without validation tunes).
+    pub val_loss: f64,
+    pub seconds: f64,
+}
+
+/// The mean validation loss over the whole validation split (captions as stored).
+fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device) -> f64 {
+    let v = crate::task::vocabulary(&ds.vocab);
+    let val: Vec<_> = ds.split(Split::Val).collect();
+    let (mut sum, mut n) = (0.0, 0);
+    tch::no_grad(|| {
+        for chunk in val.chunks(batch_size) {
+            let ex: Vec<(&[u32], &[u32])> = chunk
+                .iter()
+                .map(|r| (r.prompt.as_slice(), r.tune.as_slice()))
+                .collect();
+            let b = lm_batch(&ex, &v, (model.config.max_len - 1) as usize, device);
+            sum += lm_loss(model, &b, false).double_value(&[]) * chunk.len() as f64;
+            n += chunk.len();
+        }
+    });
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Runs (or resumes) pre-training and returns the final checkpoint.
+pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
+    let ds = Dataset::load(&cfg.data)?;
+    let train = ds.train_records(&cfg.data)?;
+    let model_cfg = cfg.preset.config(ds.vocab.len());
+    model_cfg.validate().map_err(anyhow::Error::msg)?;
+    let vocab_hash = ds.vocab.hash();
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = VarStore::new(cfg.device);
+    let model = Transformer::new(&vs.root(), &model_cfg);
+    let mut opt = AdamW::new(&vs, AdamWConfig::default());
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let last = cfg.out.join("last.safetensors");
+    let mut step = 0;
+    if last.exists() {
+        let ck = Checkpoint::read_for(&last, ModelKind::Policy, &vocab_hash)?;
+        ck.check_compatible(&model_cfg, &vocab_hash)
+            .with_context(|| format!("resuming from {}", last.display()))?;
+        ck.load_into(&mut vs)?;
+        if let Some((s, state)) = ck.optimizer_state() {
+            opt.load_state(s, &state).map_err(anyhow::Error::msg)?;
+        }
+        step = ck.meta.step;
+        tracing::info!(step, checkpoint = %last.display(), "resuming pre-training");
+    }
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    tracing::info!(preset = ?cfg.preset, params, train = train.len(), steps = cfg.steps, "pre-training");
+
+    let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
+    let bar = progress_bar(cfg.progress, end, step);
+    let schedule = Schedule {
+        lr: cfg.lr,
+        warmup: cfg.warmup,
+        steps: cfg.steps,
+    };
+    let start = Instant::now();
+    let max_len = cfg.context.min(model_cfg.max_len as usize) - 1;
+    let vocabulary = crate::task::vocabulary(&ds.vocab);
+    let mut tokens_seen = 0usize;
+    let mut val = f64::NAN;
+    let mut train_loss = f64::NAN;
+    let write = |step: u64, opt: &AdamW, val: f64| {
+        let extra = serde_json::json!({"val_loss": val, "seed": cfg.seed});
+        let stamp = Stamp {
+            kind: ModelKind::Policy,
+            config: &model_cfg,
+            vocab_hash: &vocab_hash,
+            step,
+            version: 0,
+            extra,
+        };
+        save(&last, &vs, Some(opt), stamp)
+    };
+    while step < end {
+        // The batch depends only on (seed, step), so a resumed run sees the same data.
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let picks: Vec<_> = train
+            .choose_multiple(&mut rng, cfg.batch_size.min(train.len()))
+            .collect();
+        let prompts: Vec<Vec<u32>> = picks
+            .iter()
+            .map(|r| {
+                if rng.gen_bool(cfg.cond_dropout) {
+                    Vec::new()
+                } else {
+                    ds.vocab.encode_prompt(&caption(&r.attributes, &mut rng)).0
+                }
+            })
+            .collect();
+        let ex: Vec<(&[u32], &[u32])> = prompts
+            .iter()
+            .zip(&picks)
+            .map(|(p, r)| (p.as_slice(), r.tune.as_slice()))
+            .collect();
+        let batch = lm_batch(&ex, &vocabulary, max_len, cfg.device);
+        tokens_seen += batch.valid.sum(tch::Kind::Int64).int64_value(&[]) as usize;
+        opt.zero_grad();
+        let loss = lm_loss(&model, &batch, true);
+        loss.backward();
+        let grad_norm = opt.clip_grad_norm(cfg.clip);
+        let lr = schedule.lr_at(step);
+        opt.step(lr);
+        step += 1;
+        let loss = loss.double_value(&[]);
+        train_loss = loss;
+        if !loss.is_finite() {
+            bail!("training loss became {loss} at step {step}; lower --lr");
+        }
+        if step % cfg.eval_every == 0 || step == end {
+            val = val_loss(&model, &ds, 64, cfg.device);
+            tracing::info!(
+                step,
+                train_loss = loss,
+                val_loss = val,
+                lr,
+                grad_norm,
+                "eval"
+            );
+        }
+        if step % cfg.checkpoint_every == 0 || step == end {
+            write(step, &opt, val)?;
+        }
+        if let Some(b) = &bar {
+            b.set_position(step);
+            let tps = tokens_seen as f64 / start.elapsed().as_secs_f64();
+            b.set_message(format!(
+                "loss {loss:.3} val {val:.3} lr {lr:.1e} {tps:.0} tok/s"
+            ));
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    if !last.exists() {
+        write(step, &opt, val)?;
+    }
+    Ok(PretrainReport {
+        checkpoint: last,
+        steps: step,
+        train_loss,
+        val_loss: val,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,110 @@
+//! The learner side of the weight broadcast: each version of the student is serialised
+//! once into an immutable buffer ([`Published`]) shared by every subscriber, and each
+//! `WatchWeights` stream sends it in chunks with the blob's CRC32. A subscriber that is
+//! slower than the learner skips to the newest version; it never blocks the learner or
+//! another subscriber. The actor side reassembles the chunks (`actor::broadcast`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use qd_proto::WeightChunk;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// One published version of the student: serialised once, shared by every subscriber.
+#[derive(Debug)]
+pub struct Published {
+    pub version: u64,
+    pub step: u64,
+    pub blob: Bytes,
+    /// CRC32 of `blob`, lowercase hex.
+    pub checksum: String,
+}
+
+impl Published {
+    pub fn new(version: u64, step: u64, blob: Vec<u8>) -> Published {
+        let checksum = format!("{:08x}", crc32fast::hash(&blob));
+        Published {
+            version,
+            step,
+            blob: Bytes::from(blob),
+            checksum,
+        }
+    }
+
+    /// The chunks of this version, `chunk` bytes each (one empty chunk for an empty blob).
+    pub fn chunks(&self, chunk: usize) -> impl Iterator<Item = WeightChunk> + '_ {
+        let total = self.blob.len();
+        let starts = (0..total.max(1)).step_by(chunk.max(1));
+        starts.map(move |offset| WeightChunk {
+            version: self.version,
+            step: self.step,
+            offset: offset as u64,
+            total_len: total as u64,
+            checksum: self.checksum.clone(),
+            data: self.blob.slice(offset..(offset + chunk.max(1)).min(total)),
+        })
+    }
+}
+
+/// Streams every version published from now on (and the current one, unless it is
+/// `have`) in chunks of `chunk` bytes, until the subscriber leaves or `closing` is set.
+/// `guard` lives as long as the stream.
+pub fn stream<G: Send + 'static>(
+    mut published: watch::Receiver<Option<Arc<Published>>>,
+    mut closing: watch::Receiver<bool>,
+    mut have: u64,
+    chunk: usize,
+    guard: G,
+) -> ReceiverStream<Result<WeightChunk, Status>> {
+    let (tx, rx) = mpsc::channel::<Result<WeightChunk, Status>>(2);
+    tokio::spawn(async move {
+        let _guard = guard;
+        loop {
+            let current = published.borrow_and_update().clone();
+            if let Some(p) = current.filter(|p| p.version != have) {
+                for msg in p.chunks(chunk) {
+                    // A slow subscriber waits here alone; the learner never does.
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                have = p.version;
+            }
+            tokio::select! {
+                changed = published.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+                _ = closing.wait_for(|c| *c) => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Published;
+
+    #[test]
+    fn chunks_cover_the_blob_once_in_order() {
+        let p = Published::new(3, 7, (0..10u8).collect());
+        let chunks: Vec<_> = p.chunks(4).collect();
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|c| (c.offset, c.data.len()))
+                .collect::<Vec<_>>(),
+            [(0, 4), (4, 4), (8, 2)]
+        );
+        assert!(chunks
+            .iter()
+            .all(|c| c.total_len == 10 && c.version == 3 && c.step == 7));
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(joined, (0..10u8).collect::<Vec<_>>());
+        let empty = Published::new(1, 0, Vec::new());
+        let e: Vec<_> = empty.chunks(4).collect();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].data.is_empty() && e[0].total_len == 0);
+    }
+}

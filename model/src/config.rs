@@ -1,0 +1,117 @@
+//! The policy's architecture: a serde config with size presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fnv::Fnv;
+
+/// Size presets: `tiny` for tests (trains in seconds), `small` for CPU, `base` for GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Tiny,
+    Small,
+    Base,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Preset, String> {
+        match s {
+            "tiny" => Ok(Preset::Tiny),
+            "small" => Ok(Preset::Small),
+            "base" => Ok(Preset::Base),
+            _ => Err(format!(
+                "unknown model preset {s:?} (expected tiny, small or base)"
+            )),
+        }
+    }
+}
+
+/// A decoder-only transformer's shape. Two checkpoints are compatible when their configs
+/// are equal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub vocab_size: i64,
+    pub d_model: i64,
+    pub n_layers: i64,
+    pub n_heads: i64,
+    pub d_ff: i64,
+    /// Longest sequence (prompt, `<sep>`, tune, `<eos>`) the learned positions cover.
+    pub max_len: i64,
+    pub dropout: f64,
+}
+
+impl Preset {
+    pub fn config(self, vocab_size: usize) -> ModelConfig {
+        let (d_model, n_layers, n_heads, max_len) = match self {
+            Preset::Tiny => (32, 2, 2, 320),
+            Preset::Small => (128, 4, 4, 512),
+            Preset::Base => (384, 8, 6, 1100),
+        };
+        ModelConfig {
+            vocab_size: vocab_size as i64,
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff: 4 * d_model,
+            max_len,
+            dropout: if self == Preset::Tiny { 0.0 } else { 0.1 },
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks the shape is buildable; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_len", self.max_len),
+        ];
+        if let Some((name, v)) = positive.iter().find(|(_, v)| *v <= 0) {
+            return Err(format!("model.{name} must be positive, got {v}"));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return Err(format!(
+                "model.d_model ({}) must be a multiple of model.n_heads ({})",
+                self.d_model, self.n_heads
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        Ok(())
+    }
+
+    /// A stable hash of the architecture (what actors and the learner compare).
+    pub fn hash(&self) -> String {
+        let mut h = Fnv::default();
+        h.write(serde_json::to_string(self).unwrap_or_default().as_bytes());
+        format!("{:016x}", h.finish())
+    }
+
+    /// The fields that differ from `other`, as `name: ours vs theirs`.
+    pub fn diff(&self, other: &ModelConfig) -> Vec<String> {
+        let a = serde_json::to_value(self).unwrap_or_default();
+        let b = serde_json::to_value(other).unwrap_or_default();
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return vec![];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v} vs {}",
+                    b.get(k).map_or("missing".to_string(), |x| x.to_string())
+                )
+            })
+            .collect()
+    }
+}
