@@ -25,7 +25,7 @@ fi
 if ! command -v abc2midi >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "setup: installing abcmidi (abc2midi) from Debian's packages"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq abcmidi; } >/dev/null 2>&1 \
-    || echo "setup: could not install abcmidi; the tests that use abc2midi will be skipped"
+    || echo "setup: could not install abcmidi; the tests that check exported tunes with abc2midi will fail"
 fi
 
 # --- the corpus ---------------------------------------------------------------------

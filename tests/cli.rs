@@ -116,14 +116,8 @@ fn prepare_json_and_export() {
 /// The real corpus, when `make setup` has fetched it: at least 85% of the tunes parse.
 #[test]
 fn prepare_real_corpus() {
-    let raw = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/raw");
-    if !raw.join("essenFolksong").exists() {
-        eprintln!(
-            "prepare_real_corpus: {} is missing; run `make setup`",
-            raw.display()
-        );
-        return;
-    }
+    testkit::require_setup("data/raw/essenFolksong");
+    let raw = testkit::require_setup("data/raw");
     let dir = tempfile::tempdir().unwrap();
     let o = qd(&[
         "data",
@@ -151,13 +145,12 @@ fn prepare_real_corpus() {
 }
 
 /// Exports `n` tunes of a split and checks that abc2midi, a standard ABC tool, reads them all
-/// without an error (skipped where abc2midi is not installed; `make setup` installs it
-/// when it can).
+/// without an error (`make setup` installs abc2midi from Debian's packages).
 fn assert_abc2midi_reads(data: &Path, split: &str, n: usize) {
-    if Command::new("abc2midi").arg("-ver").output().is_err() {
-        eprintln!("abc2midi is not installed: skipping the check that it reads exported tunes");
-        return;
-    }
+    assert!(
+        Command::new("abc2midi").arg("-ver").output().is_ok(),
+        "abc2midi is not installed: run `make setup` first (`make test` runs it)"
+    );
     let out = data.join("export");
     let o = qd(&[
         "data",
@@ -205,13 +198,9 @@ fn assert_abc2midi_reads(data: &Path, split: &str, n: usize) {
 /// PyTorch reference must agree with qd on the same weights.
 #[test]
 fn model_commands_end_to_end() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let raw = root.join("data/raw");
-    let python = root.join(".venv/bin/python");
-    if !raw.join("essenFolksong").exists() || !python.exists() {
-        eprintln!("model_commands_end_to_end: run `make setup` first (corpus and venv)");
-        return;
-    }
+    let raw = testkit::require_setup("data/raw");
+    testkit::require_setup("data/raw/essenFolksong");
+    let python = testkit::require_setup(".venv/bin/python");
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let run = |args: &[&str]| {

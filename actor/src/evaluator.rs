@@ -19,6 +19,7 @@ use model::sampling::SamplingConfig;
 use model::task::Task;
 
 use crate::broadcast::Weights;
+use crate::metrics as m;
 use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs the evaluator until SIGTERM/Ctrl-C or a refusal by the learner.
@@ -30,10 +31,10 @@ pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Pa
         &e.device,
         e.threads,
         &e.metrics_listen,
+        &crate::metrics::evaluator(),
         ready_file,
     )
     .await?;
-    metrics::counter!("qd_eval_runs_total").absolute(0);
     let link = setup.link(Role::Evaluator, "")?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "evaluator starting");
     run_client(link, None, move |weights, stop, rt| {
@@ -94,19 +95,19 @@ fn evaluations(
         let seconds = t0.elapsed().as_secs_f64();
         last = Some(student.version);
         for (name, v) in [
-            ("qd_eval_version", student.version as f64),
-            ("qd_eval_step", step as f64),
-            ("qd_eval_quality", r.quality),
-            ("qd_eval_adherence", r.adherence),
-            ("qd_eval_validity", r.validity),
-            ("qd_eval_embed_diversity", r.embed_diversity),
-            ("qd_eval_edit_diversity", r.edit_diversity),
-            ("qd_eval_tokens_per_second", r.tokens_per_s),
-            ("qd_eval_seconds", seconds),
+            (m::EVAL_VERSION, student.version as f64),
+            (m::EVAL_STEP, step as f64),
+            (m::EVAL_QUALITY, r.quality),
+            (m::EVAL_ADHERENCE, r.adherence),
+            (m::EVAL_VALIDITY, r.validity),
+            (m::EVAL_EMBED_DIVERSITY, r.embed_diversity),
+            (m::EVAL_EDIT_DIVERSITY, r.edit_diversity),
+            (m::EVAL_TOKENS_PER_SECOND, r.tokens_per_s),
+            (m::EVAL_SECONDS, seconds),
         ] {
             metrics::gauge!(name).set(v);
         }
-        metrics::counter!("qd_eval_runs_total").increment(1);
+        metrics::counter!(m::EVAL_RUNS).increment(1);
         tracing::info!(
             version = student.version,
             step,

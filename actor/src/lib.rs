@@ -7,6 +7,7 @@
 pub mod broadcast;
 pub mod client;
 pub mod evaluator;
+pub mod metrics;
 pub mod rollout;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use model::config::ModelConfig;
 use model::task::Task;
 use model::transformer::Transformer;
 
+use crate::metrics as m;
 use broadcast::{Assembler, Weights, MAX_WEIGHT_BYTES};
 use client::{connect, is_fatal, Backoff, Credentials, Identity};
 
@@ -79,9 +81,9 @@ impl Student {
         ck.load_into(&mut self.vs)?;
         let sync_seconds = w.sync_seconds + t0.elapsed().as_secs_f64();
         self.version = w.version;
-        metrics::gauge!("qd_actor_weight_version").set(w.version as f64);
-        metrics::histogram!("qd_actor_weight_sync_seconds").record(sync_seconds);
-        metrics::counter!("qd_actor_weight_sync_bytes_total").increment(w.blob.len() as u64);
+        ::metrics::gauge!(m::WEIGHT_VERSION).set(w.version as f64);
+        ::metrics::histogram!(m::WEIGHT_SYNC_SECONDS).record(sync_seconds);
+        ::metrics::counter!(m::WEIGHT_SYNC_BYTES).increment(w.blob.len() as u64);
         let first = self.version == 0;
         self.version = w.version;
         if first || w.version % 10 == 0 {
@@ -131,17 +133,11 @@ impl Setup {
         device: &str,
         threads: usize,
         metrics_listen: &str,
+        catalogue: &[common::telemetry::Metric],
         ready_file: Option<&std::path::Path>,
     ) -> Result<(Setup, Option<std::net::SocketAddr>)> {
         let setup = Setup::load(settings, task, device, threads)?;
-        let metrics = common::telemetry::serve_metrics(metrics_listen).await?;
-        // Counters from 0, so that Prometheus sees their first increase.
-        for name in [
-            "qd_actor_reconnects_total",
-            "qd_actor_weight_sync_bytes_total",
-        ] {
-            metrics::counter!(name).absolute(0);
-        }
+        let metrics = common::telemetry::serve_metrics(metrics_listen, catalogue).await?;
         if let Some(p) = ready_file {
             common::telemetry::Endpoints {
                 pid: std::process::id(),
@@ -263,7 +259,7 @@ pub async fn maintain(
         if ended.code() == tonic::Code::Cancelled {
             return Ok(());
         }
-        metrics::counter!("qd_actor_reconnects_total").increment(1);
+        ::metrics::counter!(m::RECONNECTS).increment(1);
         let delay = backoff.next_delay();
         tracing::warn!(
             code = ?ended.code(),
@@ -352,8 +348,7 @@ async fn session_inner(
             if b.version > known_version {
                 // Made with weights of a learner run that no longer exists (it restarted
                 // from an earlier checkpoint): the learner would refuse it.
-                metrics::counter!("qd_actor_batches_dropped_total", "reason" => "version_ahead")
-                    .increment(1);
+                ::metrics::counter!(m::BATCHES_DROPPED, "reason" => "version_ahead").increment(1);
                 link.credits.add_permits(1);
             } else {
                 b.sequence = sequence;
@@ -364,8 +359,8 @@ async fn session_inner(
                     .await
                     .map_err(|_| Status::unavailable("trajectory stream closed"))?;
                 *in_flight += 1;
-                metrics::counter!("qd_actor_trajectories_sent_total").increment(n);
-                metrics::counter!("qd_actor_batches_sent_total").increment(1);
+                ::metrics::counter!(m::TRAJECTORIES_SENT).increment(n);
+                ::metrics::counter!(m::BATCHES_SENT).increment(1);
             }
         }
         tokio::select! {
@@ -383,7 +378,7 @@ async fn session_inner(
                     link.credits.add_permits(1);
                 }
                 known_version = known_version.max(a.learner_version);
-                metrics::gauge!("qd_actor_learner_queue_depth").set(f64::from(a.queue_depth));
+                ::metrics::gauge!(m::LEARNER_QUEUE_DEPTH).set(f64::from(a.queue_depth));
             }
             b = next_batch(batches) => {
                 *pending = Some(b.ok_or_else(|| Status::cancelled("rollouts ended"))?);

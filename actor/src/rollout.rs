@@ -20,6 +20,7 @@ use model::sampling::{sample, SamplingConfig};
 use model::task::{pair_rewards, Embedder, Split, Task};
 
 use crate::broadcast::Weights;
+use crate::metrics as m;
 use crate::{run_client, wait_for_weights, Setup, Student};
 
 /// Runs an actor until SIGTERM/Ctrl-C or a refusal by the learner.
@@ -31,20 +32,13 @@ pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Pa
         &a.device,
         a.threads,
         &a.metrics_listen,
+        &crate::metrics::actor(),
         ready_file,
     )
     .await?;
     let embedder = setup.task.embedder(setup.device)?;
     let link = setup.link(Role::Actor, &a.name)?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "actor starting");
-    for name in [
-        "qd_actor_tokens_total",
-        "qd_actor_trajectories_sent_total",
-        "qd_actor_batches_sent_total",
-    ] {
-        metrics::counter!(name).absolute(0);
-    }
-    metrics::counter!("qd_actor_batches_dropped_total", "reason" => "version_ahead").absolute(0);
     let seed = stream_seed(a.seed, &link.identity.name);
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let credits = link.credits.clone();
@@ -157,18 +151,18 @@ fn rollouts(
                 .take(2)
                 .map(|(tokens, logprobs)| Sample { tokens, logprobs })
                 .collect();
-            metrics::histogram!("qd_actor_reward").record(r);
+            metrics::histogram!(m::REWARD).record(r);
             trajectories.push(Trajectory {
                 prompt: rows[2 * i].clone(),
                 reward: r as f32,
                 samples: pair,
             });
         }
-        metrics::counter!("qd_actor_tokens_total").increment(tokens as u64);
-        metrics::gauge!("qd_actor_tokens_per_second").set(tokens as f64 / seconds.max(1e-9));
-        metrics::gauge!("qd_actor_reward_mean")
+        metrics::counter!(m::TOKENS).increment(tokens as u64);
+        metrics::gauge!(m::TOKENS_PER_SECOND).set(tokens as f64 / seconds.max(1e-9));
+        metrics::gauge!(m::REWARD_MEAN)
             .set(rewards.iter().sum::<f64>() / rewards.len().max(1) as f64);
-        metrics::histogram!("qd_actor_rollout_seconds").record(seconds);
+        metrics::histogram!(m::ROLLOUT_SECONDS).record(seconds);
         tracing::debug!(version = student.version, tokens, seconds, "rollout");
         let batch = TrajectoryBatch {
             version: student.version,

@@ -1,5 +1,6 @@
 //! Logs and metrics every process shares: `tracing` to stderr as text or JSON, and a
-//! Prometheus `/metrics` endpoint (metric names `qd_…`, listed in docs/metrics.md).
+//! Prometheus `/metrics` endpoint serving a role's metric catalogue (each role keeps its
+//! own in its `metrics` module; names `qd_…`, listed in docs/metrics.md).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,43 +28,104 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Histogram buckets of the metrics that are histograms (the rest are gauges and
-/// counters).
-const BUCKETS: &[(&str, &[f64])] = &[
-    (
-        "qd_learner_staleness",
-        &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0],
-    ),
-    (
-        "qd_learner_step_seconds",
-        &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
-    ),
-    (
-        "qd_learner_publish_seconds",
-        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
-    ),
-    (
-        "qd_actor_reward",
-        &[0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0],
-    ),
-    (
-        "qd_actor_rollout_seconds",
-        &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
-    ),
-    (
-        "qd_actor_weight_sync_seconds",
-        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-    ),
-];
+/// What a metric is, for its catalogue entry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// With its bucket bounds.
+    Histogram(&'static [f64]),
+}
 
-/// Installs the Prometheus recorder and serves `/metrics` on `listen` (port 0: any free
-/// port). Returns the bound address, or `None` when `listen` is empty. Needs a tokio
-/// runtime.
-pub async fn serve_metrics(listen: &str) -> Result<Option<SocketAddr>> {
+/// One metric of a role's catalogue: the one place that names it, says what it means
+/// (Prometheus `# HELP`), gives histogram buckets, and says how it starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// The metric's label and the values it is exported with at 0 from the start, so that
+    /// dashboards read "none" as 0 and Prometheus sees the first increase. Counters
+    /// without a label start at 0 too; gauges without one appear when first set.
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+impl Metric {
+    pub const fn counter(name: &'static str, help: &'static str) -> Metric {
+        Metric {
+            name,
+            kind: Kind::Counter,
+            help,
+            label: None,
+        }
+    }
+
+    pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
+        Metric {
+            name,
+            kind: Kind::Gauge,
+            help,
+            label: None,
+        }
+    }
+
+    pub const fn histogram(
+        name: &'static str,
+        help: &'static str,
+        buckets: &'static [f64],
+    ) -> Metric {
+        Metric {
+            name,
+            kind: Kind::Histogram(buckets),
+            help,
+            label: None,
+        }
+    }
+
+    /// The same metric with a label whose values start at 0.
+    pub const fn labelled(self, label: &'static str, values: &'static [&'static str]) -> Metric {
+        Metric {
+            label: Some((label, values)),
+            ..self
+        }
+    }
+}
+
+/// Describes every metric of `catalogue` to the installed recorder and exports the ones
+/// that start at 0.
+pub fn register(catalogue: &[Metric]) {
+    for m in catalogue {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram(_) => metrics::describe_histogram!(m.name, m.help),
+        }
+        match (m.kind, m.label) {
+            (Kind::Counter, None) => metrics::counter!(m.name).absolute(0),
+            (Kind::Counter, Some((label, values))) => {
+                for &v in values {
+                    metrics::counter!(m.name, label => v).absolute(0);
+                }
+            }
+            (Kind::Gauge, Some((label, values))) => {
+                for &v in values {
+                    metrics::gauge!(m.name, label => v).set(0.0);
+                }
+            }
+            (Kind::Gauge | Kind::Histogram(_), _) => {}
+        }
+    }
+}
+
+/// Installs the Prometheus recorder for the metrics of `catalogue` (buckets, help texts,
+/// initial zeroes) and serves `/metrics` on `listen` (port 0: any free port). Returns
+/// the bound address, or `None` when `listen` is empty. Needs a tokio runtime.
+pub async fn serve_metrics(listen: &str, catalogue: &[Metric]) -> Result<Option<SocketAddr>> {
     if listen.is_empty() {
         return Ok(None);
     }
-    let handle = install_recorder()?;
+    let handle = install_recorder(catalogue)?;
+    register(catalogue);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the metrics endpoint to {listen}"))?;
@@ -91,12 +153,14 @@ pub async fn serve_metrics(listen: &str) -> Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-fn install_recorder() -> Result<PrometheusHandle> {
+fn install_recorder(catalogue: &[Metric]) -> Result<PrometheusHandle> {
     let mut b = PrometheusBuilder::new();
-    for (name, buckets) in BUCKETS {
-        b = b
-            .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
-            .context("histogram buckets")?;
+    for m in catalogue {
+        if let Kind::Histogram(buckets) = m.kind {
+            b = b
+                .set_buckets_for_metric(Matcher::Full(m.name.to_string()), buckets)
+                .context("histogram buckets")?;
+        }
     }
     b.install_recorder()
         .context("installing the Prometheus recorder")

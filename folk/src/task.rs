@@ -153,9 +153,15 @@ impl Task for FolkTask {
         }))
     }
 
-    fn write_sample(&self, title: &str, sample: &[u32], stem: &Path) -> Result<task::Written> {
+    fn write_sample(
+        &self,
+        title: &str,
+        number: u32,
+        sample: &[u32],
+        stem: &Path,
+    ) -> Result<task::Written> {
         let tokens = self.ds.vocab.decode_tune(sample)?;
-        let abc = render::to_abc(&tokens, 1, title);
+        let abc = render::to_abc(&tokens, number, title);
         let abc_path = stem.with_extension("abc");
         write_atomic(&abc_path, abc.as_bytes())?;
         let mut written = task::Written {
@@ -207,17 +213,20 @@ impl task::Embedder for FolkEmbedder {
     }
 }
 
+/// The judged attribute values each prompt of a split names, in prompt order.
+type Named = Arc<Vec<Vec<(usize, String)>>>;
+
 /// The trained judge, with the attribute values each prompt of a split names.
 #[derive(Debug)]
 struct FolkJudge {
     _vs: VarStore,
     net: TuneJudge,
     ds: Arc<Dataset>,
-    named: Mutex<HashMap<Split, Arc<Vec<Vec<(usize, String)>>>>>,
+    named: Mutex<HashMap<Split, Named>>,
 }
 
 impl FolkJudge {
-    fn named(&self, split: Split) -> Arc<Vec<Vec<(usize, String)>>> {
+    fn named(&self, split: Split) -> Named {
         let mut cache = self.named.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .entry(split)

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 
 use folk::abc::{parse_tune, split_tunes, Skip};
 use folk::bars::check_bars;
@@ -282,14 +281,8 @@ fn events_reject_misplaced_tokens() {
 /// exports to MIDI. Needs `make setup` (which `make test` runs first).
 #[test]
 fn corpus_round_trip() {
-    let raw = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/raw");
-    if !raw.join(COLLECTIONS[0]).exists() {
-        eprintln!(
-            "corpus_round_trip: {} is missing; run `make setup`",
-            raw.display()
-        );
-        return;
-    }
+    testkit::require_setup(&format!("data/raw/{}", COLLECTIONS[0]));
+    let raw = testkit::require_setup("data/raw");
     let (mut found, mut parsed) = (0, 0);
     for c in COLLECTIONS {
         let mut files: Vec<_> = std::fs::read_dir(raw.join(c))

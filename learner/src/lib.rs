@@ -5,6 +5,7 @@
 
 pub mod broadcast;
 pub mod loss;
+pub mod metrics;
 pub mod server;
 pub mod trainer;
 pub mod validate;
@@ -38,8 +39,7 @@ pub async fn run(
         model::device::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
         cfg.threads,
     )?;
-    let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen).await?;
-    server::zero_metrics();
+    let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen, metrics::ALL).await?;
     let paths = settings.paths.clone();
     let vocab_hash = task.vocab_hash();
     let base = Checkpoint::read_for(&paths.base, ModelKind::Policy, &vocab_hash)

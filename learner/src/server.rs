@@ -21,6 +21,7 @@ use model::config::ModelConfig;
 
 use crate::broadcast::{self, Published};
 use crate::loss::Pair;
+use crate::metrics as m;
 use crate::validate::{validate, Rules};
 
 /// A validated trajectory waiting for the trainer.
@@ -89,8 +90,8 @@ impl Shared {
     /// Makes `p` the version every subscriber streams next.
     pub fn publish(&self, p: Published) {
         self.version.store(p.version, Ordering::SeqCst);
-        metrics::gauge!("qd_learner_version").set(p.version as f64);
-        metrics::gauge!("qd_learner_publish_bytes").set(p.blob.len() as f64);
+        metrics::gauge!(m::VERSION).set(p.version as f64);
+        metrics::gauge!(m::PUBLISH_BYTES).set(p.blob.len() as f64);
         self.published.send_replace(Some(Arc::new(p)));
     }
 
@@ -102,31 +103,8 @@ impl Shared {
 
     fn set_connected_gauges(&self) {
         let (actors, evaluators) = self.connected();
-        metrics::gauge!("qd_learner_actors_connected", "role" => "actor").set(actors as f64);
-        metrics::gauge!("qd_learner_actors_connected", "role" => "evaluator")
-            .set(evaluators as f64);
-    }
-}
-
-/// Exports the learner's counters (each drop reason) and connection gauges at 0, so that
-/// Prometheus sees their first increase and dashboards show "none" as 0, not "no data".
-pub fn zero_metrics() {
-    let reasons = crate::validate::REASONS
-        .iter()
-        .chain(&["stale", "non_finite_loss"]);
-    for &reason in reasons {
-        metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => reason).absolute(0);
-    }
-    for name in [
-        "qd_learner_trajectories_accepted_total",
-        "qd_learner_samples_total",
-        "qd_learner_registrations_refused_total",
-        "qd_learner_unauthenticated_total",
-    ] {
-        metrics::counter!(name).absolute(0);
-    }
-    for role in ["actor", "evaluator"] {
-        metrics::gauge!("qd_learner_actors_connected", "role" => role).set(0.0);
+        metrics::gauge!(m::ACTORS_CONNECTED, "role" => "actor").set(actors as f64);
+        metrics::gauge!(m::ACTORS_CONNECTED, "role" => "evaluator").set(evaluators as f64);
     }
 }
 
@@ -209,7 +187,7 @@ impl Learner for Service {
             differs.push("role unspecified".into());
         }
         if !differs.is_empty() {
-            metrics::counter!("qd_learner_registrations_refused_total").increment(1);
+            metrics::counter!(m::REFUSED).increment(1);
             tracing::warn!(name = r.name, "refused a client: {}", differs.join("; "));
             return Err(Status::failed_precondition(format!(
                 "incompatible with this learner: {}",
@@ -250,8 +228,7 @@ impl Learner for Service {
                 if let Err(r) = validate(&batch, &shared.rules, current) {
                     let n = batch.trajectories.len().max(1) as u64;
                     shared.rejected.fetch_add(n, Ordering::SeqCst);
-                    metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => r.reason)
-                        .increment(n);
+                    metrics::counter!(m::DROPPED, "reason" => r.reason).increment(n);
                     tracing::warn!(
                         actor_id,
                         reason = r.reason,
@@ -281,10 +258,10 @@ impl Learner for Service {
                         return;
                     }
                     let depth = shared.queue_depth.fetch_add(1, Ordering::SeqCst) + 1;
-                    metrics::gauge!("qd_learner_queue_depth").set(depth as f64);
+                    metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
                 }
                 shared.accepted.fetch_add(n as u64, Ordering::SeqCst);
-                metrics::counter!("qd_learner_trajectories_accepted_total").increment(n as u64);
+                metrics::counter!(m::ACCEPTED).increment(n as u64);
                 let ack = PushAck {
                     sequence: batch.sequence,
                     accepted: n as u32,
@@ -375,7 +352,7 @@ impl tonic::service::Interceptor for Auth {
         if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(req)
         } else {
-            metrics::counter!("qd_learner_unauthenticated_total").increment(1);
+            metrics::counter!(m::UNAUTHENTICATED).increment(1);
             Err(Status::unauthenticated("missing or wrong bearer token"))
         }
     }

@@ -23,6 +23,7 @@ use model::transformer::Transformer;
 
 use crate::broadcast::Published;
 use crate::loss::{loss, Generatable, LossConfig, LossStats, Pair};
+use crate::metrics as m;
 use crate::server::{Queued, Shared};
 
 /// Why the trainer stopped.
@@ -242,7 +243,7 @@ impl Trainer {
         let blob = serialize(&self.student_vs, None, self.stamp())?;
         self.shared
             .publish(Published::new(self.version, self.step, blob));
-        metrics::histogram!("qd_learner_publish_seconds").record(t0.elapsed().as_secs_f64());
+        metrics::histogram!(m::PUBLISH_SECONDS).record(t0.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -291,14 +292,13 @@ impl Trainer {
                 .queue_depth
                 .fetch_sub(1, Ordering::SeqCst)
                 .saturating_sub(1);
-            metrics::gauge!("qd_learner_queue_depth").set(depth as f64);
+            metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
             let staleness = self.version.saturating_sub(item.pair.version);
-            metrics::histogram!("qd_learner_staleness").record(staleness as f64);
+            metrics::histogram!(m::STALENESS).record(staleness as f64);
             if staleness > self.cfg.max_staleness {
                 self.stale_dropped += 1;
                 self.shared.stale.fetch_add(1, Ordering::SeqCst);
-                metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => "stale")
-                    .increment(1);
+                metrics::counter!(m::DROPPED, "reason" => "stale").increment(1);
                 tracing::debug!(
                     actor_id = item.actor_id,
                     staleness,
@@ -357,7 +357,7 @@ impl Trainer {
             jsd_alpha: self.cfg.jsd_alpha,
             rho_bar: self.cfg.rho_bar,
         };
-        metrics::gauge!("qd_learner_step").set(self.step as f64);
+        metrics::gauge!(m::STEP).set(self.step as f64);
         let mut last_checkpoint = None;
         let stopped = loop {
             if self.cfg.max_steps > 0 && self.step >= self.cfg.max_steps {
@@ -382,7 +382,7 @@ impl Trainer {
             .context("computing the loss")?;
             if !l.stats.loss.is_finite() {
                 // Never step on a non-finite loss: skip the batch, keep the weights.
-                metrics::counter!("qd_learner_trajectories_dropped_total", "reason" => "non_finite_loss")
+                metrics::counter!(m::DROPPED, "reason" => "non_finite_loss")
                     .increment(pairs.len() as u64);
                 tracing::error!(step = self.step, "non-finite loss; batch skipped");
                 continue;
@@ -397,24 +397,24 @@ impl Trainer {
                 (2 * pairs.len()) as f64 / wait.elapsed().as_secs_f64().max(1e-9);
             let s = &l.stats;
             for (name, v) in [
-                ("qd_learner_step", self.step as f64),
-                ("qd_learner_loss", s.loss),
-                ("qd_learner_distill_loss", s.distill),
-                ("qd_learner_pg_loss", s.pg),
-                ("qd_learner_kl", s.kl),
-                ("qd_learner_entropy", s.entropy),
-                ("qd_learner_reward_mean", s.reward_mean),
-                ("qd_learner_reward_std", s.reward_std),
-                ("qd_learner_baseline", s.baseline),
-                ("qd_learner_grad_norm", grad_norm),
-                ("qd_learner_clip_fraction", s.clip_fraction),
-                ("qd_learner_lr", lr),
-                ("qd_learner_samples_per_second", samples_per_second),
+                (m::STEP, self.step as f64),
+                (m::LOSS, s.loss),
+                (m::DISTILL_LOSS, s.distill),
+                (m::PG_LOSS, s.pg),
+                (m::KL, s.kl),
+                (m::ENTROPY, s.entropy),
+                (m::REWARD_MEAN, s.reward_mean),
+                (m::REWARD_STD, s.reward_std),
+                (m::BASELINE, s.baseline),
+                (m::GRAD_NORM, grad_norm),
+                (m::CLIP_FRACTION, s.clip_fraction),
+                (m::LR, lr),
+                (m::SAMPLES_PER_SECOND, samples_per_second),
             ] {
                 metrics::gauge!(name).set(v);
             }
-            metrics::histogram!("qd_learner_step_seconds").record(step_seconds);
-            metrics::counter!("qd_learner_samples_total").increment(2 * pairs.len() as u64);
+            metrics::histogram!(m::STEP_SECONDS).record(step_seconds);
+            metrics::counter!(m::SAMPLES).increment(2 * pairs.len() as u64);
             let line = LogLine {
                 step: self.step,
                 version: self.version,

@@ -28,21 +28,11 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Every reason [`reject`] gives (the learner exports each counter at 0 from the start).
-pub const REASONS: [&str; 9] = [
-    "empty",
-    "oversize",
-    "version",
-    "unknown_prompt",
-    "reward",
-    "samples",
-    "length",
-    "token",
-    "logprob",
-];
-
 fn reject(reason: &'static str, message: String) -> Rejection {
-    debug_assert!(REASONS.contains(&reason), "{reason} missing from REASONS");
+    debug_assert!(
+        crate::metrics::DROP_REASONS.contains(&reason),
+        "{reason} missing from metrics::DROP_REASONS"
+    );
     Rejection { reason, message }
 }
 

@@ -74,8 +74,15 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     fn embedder(&self, device: Device) -> Result<Box<dyn Embedder>>;
     /// The judge of evaluation, on `device`.
     fn judge(&self, device: Device) -> Result<Box<dyn Judge>>;
-    /// Writes a sample for people to open, as files named `stem.*`, titled `title`.
-    fn write_sample(&self, title: &str, sample: &[u32], stem: &Path) -> Result<Written>;
+    /// Writes a sample for people to open, as files named `stem.*`, titled `title`;
+    /// `number` counts the samples written together, from 1.
+    fn write_sample(
+        &self,
+        title: &str,
+        number: u32,
+        sample: &[u32],
+        stem: &Path,
+    ) -> Result<Written>;
     /// A fingerprint of everything evaluating on this task depends on besides the policy
     /// (prompts, references, embedder and judge weights): caches of evaluations key on it.
     fn fingerprint(&self) -> Result<String>;

@@ -1,6 +1,9 @@
-//! Fixtures shared by the test files.
+//! Fixtures shared by the test files of every crate: a fixture corpus, tiny random
+//! policies and their vocabulary, and a second, synthetic task ([`synthetic`]).
 
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used)]
+
+pub mod synthetic;
 
 use std::path::Path;
 
@@ -79,4 +82,21 @@ pub fn vocabulary() -> model::sampling::Vocabulary {
         allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
         content_groups: vec![(1..13).collect(), (13..16).collect()],
     }
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Fails the calling test, naming the set-up step, when `path` (relative to the
+/// repository root) is missing: a test whose precondition is absent must not pass.
+pub fn require_setup(path: &str) -> std::path::PathBuf {
+    let p = repo_root().join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make setup` first (`make test` runs it)",
+        p.display()
+    );
+    p
 }

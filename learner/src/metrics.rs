@@ -1,0 +1,107 @@
+//! The learner's metrics: every name, its help text, histogram buckets and how it
+//! starts, in one catalogue ([`ALL`]); docs/metrics.md documents the same set (a test
+//! holds them equal).
+
+use common::telemetry::Metric;
+
+pub const STEP: &str = "qd_learner_step";
+pub const VERSION: &str = "qd_learner_version";
+pub const LOSS: &str = "qd_learner_loss";
+pub const DISTILL_LOSS: &str = "qd_learner_distill_loss";
+pub const PG_LOSS: &str = "qd_learner_pg_loss";
+pub const KL: &str = "qd_learner_kl";
+pub const ENTROPY: &str = "qd_learner_entropy";
+pub const REWARD_MEAN: &str = "qd_learner_reward_mean";
+pub const REWARD_STD: &str = "qd_learner_reward_std";
+pub const BASELINE: &str = "qd_learner_baseline";
+pub const GRAD_NORM: &str = "qd_learner_grad_norm";
+pub const CLIP_FRACTION: &str = "qd_learner_clip_fraction";
+pub const LR: &str = "qd_learner_lr";
+pub const SAMPLES_PER_SECOND: &str = "qd_learner_samples_per_second";
+pub const SAMPLES: &str = "qd_learner_samples_total";
+pub const STEP_SECONDS: &str = "qd_learner_step_seconds";
+pub const PUBLISH_SECONDS: &str = "qd_learner_publish_seconds";
+pub const PUBLISH_BYTES: &str = "qd_learner_publish_bytes";
+pub const STALENESS: &str = "qd_learner_staleness";
+pub const QUEUE_DEPTH: &str = "qd_learner_queue_depth";
+pub const ACTORS_CONNECTED: &str = "qd_learner_actors_connected";
+pub const ACCEPTED: &str = "qd_learner_trajectories_accepted_total";
+pub const DROPPED: &str = "qd_learner_trajectories_dropped_total";
+pub const REFUSED: &str = "qd_learner_registrations_refused_total";
+pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
+
+/// Why trajectories are dropped: the trainer's two reasons, then validation's (every
+/// reason `validate::reject` gives; each is exported at 0 from the start).
+pub const DROP_REASONS: [&str; 11] = [
+    "stale",
+    "non_finite_loss",
+    "empty",
+    "oversize",
+    "version",
+    "unknown_prompt",
+    "reward",
+    "samples",
+    "length",
+    "token",
+    "logprob",
+];
+
+pub const ALL: &[Metric] = &[
+    Metric::gauge(STEP, "training steps taken"),
+    Metric::gauge(VERSION, "newest published policy version"),
+    Metric::gauge(LOSS, "L_distill + beta * L_pg of the last step"),
+    Metric::gauge(
+        DISTILL_LOSS,
+        "L_distill with the configured divergence (sum over tokens, mean over prompts)",
+    ),
+    Metric::gauge(PG_LOSS, "L_pg of the last step, before beta"),
+    Metric::gauge(
+        KL,
+        "KL(student || CFG teacher) per token, whatever divergence trains",
+    ),
+    Metric::gauge(ENTROPY, "student entropy per token"),
+    Metric::gauge(REWARD_MEAN, "mean diversity reward of the last batch"),
+    Metric::gauge(
+        REWARD_STD,
+        "standard deviation of the diversity reward of the last batch",
+    ),
+    Metric::gauge(
+        BASELINE,
+        "reward baseline subtracted in the policy-gradient term",
+    ),
+    Metric::gauge(GRAD_NORM, "global gradient norm before clipping"),
+    Metric::gauge(
+        CLIP_FRACTION,
+        "share of samples whose importance ratio exceeded rho_bar",
+    ),
+    Metric::gauge(LR, "learning rate of the last step"),
+    Metric::gauge(
+        SAMPLES_PER_SECOND,
+        "samples trained per second, waiting for data included",
+    ),
+    Metric::counter(SAMPLES, "samples trained on"),
+    Metric::histogram(
+        STEP_SECONDS,
+        "compute time of a step (forward, backward, update)",
+        &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+    ),
+    Metric::histogram(
+        PUBLISH_SECONDS,
+        "time to serialise and publish a version",
+        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+    ),
+    Metric::gauge(PUBLISH_BYTES, "size of the published weights"),
+    Metric::histogram(
+        STALENESS,
+        "current version minus trajectory version of each trajectory taken from the queue",
+        &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+    ),
+    Metric::gauge(QUEUE_DEPTH, "trajectories waiting in the queue"),
+    Metric::gauge(ACTORS_CONNECTED, "clients with an open weight stream")
+        .labelled("role", &["actor", "evaluator"]),
+    Metric::counter(ACCEPTED, "trajectories queued"),
+    Metric::counter(DROPPED, "trajectories not trained on, by reason")
+        .labelled("reason", &DROP_REASONS),
+    Metric::counter(REFUSED, "clients refused at Register"),
+    Metric::counter(UNAUTHENTICATED, "calls without the right bearer token"),
+];

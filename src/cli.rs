@@ -1,0 +1,553 @@
+//! The command line: every clap definition. The `///` comments are the `--help` texts.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::settings::Settings;
+use folk::dataset::Split;
+use model::config::Preset;
+use model::sampling::{CfgScope, SamplingConfig};
+use tch::Device;
+
+use crate::health;
+
+/// Diversity-rewarded CFG distillation as a distributed actor/learner service.
+#[derive(Debug, Parser)]
+#[command(name = "qd", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format (default: text; the service roles read `log.format` from their config).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl From<LogFormat> for common::settings::LogFormat {
+    fn from(f: LogFormat) -> common::settings::LogFormat {
+        match f {
+            LogFormat::Text => common::settings::LogFormat::Text,
+            LogFormat::Json => common::settings::LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The folk-tune dataset.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Pre-train the policy with maximum likelihood and condition dropout.
+    Pretrain(PretrainArgs),
+    /// The diversity embedder.
+    #[command(subcommand)]
+    Embedder(EmbedderCommand),
+    /// The quality judge (evaluation only).
+    #[command(subcommand)]
+    Judge(JudgeCommand),
+    /// Generate tunes for a text prompt, written as .abc and .mid files.
+    Sample(SampleArgs),
+    /// Quality and diversity of a checkpoint on the held-out test prompts.
+    Eval(EvalArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Serve the learner: trajectories in, distilled and diversified weights out.
+    Learner(ServiceArgs),
+    /// Run an actor: rollouts of the current student, with diversity rewards, to the learner.
+    Actor(ServiceArgs),
+    /// Run the evaluator: scores new student versions on held-out prompts, as metrics.
+    Evaluator(ServiceArgs),
+    /// Run the learner, the actors and the evaluator as local processes (the embedded
+    /// default): stops them all on Ctrl-C or when the learner reaches its step budget.
+    Run(ServiceArgs),
+    /// Print the effective configuration (defaults ← --config ← QD__… ← --set) as JSON,
+    /// or the error naming the key that is wrong.
+    Config(ServiceArgs),
+    /// Merge policy checkpoints: LERP of two (`--lambda`) or the uniform average of all
+    /// (`--average`). The output is an ordinary checkpoint.
+    Merge(MergeArgs),
+    /// Compare CFG, temperature, the β-sweep students and weight interpolation on the same
+    /// held-out prompts and seeds: a CSV, plots, hypervolumes (each point cached).
+    ///
+    /// Families: the base model with CFG γ and with temperatures, the β = 0 student with
+    /// temperatures, every run's student, LERP from the β = 0 student to the most diverse
+    /// student and to the base model, and the average of all students.
+    Sweep(SweepArgs),
+    /// Probe a qd process: gRPC health (`host:port`, the learner) or an HTTP endpoint
+    /// (`http://host:port/metrics`, every process); exit 0 when it is healthy.
+    Health(HealthArgs),
+    /// Print the libtorch build qd runs on.
+    Info {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// The learner, actor, evaluator and `run`: long-running processes that set up their
+    /// logging from their settings.
+    pub fn is_service_role(&self) -> bool {
+        matches!(
+            self,
+            Command::Learner(_) | Command::Actor(_) | Command::Evaluator(_) | Command::Run(_)
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// `host:port` or `grpc://host:port` (grpc.health.v1), or `http://host:port/path`
+    /// (must answer 200).
+    pub target: health::Target,
+    /// gRPC service to ask about ("" is the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Parse the raw ABC corpus and write the tokenized, captioned, split dataset.
+    Prepare(PrepareArgs),
+    /// Write tunes of the prepared dataset as .abc and .mid files, rendered from tokens.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Folder with one sub-folder of .abc files per collection (`make setup` fills it).
+    #[arg(long, default_value = "data/raw")]
+    pub raw: PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = "data/folk")]
+    pub out: PathBuf,
+    /// Seed of the split and the captions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Leave out tunes with more tokens than this.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_tokens: u32,
+    /// Print the summary as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// Which split to take tunes from.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    /// How many tunes.
+    #[arg(short, long, default_value_t = 4)]
+    pub n: usize,
+    /// Tempo of the MIDI files, quarter notes per minute.
+    #[arg(long, default_value_t = 120)]
+    pub qpm: u32,
+    /// Output folder.
+    #[arg(long, default_value = "samples/corpus")]
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val => Split::Val,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// Run folder: `last.safetensors` is written there, and the run resumes from it.
+    #[arg(long, default_value = "runs/pretrain")]
+    pub out: PathBuf,
+    /// Model size: tiny, small or base.
+    #[arg(long, default_value = "small")]
+    pub preset: Preset,
+    /// Total training steps (the learning-rate schedule spans them).
+    #[arg(long, default_value_t = 1600)]
+    pub steps: u64,
+    /// Stop after this step for now; the same command without it continues the run.
+    #[arg(long)]
+    pub until: Option<u64>,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Training sequences are cut to this many tokens.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
+    pub context: u32,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 80)]
+    pub warmup: u64,
+    /// Gradient clipping (global L2 norm).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Probability of training a tune with the empty prompt (what makes CFG possible).
+    #[arg(long, default_value_t = 0.15)]
+    pub cond_dropout: f64,
+    /// Steps between validation losses.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_every: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmbedderCommand {
+    /// Train the embedder contrastively (InfoNCE on two crops of the same tune).
+    Train(EncoderTrainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JudgeCommand {
+    /// Train the attribute classifier behind the quality score.
+    Train(EncoderTrainArgs),
+}
+
+/// Training settings shared by the embedder and the judge.
+#[derive(Debug, Args)]
+pub struct EncoderTrainArgs {
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// The checkpoint to write (default: runs/embedder.safetensors or runs/judge.safetensors).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..))]
+    pub batch_size: u32,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl EncoderTrainArgs {
+    pub fn out(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = model::device::parse_device)]
+    pub device: Device,
+    /// libtorch intra-op threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    /// Applies the thread count and checks the device exists.
+    pub fn apply(&self) -> Result<Device> {
+        model::device::use_device(self.device, self.threads.unwrap_or(0))
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number in (0, 1]")),
+    }
+}
+
+/// The sampling flags `sample` and `eval` share (each keeps its own `--max-new-tokens`,
+/// which comes at a different place in their `--help`).
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Classifier-free guidance strength γ (1: none; omit for plain sampling).
+    #[arg(long = "cfg")]
+    pub cfg_gamma: Option<f64>,
+    /// With --cfg: draw only ids whose conditional probability is at least this share of
+    /// the most likely id's (e.g. 0.1; omit to allow every id).
+    #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
+    pub cfg_plausibility: Option<f64>,
+    /// With --cfg: what guidance re-weighs: `all` ids (standard CFG) or only the `content`
+    /// (which pitch, key, meter; the rhythm and bar lines stay conditional).
+    #[arg(long, requires = "cfg_gamma", default_value_t = CfgScope::All)]
+    pub cfg_scope: CfgScope,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// The sampling configuration, with a checked temperature.
+    pub fn config(&self, max_new_tokens: usize) -> Result<SamplingConfig> {
+        anyhow::ensure!(
+            self.temperature > 0.0 && self.temperature.is_finite(),
+            "--temperature must be positive"
+        );
+        Ok(SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            cfg_gamma: self.cfg_gamma,
+            cfg_plausibility: self.cfg_plausibility,
+            cfg_scope: self.cfg_scope,
+            max_new_tokens,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The prompt, e.g. "a lively irish reel in d major".
+    pub prompt: String,
+    /// Policy checkpoint.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (for the vocabulary).
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// How many tunes.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub n: u32,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Tempo of the MIDI files, quarter notes per minute.
+    #[arg(long, default_value_t = 120)]
+    pub qpm: u32,
+    /// Output folder.
+    #[arg(long, default_value = "samples/prompt")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+// `eval` has always described --cfg in fewer words than `sample`: keep its help text.
+#[derive(Debug, Args)]
+#[command(mut_arg("cfg_gamma", |a| a.help("Classifier-free guidance strength γ (omit for none)")))]
+pub struct EvalArgs {
+    /// Policy checkpoint.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "runs/embedder.safetensors")]
+    pub embedder: PathBuf,
+    #[arg(long, default_value = "runs/judge.safetensors")]
+    pub judge: PathBuf,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// Samples per prompt.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub k: u32,
+    /// Use only the first N test prompts (default: all).
+    #[arg(long)]
+    pub prompts: Option<usize>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Rows per sampling batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Generation tokens/s with and without CFG, and against a PyTorch-eager reference.
+    Generate(BenchGenerateArgs),
+    /// Trajectories/s and learner step time with 1 and 2 actors; weight delivery to every
+    /// actor against a raw loopback copy of the same bytes.
+    Service(BenchServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchServiceArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Learner steps per run.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=100_000))]
+    pub steps: u64,
+    /// Actor counts to run, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub actors: Vec<usize>,
+    /// Weight subscribers in the delivery measurement.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub subscribers: u32,
+    /// Versions delivered (median reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub reps: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    /// Policy checkpoint (default: a freshly initialised --preset model; speed does not
+    /// depend on the weights).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Model size when no checkpoint is given.
+    #[arg(long, default_value = "small")]
+    pub preset: Preset,
+    /// The prepared dataset (vocabulary and prompts).
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub new_tokens: u32,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reps: u32,
+    /// CFG strength γ of the guided runs.
+    #[arg(long = "cfg", default_value_t = 3.0)]
+    pub cfg_gamma: f64,
+    /// Python with torch for the reference (default: the project venv's).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Policy checkpoints of the same architecture and vocabulary.
+    #[arg(required = true, num_args = 2..)]
+    pub checkpoints: Vec<PathBuf>,
+    /// θ = (1−λ)·θ_first + λ·θ_second (two checkpoints).
+    #[arg(long, conflicts_with = "average")]
+    pub lambda: Option<f64>,
+    /// The uniform average of every checkpoint given.
+    #[arg(long)]
+    pub average: bool,
+    /// The checkpoint to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Run folders of the β sweep (each with `student.safetensors`; β is read from the
+    /// student's metadata or the folder's `run-config.toml`; one must have β = 0).
+    #[arg(long, required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// The base model: the CFG and temperature baselines, and one end of `lerp-base`.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    pub base: PathBuf,
+    #[arg(long, default_value = "runs/embedder.safetensors")]
+    pub embedder: PathBuf,
+    #[arg(long, default_value = "runs/judge.safetensors")]
+    pub judge: PathBuf,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// Held-out test prompts (the first N of the test split).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
+    pub prompts: u32,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub samples: u32,
+    /// CFG strengths γ of the base model (1: no guidance).
+    #[arg(long = "cfg", value_delimiter = ',', default_value = "1,1.5,2,3,4,5,7")]
+    pub gammas: Vec<f64>,
+    /// Temperatures of the base model and of the β = 0 student.
+    #[arg(long, value_delimiter = ',', default_value = "0.7,0.85,1,1.15,1.3")]
+    pub temperatures: Vec<f64>,
+    /// LERP weights λ (default: 0 to 1 in steps of 0.1, or 0.05 with --fine).
+    #[arg(long, value_delimiter = ',', conflicts_with = "fine")]
+    pub lambdas: Option<Vec<f64>>,
+    /// λ in steps of 0.05.
+    #[arg(long)]
+    pub fine: bool,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Rows per sampling batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: sweep.csv, summary.{json,md}, front/lerp/training .png and .svg,
+    /// and the per-point cache in points/.
+    #[arg(long, default_value = "runs/sweep")]
+    pub out: PathBuf,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// The configuration of a service role.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// TOML file layered over the built-in defaults (see configs/).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set learner.beta=5` (repeatable; wins over the file
+    /// and the QD__SECTION__KEY environment).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Write this process's endpoints (pid, gRPC and metrics addresses) as JSON here once
+    /// it listens (learner, actor, evaluator; the learner also writes
+    /// `run_dir/endpoints.json`).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl ServiceArgs {
+    pub fn settings(&self) -> Result<Settings> {
+        Settings::load(self.config.as_deref(), &self.set)
+    }
+}

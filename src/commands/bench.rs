@@ -1,0 +1,78 @@
+//! `qd bench generate` and `qd bench service`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use eval::bench::{bench_generate, BenchConfig};
+use folk::dataset::Dataset;
+use folk::FolkTask;
+use model::checkpoint::{load_policy, save, ModelKind, Stamp};
+use model::task::Task;
+
+use crate::bench_service::bench_service;
+use crate::cli::{BenchGenerateArgs, BenchServiceArgs};
+
+pub fn generate(a: BenchGenerateArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let task = FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new());
+    let tmp = tempfile::tempdir()?;
+    let (_vs, model, checkpoint) = match &a.checkpoint {
+        Some(path) => {
+            let (vs, model, _ck) = load_policy(path, &task.vocab_hash(), device)?;
+            (vs, model, path.clone())
+        }
+        None => {
+            tch::manual_seed(0);
+            let config = a.preset.config(task.vocab_size());
+            let vs = tch::nn::VarStore::new(device);
+            let model = model::transformer::Transformer::new(&vs.root(), &config);
+            let path = tmp.path().join("init.safetensors");
+            let stamp = Stamp {
+                kind: ModelKind::Policy,
+                config: &config,
+                vocab_hash: &task.vocab_hash(),
+                step: 0,
+                version: 0,
+                extra: serde_json::Value::Null,
+            };
+            save(&path, &vs, None, stamp)?;
+            (vs, model, path)
+        }
+    };
+    let cfg = BenchConfig {
+        batch: a.batch as usize,
+        new_tokens: a.new_tokens as usize,
+        reps: a.reps as usize,
+        cfg_gamma: a.cfg_gamma,
+        python: (!a.no_reference).then_some(a.python),
+        script: PathBuf::from("scripts/reference_generate.py"),
+    };
+    let r = bench_generate(&model, &checkpoint, &task, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn service(a: BenchServiceArgs) -> Result<()> {
+    anyhow::ensure!(
+        !a.actors.is_empty() && a.actors.iter().all(|&k| (1..=64).contains(&k)),
+        "--actors takes counts from 1 to 64"
+    );
+    let r = bench_service(
+        a.service.config.as_deref(),
+        &a.service.set,
+        a.steps,
+        &a.actors,
+        a.subscribers as usize,
+        a.reps as usize,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `qd sample`, `qd eval` and `qd merge`: using and combining policy checkpoints.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use eval::evaluate::{evaluate, EvalConfig};
+use folk::dataset::Dataset;
+use folk::FolkTask;
+use model::checkpoint::load_policy;
+use model::task::Task;
+
+use super::create_parent;
+use crate::cli::{EvalArgs, MergeArgs, SampleArgs};
+
+pub fn sample(a: SampleArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let cfg = a.sampling.config(a.max_new_tokens)?;
+    let task =
+        FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new()).with_qpm(a.qpm);
+    let (_vs, model, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let (prompt, unknown) = task.dataset().vocab.encode_prompt(&a.prompt);
+    if !unknown.is_empty() {
+        eprintln!(
+            "warning: words not in the prompt vocabulary (read as <unk>): {}",
+            unknown.join(", ")
+        );
+    }
+    let n = a.n as usize;
+    let seeds: Vec<u64> = (0..n as u64).map(|i| a.seed.wrapping_add(i)).collect();
+    let samples =
+        model::sampling::sample(&model, &vec![prompt; n], &seeds, task.vocabulary(), &cfg)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for (i, ids) in samples.tokens.iter().enumerate() {
+        let stem = a.out.join(format!("{:02}", i + 1));
+        let written = task.write_sample(&a.prompt, i as u32 + 1, ids, &stem)?;
+        if let Some(note) = &written.note {
+            eprintln!("warning: sample {}: {note}", i + 1);
+        }
+        let ended = if ids.last() == Some(&task.vocabulary().eos) {
+            ""
+        } else {
+            " (cut at --max-new-tokens)"
+        };
+        println!("% sample {}{ended}\n{}", i + 1, written.text);
+    }
+    println!("wrote {n} tunes to {}", a.out.display());
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let sampling = a.sampling.config(a.max_new_tokens)?;
+    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let (_p, policy, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let embedder = task.embedder(device)?;
+    let judge = task.judge(device)?;
+    let cfg = EvalConfig {
+        k: a.k as usize,
+        prompts: a.prompts,
+        batch: a.batch,
+        sampling,
+        seed: a.seed,
+    };
+    let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    use model::merge;
+    let cks = merge::read_compatible(&a.checkpoints)?;
+    let names: Vec<String> = a
+        .checkpoints
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let (tensors, extra) = match (a.lambda, a.average) {
+        (Some(l), false) => {
+            anyhow::ensure!(
+                cks.len() == 2,
+                "--lambda merges exactly two checkpoints (got {})",
+                cks.len()
+            );
+            (
+                merge::lerp(&cks[0], &cks[1], l)?,
+                serde_json::json!({"merge": "lerp", "lambda": l, "from": names}),
+            )
+        }
+        (None, true) => (
+            merge::average(&cks)?,
+            serde_json::json!({"merge": "average", "from": names}),
+        ),
+        _ => anyhow::bail!("say how to merge: --lambda λ (two checkpoints) or --average"),
+    };
+    create_parent(&a.out)?;
+    merge::write(&a.out, &cks[0], tensors, extra)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
