@@ -282,7 +282,10 @@ pub struct ComputeArgs {
 impl ComputeArgs {
     /// Applies the thread count and checks the device exists.
     pub fn apply(&self) -> Result<Device> {
-        model::device::use_device(self.device, self.threads.unwrap_or(0))
+        Ok(model::device::use_device(
+            self.device,
+            self.threads.unwrap_or(0),
+        )?)
     }
 }
 

@@ -156,10 +156,7 @@ impl Setup {
         device: &str,
         threads: usize,
     ) -> Result<Setup> {
-        let device = model::device::use_device(
-            model::device::parse_device(device).map_err(anyhow::Error::msg)?,
-            threads,
-        )?;
+        let device = model::device::use_device(model::device::parse_device(device)?, threads)?;
         let vocab_hash = task.vocab_hash();
         let base = Checkpoint::read_for(&settings.paths.base, ModelKind::Policy, &vocab_hash)
             .context("reading the base model's architecture")?;

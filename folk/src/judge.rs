@@ -118,11 +118,12 @@ impl TuneJudge {
         vocab: &Vocab,
         tunes: &[&[u32]],
         named: &[Vec<(usize, String)>],
-    ) -> Vec<f64> {
-        self.scores(vocab, tunes, named)
+    ) -> Result<Vec<f64>, tch::TchError> {
+        Ok(self
+            .scores(vocab, tunes, named)?
             .iter()
             .map(Score::quality)
-            .collect()
+            .collect())
     }
 
     /// Both factors of the quality of each tune: adherence (the mean probability of the
@@ -133,14 +134,14 @@ impl TuneJudge {
         vocab: &Vocab,
         tunes: &[&[u32]],
         named: &[Vec<(usize, String)>],
-    ) -> Vec<Score> {
+    ) -> Result<Vec<Score>, tch::TchError> {
         let bodies: Vec<&[u32]> = tunes.iter().map(|t| vocab.body(t)).collect();
         let lp = tch::no_grad(|| self.log_probs(&bodies, false));
         let lp: Vec<Vec<Vec<f32>>> = lp
             .iter()
-            .map(|t| Vec::<Vec<f32>>::try_from(&t.to_device(Device::Cpu)).unwrap_or_default())
-            .collect();
-        tunes
+            .map(|t| Vec::<Vec<f32>>::try_from(&t.to_device(Device::Cpu)))
+            .collect::<Result<_, _>>()?;
+        Ok(tunes
             .iter()
             .enumerate()
             .map(|(row, ids)| {
@@ -161,7 +162,7 @@ impl TuneJudge {
                     validity: bar_validity(vocab, ids),
                 }
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -258,6 +258,6 @@ impl task::Judge for FolkJudge {
             .iter()
             .map(|(_, t)| t.strip_suffix(&[EOS]).unwrap_or(t))
             .collect();
-        Ok(self.net.scores(&self.ds.vocab, &tunes, &wanted))
+        Ok(self.net.scores(&self.ds.vocab, &tunes, &wanted)?)
     }
 }

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use folk::abc::{parse_tune, split_tunes, Skip};
 use folk::bars::check_bars;
 use folk::dataset::COLLECTIONS;

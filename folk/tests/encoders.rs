@@ -104,7 +104,7 @@ fn judge_scores_real_tunes_above_shuffled_and_random() {
         .collect();
     let mean = |tunes: &[Vec<u32>]| {
         let refs: Vec<&[u32]> = tunes.iter().map(Vec::as_slice).collect();
-        let q = judge.quality(&ds.vocab, &refs, &wanted);
+        let q = judge.quality(&ds.vocab, &refs, &wanted).unwrap();
         assert!(q.iter().all(|x| (0.0..=1.0).contains(x)), "{q:?}");
         q.iter().sum::<f64>() / q.len() as f64
     };

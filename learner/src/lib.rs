@@ -35,10 +35,7 @@ pub async fn run(
     ready_file: Option<&std::path::Path>,
 ) -> Result<Outcome> {
     let cfg = settings.learner.clone();
-    let device = model::device::use_device(
-        model::device::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
-        cfg.threads,
-    )?;
+    let device = model::device::use_device(model::device::parse_device(&cfg.device)?, cfg.threads)?;
     let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen, metrics::ALL).await?;
     let paths = settings.paths.clone();
     let vocab_hash = task.vocab_hash();

@@ -24,8 +24,20 @@ pub fn set_threads(n: usize) {
     tch::set_num_threads(n.clamp(1, 1024) as i32);
 }
 
+/// Why a device cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    #[error("unknown device {0:?} (expected cpu, cuda or cuda:N)")]
+    Unknown(String),
+    #[error(
+        "device cuda:{index} requested but libtorch sees {visible} CUDA devices \
+         (a CUDA build needs the CUDA torch wheel and `QD_CUDA=1 make build`: docs/operations.md)"
+    )]
+    Unavailable { index: usize, visible: i64 },
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<tch::Device, String> {
+pub fn parse_device(s: &str) -> Result<tch::Device, DeviceError> {
     match s {
         "cpu" => Ok(tch::Device::Cpu),
         "cuda" => Ok(tch::Device::Cuda(0)),
@@ -33,22 +45,21 @@ pub fn parse_device(s: &str) -> Result<tch::Device, String> {
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(tch::Device::Cuda)
-            .ok_or_else(|| format!("unknown device {s:?} (expected cpu, cuda or cuda:N)")),
+            .ok_or_else(|| DeviceError::Unknown(s.to_string())),
     }
 }
 
 /// Sets the thread count (0: leave libtorch's default, every core) and checks that the
 /// device exists.
-pub fn use_device(device: tch::Device, threads: usize) -> anyhow::Result<tch::Device> {
+pub fn use_device(device: tch::Device, threads: usize) -> Result<tch::Device, DeviceError> {
     if threads > 0 {
         set_threads(threads);
     }
-    if let tch::Device::Cuda(i) = device {
-        let n = tch::Cuda::device_count();
-        anyhow::ensure!(
-            (i as i64) < n,
-            "device cuda:{i} requested but libtorch sees {n} CUDA devices"
-        );
+    if let tch::Device::Cuda(index) = device {
+        let visible = tch::Cuda::device_count();
+        if (index as i64) >= visible {
+            return Err(DeviceError::Unavailable { index, visible });
+        }
     }
     Ok(device)
 }

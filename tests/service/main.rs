@@ -1,0 +1,361 @@
+//! The distributed service with real processes on loopback: `qd learner`, `qd actor` and
+//! `qd evaluator` with tiny models on the fixture corpus. Waits poll observable state
+//! (the learner's Status RPC, the actors' /metrics, files) against a deadline.
+
+#![allow(clippy::unwrap_used)]
+
+mod refusals;
+mod run;
+mod training;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::telemetry::Endpoints;
+use folk::dataset::{Dataset, Split};
+use model::checkpoint::Checkpoint;
+use qd_proto::learner_client::LearnerClient;
+use qd_proto::{RegisterRequest, Role, Sample, StatusRequest, Trajectory, TrajectoryBatch};
+use tonic::Code;
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// A qd process, killed when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; its status.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "process did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Tiny models on the fixture corpus, and a config pointing at them.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+fn qd_ok(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_qd"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qd {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let data = testkit::fixture_dataset(dir.path());
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let common = [
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--threads",
+            "1",
+        ];
+        qd_ok(
+            &[
+                &[
+                    "pretrain",
+                    "--preset",
+                    "tiny",
+                    "--steps",
+                    "30",
+                    "--lr",
+                    "0.01",
+                    "--context",
+                    "64",
+                    "--out",
+                    &p("pt"),
+                ],
+                &common[..],
+            ]
+            .concat(),
+        );
+        qd_ok(
+            &[
+                &[
+                    "embedder",
+                    "train",
+                    "--steps",
+                    "3",
+                    "--out",
+                    &p("emb.safetensors"),
+                ],
+                &common[..],
+            ]
+            .concat(),
+        );
+        qd_ok(
+            &[
+                &[
+                    "judge",
+                    "train",
+                    "--steps",
+                    "3",
+                    "--out",
+                    &p("judge.safetensors"),
+                ],
+                &common[..],
+            ]
+            .concat(),
+        );
+        Fixture { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `name.toml`: the fixture's paths, loopback ports, tiny batches, and `extra`.
+    fn config(&self, name: &str, extra: &str) -> PathBuf {
+        let p = |n: &str| self.path(n).to_str().unwrap().to_string();
+        let text = format!(
+            r#"[paths]
+data = "{}"
+base = "{}"
+embedder = "{}"
+judge = "{}"
+run_dir = "{}"
+
+[learner]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+batch_prompts = 4
+queue_capacity = 16
+lr = 0.001
+warmup_steps = 2
+max_steps = 0
+checkpoint_every = 5
+threads = 1
+
+[client]
+backoff_initial_ms = 50
+backoff_max_ms = 500
+
+[actor]
+batch_prompts = 4
+max_new_tokens = 32
+metrics_listen = "127.0.0.1:0"
+threads = 1
+
+[evaluator]
+prompts = 4
+every_versions = 5
+max_new_tokens = 32
+metrics_listen = "127.0.0.1:0"
+threads = 1
+{extra}
+"#,
+            p("folk"),
+            p("pt/last.safetensors"),
+            p("emb.safetensors"),
+            p("judge.safetensors"),
+            p("rl"),
+        );
+        // `extra` may repeat a section header; TOML wants each once, so merge by hand.
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(&path, merge_sections(&text)).unwrap();
+        path
+    }
+
+    fn spawn(&self, name: &str, role: &str, config: &Path, sets: &[String]) -> Proc {
+        let log = self.path(&format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qd"));
+        cmd.arg(role).arg("--config").arg(config);
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        if role != "learner" {
+            cmd.arg("--ready-file")
+                .arg(self.path(&format!("{name}.endpoints.json")));
+        }
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    /// The learner's gRPC address, once it listens.
+    fn learner_addr(&self, learner: &mut Proc) -> SocketAddr {
+        let path = self.path("rl/endpoints.json");
+        wait_until("the learner to listen", || {
+            if let Some(s) = learner.child.try_wait().unwrap() {
+                panic!("learner exited ({s}):\n{}", learner.log());
+            }
+            Endpoints::read(&path).ok().and_then(|e| e.grpc)
+        })
+    }
+
+    fn metrics_addr(&self, name: &str) -> SocketAddr {
+        let path = self.path(&format!("{name}.endpoints.json"));
+        wait_until("a ready file", || {
+            Endpoints::read(&path).ok().and_then(|e| e.metrics)
+        })
+    }
+}
+
+/// Joins repeated `[section]` blocks so each section appears once.
+fn merge_sections(text: &str) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut body: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            current = t.to_string();
+            if !order.contains(&current) {
+                order.push(current.clone());
+            }
+        } else if !t.is_empty() {
+            let lines = body.entry(current.clone()).or_default();
+            let key = t.split('=').next().unwrap_or("").trim().to_string();
+            lines.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+            lines.push(t.to_string());
+        }
+    }
+    order
+        .iter()
+        .map(|s| {
+            format!(
+                "{s}\n{}\n",
+                body.get(s).map(|l| l.join("\n")).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls `f` until it gives a value or the deadline passes.
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+type Client = LearnerClient<tonic::transport::Channel>;
+
+fn client(rt: &tokio::runtime::Runtime, addr: SocketAddr) -> Client {
+    client_result(rt, addr).unwrap()
+}
+
+/// `authorization: Bearer <token>` on a request.
+fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+fn status(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Client,
+    token: Option<&str>,
+) -> qd_proto::StatusResponse {
+    rt.block_on(c.status(with_token(StatusRequest {}, token)))
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the learner has taken `step` steps; its status then.
+fn wait_for_step(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Client,
+    token: Option<&str>,
+    step: u64,
+    learner: &mut Proc,
+) -> qd_proto::StatusResponse {
+    wait_until(&format!("learner step {step}"), || {
+        if let Some(s) = learner.child.try_wait().unwrap() {
+            panic!("learner exited ({s}):\n{}", learner.log());
+        }
+        let s = status(rt, c, token);
+        (s.step >= step).then_some(s)
+    })
+}
+
+/// One sample of a Prometheus text page (`name` with exactly these labels), if present.
+fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn train_log(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn client_result(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Result<Client, tonic::transport::Error> {
+    rt.block_on(LearnerClient::connect(format!("http://{addr}")))
+}

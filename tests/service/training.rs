@@ -1,0 +1,172 @@
+//! Training through the service, and its faults: actors dying and joining, the learner
+//! killed and resumed.
+
+use super::*;
+
+#[test]
+fn learner_and_two_actors_train_publish_and_distil() {
+    let f = Fixture::new();
+    let cfg = f.config("run", "");
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let actors: Vec<Proc> = (1..=2)
+        .map(|i| {
+            f.spawn(
+                &format!("actor-{i}"),
+                "actor",
+                &cfg,
+                &[
+                    format!("client.learner=http://{addr}"),
+                    format!("actor.seed={i}"),
+                ],
+            )
+        })
+        .collect();
+    let rt = runtime();
+    let mut c = client(&rt, addr);
+    let s = wait_for_step(&rt, &mut c, None, 24, &mut learner);
+    assert!(s.version > 20, "the student is published every step: {s:?}");
+    assert_eq!(s.trajectories_rejected, 0);
+    // Every actor receives the version published now, or a newer one.
+    let v = s.version as f64;
+    for i in 1..=2 {
+        let m = f.metrics_addr(&format!("actor-{i}"));
+        wait_until("an actor to load the newest weights", || {
+            scrape(m, "qd_actor_weight_version").filter(|&w| w >= v)
+        });
+    }
+    learner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(learner.wait().success(), "{}", learner.log());
+    assert!(
+        learner.log().contains("checkpoint written"),
+        "{}",
+        learner.log()
+    );
+
+    let log = train_log(&f.path("rl/train.jsonl"));
+    assert!(log.len() >= 24);
+    let versions: Vec<u64> = log.iter().map(|l| l["version"].as_u64().unwrap()).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions increase: {versions:?}"
+    );
+    let kl = |ls: &[serde_json::Value]| {
+        ls.iter().map(|l| l["kl"].as_f64().unwrap()).sum::<f64>() / ls.len() as f64
+    };
+    let (start, end) = (kl(&log[..4]), kl(&log[log.len() - 4..]));
+    assert!(
+        end < start,
+        "with β = 0 KL(student‖teacher) falls: {start} → {end}"
+    );
+    for a in &actors {
+        assert!(!a.log().contains("panicked"), "{}", a.log());
+    }
+}
+
+#[test]
+fn actors_may_die_and_join_at_any_time() {
+    let f = Fixture::new();
+    let cfg = f.config("run", "");
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let url = format!("client.learner=http://{addr}");
+    let a1 = f.spawn(
+        "actor-1",
+        "actor",
+        &cfg,
+        &[url.clone(), "actor.seed=1".into()],
+    );
+    let _a2 = f.spawn(
+        "actor-2",
+        "actor",
+        &cfg,
+        &[url.clone(), "actor.seed=2".into()],
+    );
+    let rt = runtime();
+    let mut c = client(&rt, addr);
+    wait_for_step(&rt, &mut c, None, 4, &mut learner);
+    a1.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(a1);
+    let s = status(&rt, &mut c, None);
+    wait_for_step(&rt, &mut c, None, s.step + 6, &mut learner);
+    wait_until("the dead actor to be forgotten", || {
+        (status(&rt, &mut c, None).actors_connected == 1).then_some(())
+    });
+    let _a3 = f.spawn("actor-3", "actor", &cfg, &[url, "actor.seed=3".into()]);
+    let v = status(&rt, &mut c, None).version as f64;
+    let m = f.metrics_addr("actor-3");
+    wait_until("the new actor to catch up", || {
+        scrape(m, "qd_actor_weight_version").filter(|&w| w >= v)
+    });
+    wait_until("two actors connected", || {
+        (status(&rt, &mut c, None).actors_connected == 2).then_some(())
+    });
+    assert!(
+        learner.child.try_wait().unwrap().is_none(),
+        "{}",
+        learner.log()
+    );
+    assert!(!learner.log().contains("ERROR"), "{}", learner.log());
+}
+
+#[test]
+fn a_killed_learner_resumes_and_actors_reconnect_by_themselves() {
+    let f = Fixture::new();
+    // A fixed port, so that the restarted learner is where the actor looks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = f.config("run", &format!("[learner]\nlisten = \"127.0.0.1:{port}\"\ncheckpoint_every = 3\n[client]\nlearner = \"http://127.0.0.1:{port}\"\n"));
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let actor = f.spawn("actor-1", "actor", &cfg, &[]);
+    let rt = runtime();
+    let mut c = client(&rt, addr);
+    wait_for_step(&rt, &mut c, None, 8, &mut learner);
+    learner.signal(nix::sys::signal::Signal::SIGKILL);
+    learner.wait();
+    let newest = learner::trainer::checkpoints(&f.path("rl"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let saved = Checkpoint::read(&newest).unwrap().meta;
+    assert!(saved.step >= 6 && saved.step % 3 == 0, "{saved:?}");
+    assert_eq!(saved.optimizer_step, Some(saved.step as i64));
+
+    std::fs::remove_file(f.path("rl/endpoints.json")).unwrap();
+    let mut learner = f.spawn("learner-2", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let mut c = client(&rt, addr);
+    let s = status(&rt, &mut c, None);
+    assert!(
+        s.step >= saved.step && s.version > saved.version,
+        "resumed: {s:?} from {saved:?}"
+    );
+    assert!(
+        learner.log().contains("resumed from checkpoint"),
+        "{}",
+        learner.log()
+    );
+    // Only the actor, never restarted, can make the learner step again.
+    let s = wait_for_step(&rt, &mut c, None, saved.step + 4, &mut learner);
+    assert!(s.actors_connected >= 1);
+    learner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(learner.wait().success(), "{}", learner.log());
+    let last = Checkpoint::read(&learner::trainer::checkpoints(&f.path("rl"))[0])
+        .unwrap()
+        .meta;
+    assert!(last.step >= saved.step + 4);
+    assert_eq!(
+        last.optimizer_step,
+        Some(last.step as i64),
+        "the optimizer's step continued"
+    );
+    assert!(
+        actor.log().contains("connection to the learner lost"),
+        "{}",
+        actor.log()
+    );
+    assert!(!actor.log().contains("panicked"), "{}", actor.log());
+}
