@@ -355,15 +355,23 @@ fn model_commands_end_to_end() {
         (v["prompts"].as_u64(), v["samples"].as_u64()),
         (Some(3), Some(6))
     );
+    let x = |key: &str| v[key].as_f64().unwrap();
+    // Quality is a mean of adherence × validity, each in [0, 1]: at most either mean.
     for key in [
         "quality",
-        "embed_diversity",
+        "adherence",
+        "validity",
         "edit_diversity",
-        "embed_diversity_across",
         "edit_diversity_across",
     ] {
-        let x = v[key].as_f64().unwrap();
-        assert!((0.0..=2.0).contains(&x), "{key} = {x}");
+        assert!((0.0..=1.0).contains(&x(key)), "{key} = {}: {v}", x(key));
+    }
+    assert!(
+        x("quality") <= x("adherence") + 1e-12 && x("quality") <= x("validity") + 1e-12,
+        "{v}"
+    );
+    for key in ["embed_diversity", "embed_diversity_across"] {
+        assert!((0.0..=2.0).contains(&x(key)), "{key} = {}: {v}", x(key));
     }
 
     let out = run(&[
@@ -386,8 +394,16 @@ fn model_commands_end_to_end() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The ratios are the ones of the medians it reports, measured with the threads asked.
+    let x = |key: &str| v[key].as_f64().unwrap();
+    assert_eq!(v["threads"].as_i64(), Some(1), "{v}");
     assert!(
-        v["qd_plain"].as_f64().unwrap() > 0.0 && v["torch_plain"].as_f64().unwrap() > 0.0,
+        (x("cfg_over_plain") - x("qd_cfg") / x("qd_plain")).abs() < 1e-9,
+        "{v}"
+    );
+    assert!(
+        (x("qd_over_torch_plain") - x("qd_plain") / x("torch_plain")).abs() < 1e-9
+            && (x("qd_over_torch_cfg") - x("qd_cfg") / x("torch_cfg")).abs() < 1e-9,
         "{v}"
     );
     let diff = v["max_logprob_diff"].as_f64().unwrap();

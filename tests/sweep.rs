@@ -225,7 +225,25 @@ fn sweep_families_cache_and_figures() {
         );
     }
     let row = |f: &str, param: &str| rows[&(f.to_string(), param.to_string())].clone();
-    // LERP's ends are its end models, bit for bit (so their evaluations are the same).
+    // LERP's ends are its end models, bit for bit: their points share one cache key (the
+    // weights' fingerprint, not the model's name) and so one evaluation.
+    let point = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(Path::new(&out).join("points").join(name)).unwrap(),
+        )
+        .unwrap()
+    };
+    for (end, model) in [
+        ("lerp-0.json", "beta-0.json"),
+        ("lerp-1.json", "beta-50.json"),
+        ("lerp-base-0.json", "beta-0.json"),
+        ("lerp-base-1.json", "cfg-1.json"),
+    ] {
+        let (a, b) = (point(end), point(model));
+        assert_eq!(a["key"], b["key"], "{end} vs {model}");
+        assert_ne!(a["model"], b["model"], "{end} vs {model}");
+    }
+    assert_ne!(point("lerp-0.25.json")["key"], point("beta-0.json")["key"]);
     assert_eq!(row("lerp", "0"), row("beta", "0"));
     assert_eq!(row("lerp", "1"), row("beta", "50"));
     assert_eq!(row("lerp-base", "0"), row("beta", "0"));
@@ -257,7 +275,34 @@ fn sweep_families_cache_and_figures() {
     assert_eq!(summary["fronts"].as_array().unwrap().len(), 7);
     assert_eq!(summary["most_diverse"]["beta"], 50.0);
     assert_eq!(summary["best_cfg"]["family"], "cfg");
-    assert!(summary["fronts"][0]["hypervolume"].as_f64().unwrap() >= 0.0);
+    // Each family's hypervolume is the one of its rows in sweep.csv (the first two
+    // columns are the key of `rows`), computed here again.
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (q, d) = (col("quality") - 2, col("embed_diversity") - 2);
+    for front in summary["fronts"].as_array().unwrap() {
+        let family = front["family"].as_str().unwrap();
+        let points: Vec<eval::front::Point> = rows
+            .iter()
+            .filter(|((f, _), _)| f == family)
+            .map(|(_, r)| eval::front::Point {
+                quality: r[q].parse().unwrap(),
+                diversity: r[d].parse().unwrap(),
+            })
+            .collect();
+        assert_eq!(
+            front["points"].as_u64(),
+            Some(points.len() as u64),
+            "{front}"
+        );
+        let hv = eval::front::hypervolume(&points, eval::sweep::REFERENCE);
+        let reported = front["hypervolume"].as_f64().unwrap();
+        assert!(
+            (hv - reported).abs() < 1e-12,
+            "{family}: {reported} vs {hv}"
+        );
+        let positive = points.iter().any(|p| p.quality > 0.0 && p.diversity > 0.0);
+        assert_eq!(hv > 0.0, positive, "{family}: {points:?}");
+    }
     assert_eq!(summary["chords"].as_array().unwrap().len(), 2);
 
     // Nothing changed: nothing is evaluated, and the table is the same.

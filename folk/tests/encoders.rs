@@ -55,8 +55,18 @@ fn embedder_learns_to_retrieve_crops() {
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
     let same = pair_diversity(&z, &z).unwrap();
     assert!(same.iter().all(|d| d.abs() < 1e-5));
+    // 1 − cos of each row and the one before it, computed here from the raw numbers.
     let other = pair_diversity(&z, &z.roll([1], [0])).unwrap();
-    assert!(other.iter().all(|d| (0.0..=2.0).contains(d)));
+    let rows = Vec::<Vec<f64>>::try_from(&z.to_kind(tch::Kind::Double)).unwrap();
+    for (i, d) in other.iter().enumerate() {
+        let prev = &rows[(i + rows.len() - 1) % rows.len()];
+        let cos: f64 = rows[i].iter().zip(prev).map(|(a, b)| a * b).sum();
+        assert!(
+            (d - (1.0 - cos)).abs() < 1e-5,
+            "row {i}: {d} vs {}",
+            1.0 - cos
+        );
+    }
 }
 
 #[test]

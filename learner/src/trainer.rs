@@ -110,6 +110,36 @@ pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Keeps the lines of the training log `path` whose step is at most `step` (and drops a
+/// line a crash cut short), rewriting the file atomically when anything goes.
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    if keep.len() == text.lines().count() {
+        return Ok(());
+    }
+    tracing::info!(
+        path = %path.display(),
+        dropped = text.lines().count() - keep.len(),
+        "training log: dropping the lines after the checkpoint's step"
+    );
+    let mut out = keep.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    model::fsutil::write_atomic(path, out.as_bytes())
+}
+
 impl Trainer {
     /// Loads the teacher and the student (from the newest readable checkpoint of
     /// `run_dir`, else from the base model) and publishes the student.
@@ -185,6 +215,9 @@ impl Trainer {
         std::fs::create_dir_all(checkpoint_dir(run_dir))
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let log_path = run_dir.join("train.jsonl");
+        // Steps after the checkpoint will be taken again: their lines go, so that each
+        // step is logged once.
+        truncate_log(&log_path, step)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -464,5 +497,29 @@ impl Trainer {
             checkpoint,
             student: self.run_dir.join("student.safetensors"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_log;
+
+    #[test]
+    fn a_resumed_log_keeps_each_step_once() {
+        let path = std::env::temp_dir().join(format!("qd-train-{}.jsonl", std::process::id()));
+        let lines = [
+            "{\"step\":1}",
+            "{\"step\":2}",
+            "{\"step\":3}",
+            "{\"step\":4}",
+            "{\"st",
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+        truncate_log(&path, 2).unwrap_or_else(|e| panic!("{e}"));
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(kept, "{\"step\":1}\n{\"step\":2}\n");
+        truncate_log(&path, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -39,7 +39,17 @@ fn qd_run_trains_to_its_budget_and_restarts_a_dead_actor() {
     assert!(text.contains("starting it again"), "{text}");
     assert!(text.contains("student weights:"), "{text}");
     assert_eq!(train_log(&f.path("rl/train.jsonl")).len(), 150);
-    assert!(Checkpoint::read(&f.path("rl/student.safetensors")).is_ok());
+    // The final student is the 150th step's, and training moved it off the base model.
+    let student = Checkpoint::read(&f.path("rl/student.safetensors")).unwrap();
+    assert_eq!(student.meta.step, 150);
+    let base = Checkpoint::read(&f.path("pt/last.safetensors")).unwrap();
+    assert!(
+        student
+            .tensors()
+            .zip(base.tensors())
+            .any(|((n, a), (m, b))| n == m && !a.equal(b)),
+        "the student's weights equal the base model's"
+    );
     assert!(
         std::fs::read_to_string(f.path("rl/eval.jsonl"))
             .unwrap()

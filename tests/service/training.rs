@@ -109,6 +109,43 @@ fn actors_may_die_and_join_at_any_time() {
     assert!(!learner.log().contains("ERROR"), "{}", learner.log());
 }
 
+/// The first version a learner streams to a new subscriber, reassembled.
+fn first_published(rt: &tokio::runtime::Runtime, c: &mut Client) -> Checkpoint {
+    let mut stream = rt
+        .block_on(c.watch_weights(qd_proto::WatchRequest { have_version: 0 }))
+        .unwrap()
+        .into_inner();
+    let mut assembler = actor::broadcast::Assembler::default();
+    loop {
+        let chunk = rt.block_on(stream.message()).unwrap().unwrap();
+        if let Some(w) = assembler.push(chunk, 1 << 30).unwrap() {
+            let ck = w.checkpoint().unwrap();
+            assert_eq!((ck.meta.version, ck.meta.step), (w.version, w.step));
+            return ck;
+        }
+    }
+}
+
+/// Every model tensor and optimizer moment of `a` equals `b`'s, bit for bit.
+fn assert_same_state(a: &Checkpoint, b: &Checkpoint, what: &str) {
+    let names = |c: &Checkpoint| c.tensors().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: tensor names");
+    for ((n, x), (_, y)) in a.tensors().zip(b.tensors()) {
+        assert!(x.equal(y), "{what}: tensor {n} differs");
+    }
+    match (a.optimizer_state(), b.optimizer_state()) {
+        (Some((sa, ma)), Some((sb, mb))) => {
+            assert_eq!(sa, sb, "{what}: optimizer step");
+            assert_eq!(ma.len(), mb.len(), "{what}: optimizer moments");
+            for ((n, x), (m, y)) in ma.iter().zip(&mb) {
+                assert!(n == m && x.equal(y), "{what}: optimizer moment {n} differs");
+            }
+        }
+        (None, None) => {}
+        _ => panic!("{what}: one has optimizer state, the other not"),
+    }
+}
+
 #[test]
 fn a_killed_learner_resumes_and_actors_reconnect_by_themselves() {
     let f = Fixture::new();
@@ -125,44 +162,90 @@ fn a_killed_learner_resumes_and_actors_reconnect_by_themselves() {
     let rt = runtime();
     let mut c = client(&rt, addr);
     wait_for_step(&rt, &mut c, None, 8, &mut learner);
+    // The actor holds still while the learner is killed and checked, so that only the
+    // restarted learner's own state is observed.
+    actor.signal(nix::sys::signal::Signal::SIGSTOP);
     learner.signal(nix::sys::signal::Signal::SIGKILL);
     learner.wait();
     let newest = learner::trainer::checkpoints(&f.path("rl"))
         .into_iter()
         .next()
         .unwrap();
-    let saved = Checkpoint::read(&newest).unwrap().meta;
-    assert!(saved.step >= 6 && saved.step % 3 == 0, "{saved:?}");
-    assert_eq!(saved.optimizer_step, Some(saved.step as i64));
+    let saved = Checkpoint::read(&newest).unwrap();
+    let meta = saved.meta.clone();
+    assert!(meta.step >= 6 && meta.step % 3 == 0, "{meta:?}");
+    assert_eq!(meta.optimizer_step, Some(meta.step as i64));
 
+    // Restarted, the learner publishes the checkpoint's weights, bit for bit, under a
+    // new version; stopped at once, it checkpoints the same weights and moments.
     std::fs::remove_file(f.path("rl/endpoints.json")).unwrap();
     let mut learner = f.spawn("learner-2", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
     let mut c = client(&rt, addr);
-    let s = status(&rt, &mut c, None);
+    let published = first_published(&rt, &mut c);
+    assert_eq!(published.meta.step, meta.step);
     assert!(
-        s.step >= saved.step && s.version > saved.version,
-        "resumed: {s:?} from {saved:?}"
+        published.meta.version > meta.version,
+        "{:?} after {meta:?}",
+        published.meta
     );
+    assert_same_state(
+        &Checkpoint::from_tensors(
+            published.meta.clone(),
+            saved
+                .tensors()
+                .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+                .collect(),
+        ),
+        &published,
+        "published after the restart vs the checkpoint",
+    );
+    let s = status(&rt, &mut c, None);
+    assert_eq!((s.step, s.trajectories_rejected), (meta.step, 0), "{s:?}");
+    learner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(learner.wait().success(), "{}", learner.log());
+    let rewritten = Checkpoint::read(&learner::trainer::checkpoints(&f.path("rl"))[0]).unwrap();
+    assert_eq!(rewritten.meta.step, meta.step);
+    assert_same_state(
+        &saved,
+        &rewritten,
+        "checkpoint after a restart without steps",
+    );
+
+    // Started again, it trains on from there with the actor, which was never restarted.
+    std::fs::remove_file(f.path("rl/endpoints.json")).unwrap();
+    let mut learner = f.spawn("learner-3", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    actor.signal(nix::sys::signal::Signal::SIGCONT);
+    let mut c = client(&rt, addr);
+    let s = wait_for_step(&rt, &mut c, None, meta.step + 4, &mut learner);
+    assert!(s.actors_connected >= 1);
+    assert_eq!(
+        s.trajectories_rejected, 0,
+        "nothing refused after the restart: {s:?}"
+    );
+    learner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(learner.wait().success(), "{}", learner.log());
     assert!(
         learner.log().contains("resumed from checkpoint"),
         "{}",
         learner.log()
     );
-    // Only the actor, never restarted, can make the learner step again.
-    let s = wait_for_step(&rt, &mut c, None, saved.step + 4, &mut learner);
-    assert!(s.actors_connected >= 1);
-    learner.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(learner.wait().success(), "{}", learner.log());
     let last = Checkpoint::read(&learner::trainer::checkpoints(&f.path("rl"))[0])
         .unwrap()
         .meta;
-    assert!(last.step >= saved.step + 4);
+    assert!(last.step >= meta.step + 4);
     assert_eq!(
         last.optimizer_step,
         Some(last.step as i64),
         "the optimizer's step continued"
     );
+    // Each step once in the training log, in order.
+    let steps: Vec<u64> = train_log(&f.path("rl/train.jsonl"))
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=last.step).collect::<Vec<_>>());
     assert!(
         actor.log().contains("connection to the learner lost"),
         "{}",
