@@ -3,8 +3,10 @@
 Loads a qd policy checkpoint (safetensors, PyTorch-style names) into the same
 architecture written in plain PyTorch, samples with a KV cache on the given prompts
 (left-padded, `<sep>`-terminated, exactly --new-tokens steps, optionally with CFG), and
-prints one JSON object: the seconds of each repetition per mode, and the first step's
-log-probabilities of row 0 so that qd can check both implementations agree.
+prints one JSON object: the seconds of each repetition per mode and, so that qd can check
+both implementations agree, the log-probability vector over the allowed ids at every
+step of every row when fed the tokens qd sampled (the request's `follow`, per mode),
+through the same KV-cache decoding.
 """
 
 import argparse
@@ -98,27 +100,55 @@ def generate(model, prompts, sep, pad, allowed, new_tokens, gamma, generator):
     valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
     allowed = torch.tensor(allowed)
     b = len(prompts)
-    first = None
     logits, cache = model(ids, valid, None)
-    for step in range(new_tokens):
+    for _ in range(new_tokens):
         logp = logits[:, -1, allowed].log_softmax(-1)
         if gamma is not None:
             logp = logp[b:] + gamma * (logp[:b] - logp[b:])
         logp = logp.log_softmax(-1)
-        if step == 0:
-            first = logp[0].tolist()
         pick = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         nxt = allowed[pick]
         if gamma is not None:
             nxt = torch.cat([nxt, nxt])
         logits, cache = model(nxt.view(-1, 1), torch.ones(nxt.shape[0], 1, dtype=torch.bool), cache)
-    return first
+
+
+def score(model, prompts, sep, pad, allowed, follow, gamma):
+    """Log-probabilities over `allowed` at each step of each row, teacher-forced with
+    `follow` (one id list per row) through the KV cache; CFG with `gamma` if set."""
+    rows = [p + [sep] for p in prompts]
+    if gamma is not None:
+        rows += [[sep] for _ in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    allowed = torch.tensor(allowed)
+    b = len(prompts)
+    out = [[] for _ in prompts]
+    logits, cache = model(ids, valid, None)
+    for step in range(max(len(f) for f in follow)):
+        logp = logits[:, -1, allowed].log_softmax(-1)
+        if gamma is not None:
+            logp = logp[b:] + gamma * (logp[:b] - logp[b:])
+        logp = logp.log_softmax(-1)
+        nxt = []
+        for i, f in enumerate(follow):
+            if step < len(f):
+                out[i].append(logp[i].tolist())
+                nxt.append(f[step])
+            else:
+                nxt.append(pad)
+        nxt = torch.tensor(nxt)
+        if gamma is not None:
+            nxt = torch.cat([nxt, nxt])
+        logits, cache = model(nxt.view(-1, 1), torch.ones(nxt.shape[0], 1, dtype=torch.bool), cache)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--request", required=True, help="JSON: prompts, sep, pad, allowed")
+    ap.add_argument("--request", required=True, help="JSON: prompts, sep, pad, allowed, follow")
     ap.add_argument("--new-tokens", type=int, required=True)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cfg", type=float, default=None)
@@ -140,10 +170,14 @@ def main():
             times = []
             for _ in range(args.reps):
                 start = time.perf_counter()
-                first = generate(model, req["prompts"], req["sep"], req["pad"], req["allowed"], args.new_tokens, gamma, generator)
+                generate(model, req["prompts"], req["sep"], req["pad"], req["allowed"], args.new_tokens, gamma, generator)
                 times.append(time.perf_counter() - start)
-                out.setdefault("first_logprobs", {})[mode] = first
             out["seconds"][mode] = times
+            follow = req.get("follow", {}).get(mode)
+            if follow:
+                out.setdefault("logprobs", {})[mode] = score(
+                    model, req["prompts"], req["sep"], req["pad"], req["allowed"], follow, gamma
+                )
     print(json.dumps(out))
 
 

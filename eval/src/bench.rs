@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use model::sampling::{sample, SamplingConfig, Vocabulary};
+use model::sampling::{guided_logprobs, sample, SamplingConfig, Vocabulary};
 use model::task::{Split, Task};
 use model::transformer::Transformer;
 
@@ -42,8 +42,10 @@ pub struct BenchReport {
     pub torch_cfg: Option<f64>,
     pub qd_over_torch_plain: Option<f64>,
     pub qd_over_torch_cfg: Option<f64>,
-    /// |log p(first token)| difference between qd and the reference, same weights.
+    /// Largest |Δ log p| between qd and the reference over every allowed id, step and row,
+    /// both fed the tokens qd sampled, same weights: plain, and with CFG.
     pub max_logprob_diff: Option<f64>,
+    pub max_logprob_diff_cfg: Option<f64>,
 }
 
 /// The median (the upper one of an even count; NaN when empty).
@@ -98,15 +100,14 @@ pub fn bench_generate(
     };
     let tokens = (cfg.batch * cfg.new_tokens) as f64;
     let (mut t_plain, mut t_cfg) = (Vec::new(), Vec::new());
-    let mut first = None;
     sample(model, &prompts, &seeds, &v, &plain)?; // warm-up
+    let mut drawn = (Vec::new(), Vec::new());
     for _ in 0..cfg.reps {
         let start = Instant::now();
-        let s = sample(model, &prompts, &seeds, &v, &plain)?;
+        drawn.0 = sample(model, &prompts, &seeds, &v, &plain)?.tokens;
         t_plain.push(tokens / start.elapsed().as_secs_f64());
-        first = Some((s.tokens[0][0], s.logprobs[0][0]));
         let start = Instant::now();
-        sample(model, &prompts, &seeds, &v, &guided)?;
+        drawn.1 = sample(model, &prompts, &seeds, &v, &guided)?.tokens;
         t_cfg.push(tokens / start.elapsed().as_secs_f64());
     }
     let (qd_plain, qd_cfg) = (median(t_plain), median(t_cfg));
@@ -124,13 +125,16 @@ pub fn bench_generate(
         qd_over_torch_plain: None,
         qd_over_torch_cfg: None,
         max_logprob_diff: None,
+        max_logprob_diff_cfg: None,
     };
     let Some(python) = &cfg.python else {
         return Ok(report);
     };
     let request = std::env::temp_dir().join(format!("qd-bench-{}.json", std::process::id()));
-    let body =
-        serde_json::json!({"prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed});
+    let body = serde_json::json!({
+        "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
+        "follow": {"plain": drawn.0, "cfg": drawn.1},
+    });
     std::fs::write(&request, serde_json::to_vec(&body)?)?;
     let out = Command::new(python)
         .arg(&cfg.script)
@@ -173,12 +177,36 @@ pub fn bench_generate(
     report.torch_cfg = rate("cfg");
     report.qd_over_torch_plain = report.torch_plain.map(|t| qd_plain / t);
     report.qd_over_torch_cfg = report.torch_cfg.map(|t| qd_cfg / t);
-    if let Some((token, lp)) = first {
-        let idx = allowed.iter().position(|&a| a == token);
-        let theirs = idx.and_then(|i| r["first_logprobs"]["plain"][i].as_f64());
-        report.max_logprob_diff = theirs.map(|t| (t - f64::from(lp)).abs());
-    }
+    let ours = |s: &SamplingConfig, tokens| guided_logprobs(model, &prompts, tokens, &v, s);
+    report.max_logprob_diff = max_diff(&ours(&plain, &drawn.0)?, &r["logprobs"]["plain"]);
+    report.max_logprob_diff_cfg = max_diff(&ours(&guided, &drawn.1)?, &r["logprobs"]["cfg"]);
     Ok(report)
+}
+
+/// The largest |a − b| over every row, step and id of qd's log-probabilities and the
+/// reference's (`None` when the reference's do not have the same shape).
+fn max_diff(ours: &[Vec<Vec<f32>>], theirs: &serde_json::Value) -> Option<f64> {
+    let theirs = theirs.as_array()?;
+    if theirs.len() != ours.len() {
+        return None;
+    }
+    let mut max = 0f64;
+    for (a, b) in ours.iter().zip(theirs) {
+        let b = b.as_array()?;
+        if a.len() != b.len() {
+            return None;
+        }
+        for (a, b) in a.iter().zip(b) {
+            let b = b.as_array()?;
+            if a.len() != b.len() {
+                return None;
+            }
+            for (x, y) in a.iter().zip(b) {
+                max = max.max((f64::from(*x) - y.as_f64()?).abs());
+            }
+        }
+    }
+    Some(max)
 }
 
 impl BenchReport {
@@ -191,7 +219,7 @@ impl BenchReport {
              {:<10} {:>12.0} {:>12} {:>9}\n\
              {:<10} {:>12.0} {:>12} {:>9}\n\
              CFG / plain throughput (qd): {:.3}\n\
-             |Δ log p| of the first sampled token, qd vs PyTorch: {}\n",
+             max |Δ log p| qd vs PyTorch, every id, step and row: plain {}, CFG {}\n",
             self.batch,
             self.new_tokens,
             self.reps,
@@ -210,6 +238,8 @@ impl BenchReport {
             opt(self.qd_over_torch_cfg, 2),
             self.cfg_over_plain,
             self.max_logprob_diff
+                .map_or("-".to_string(), |d| format!("{d:.1e}")),
+            self.max_logprob_diff_cfg
                 .map_or("-".to_string(), |d| format!("{d:.1e}")),
         )
     }

@@ -181,6 +181,96 @@ fn left_pad(rows: &[Vec<u32>], pad: u32, device: Device) -> (Tensor, Tensor) {
     )
 }
 
+/// Incremental decoding of a batch through the KV cache: each row's prompt and `<sep>`,
+/// then one id a step. With CFG the unconditional rows (`<sep>` alone) advance with the
+/// conditional ones in one batched forward. The sampler and [`guided_logprobs`] share it,
+/// so what is scored is what is sampled from.
+struct Decoder<'a> {
+    model: &'a Transformer,
+    gamma: Option<f64>,
+    plausibility: Option<f64>,
+    groups: Vec<Tensor>,
+    allowed_idx: Tensor,
+    cache: KvCache,
+    /// Logits of the next id, `[R, V]` (`R` = 2B with CFG).
+    logits: Tensor,
+    /// Ids the model may still take, `max_len` minus the longest row.
+    room: usize,
+    b: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn start(
+        model: &'a Transformer,
+        prompts: &[Vec<u32>],
+        v: &Vocabulary,
+        cfg: &SamplingConfig,
+    ) -> Decoder<'a> {
+        let b = prompts.len();
+        let device = model.device();
+        let mut rows: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| p.iter().copied().chain([v.sep]).collect())
+            .collect();
+        if cfg.cfg_gamma.is_some() {
+            rows.extend((0..b).map(|_| vec![v.sep]));
+        }
+        let room = (model.config.max_len as usize)
+            .saturating_sub(rows.iter().map(Vec::len).max().unwrap_or(0));
+        let mut cache = KvCache::new(model.config.n_layers);
+        let (ids, valid) = left_pad(&rows, v.pad, device);
+        let logits = model
+            .forward(&ids, &valid, Some(&mut cache), false)
+            .select(1, -1);
+        Decoder {
+            model,
+            gamma: cfg.cfg_gamma,
+            plausibility: cfg.cfg_plausibility,
+            groups: v.guidance_groups(cfg.cfg_scope, device),
+            allowed_idx: Tensor::from_slice(
+                &v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+            )
+            .to(device),
+            cache,
+            logits,
+            room,
+            b,
+        }
+    }
+
+    /// Log-probabilities `[B, A]` of the next id over the allowed ids, guided with CFG
+    /// when set (unnormalised with the plausibility constraint or groups: see [`guide`]).
+    fn log_probs(&self) -> Tensor {
+        let l = self
+            .logits
+            .index_select(1, &self.allowed_idx)
+            .log_softmax(-1, Kind::Float);
+        match self.gamma {
+            Some(gamma) => {
+                let b = self.b as i64;
+                let (c, u) = (l.narrow(0, 0, b), l.narrow(0, b, b));
+                guide(&c, &u, gamma, self.plausibility, &self.groups)
+            }
+            None => l,
+        }
+    }
+
+    /// Feeds one id per row (a finished row feeds `<pad>`).
+    fn advance(&mut self, next: &[u32]) {
+        let device = self.model.device();
+        let mut ids: Vec<i64> = next.iter().map(|&x| i64::from(x)).collect();
+        if self.gamma.is_some() {
+            ids.extend_from_within(..);
+        }
+        let ids = Tensor::from_slice(&ids).view([-1, 1]).to(device);
+        let ones = Tensor::ones([ids.size()[0], 1], (Kind::Bool, device));
+        self.logits = self
+            .model
+            .forward(&ids, &ones, Some(&mut self.cache), false)
+            .select(1, -1);
+    }
+}
+
 /// Samples one continuation per prompt (`prompts[i]` are prompt ids without `<sep>`),
 /// row `i` seeded by `seeds[i]`.
 pub fn sample(
@@ -201,48 +291,19 @@ fn sample_inner(
     cfg: &SamplingConfig,
 ) -> Result<Samples, tch::TchError> {
     let b = prompts.len();
-    let device = model.device();
-    let mut rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| p.iter().copied().chain([v.sep]).collect())
-        .collect();
-    if cfg.cfg_gamma.is_some() {
-        rows.extend((0..b).map(|_| vec![v.sep]));
-    }
     let mut rngs: Vec<rand::rngs::StdRng> = seeds
         .iter()
         .map(|&s| rand::rngs::StdRng::seed_from_u64(s))
         .collect();
-    let groups = v.guidance_groups(cfg.cfg_scope, device);
-    let allowed_idx =
-        Tensor::from_slice(&v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()).to(device);
-    let room = (model.config.max_len as usize)
-        .saturating_sub(rows.iter().map(Vec::len).max().unwrap_or(0));
-    let steps = cfg.max_new_tokens.min(room);
-
+    let mut decoder = Decoder::start(model, prompts, v, cfg);
+    let steps = cfg.max_new_tokens.min(decoder.room);
     let mut out = Samples {
         tokens: vec![Vec::new(); b],
         logprobs: vec![Vec::new(); b],
     };
     let mut done = vec![false; b];
-    let mut cache = KvCache::new(model.config.n_layers);
-    let (ids, valid) = left_pad(&rows, v.pad, device);
-    let mut logits = model
-        .forward(&ids, &valid, Some(&mut cache), false)
-        .select(1, -1);
     for _ in 0..steps {
-        // Log-probabilities over the allowed ids only.
-        let l = logits
-            .index_select(1, &allowed_idx)
-            .log_softmax(-1, Kind::Float);
-        let l = match cfg.cfg_gamma {
-            Some(gamma) => {
-                let (c, u) = (l.narrow(0, 0, b as i64), l.narrow(0, b as i64, b as i64));
-                guide(&c, &u, gamma, cfg.cfg_plausibility, &groups)
-            }
-            None => l,
-        };
-        let mut l = l / cfg.temperature.max(1e-6);
+        let mut l = decoder.log_probs() / cfg.temperature.max(1e-6);
         if let Some(k) = cfg.top_k.filter(|&k| k < v.allowed.len()) {
             let kth = l
                 .topk(k as i64, -1, true, true)
@@ -270,23 +331,50 @@ fn sample_inner(
                 out.logprobs[i].push(row[best.1]);
                 done[i] = id == v.eos;
             }
-            next.push(if done[i] {
-                i64::from(v.pad)
-            } else {
-                i64::from(id)
-            });
+            next.push(if done[i] { v.pad } else { id });
         }
         if done.iter().all(|&d| d) {
             break;
         }
-        if cfg.cfg_gamma.is_some() {
-            next.extend_from_within(..);
-        }
-        let next = Tensor::from_slice(&next).view([-1, 1]).to(device);
-        let ones = Tensor::ones([next.size()[0], 1], (Kind::Bool, device));
-        logits = model
-            .forward(&next, &ones, Some(&mut cache), false)
-            .select(1, -1);
+        decoder.advance(&next);
     }
     Ok(out)
+}
+
+/// The distribution each id of `continuations[i]` was drawn from, teacher-forced through
+/// the same KV-cache decoding as [`sample`] (temperature 1, no top-k): for row `i` and
+/// step `t`, the normalised log-probabilities over `v.allowed` of the id at step `t`,
+/// given the prompt and the ids before it. `cfg.cfg_gamma`, `cfg_plausibility` and
+/// `cfg_scope` guide as in sampling; temperature and top-k are ignored.
+pub fn guided_logprobs(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    continuations: &[Vec<u32>],
+    v: &Vocabulary,
+    cfg: &SamplingConfig,
+) -> Result<Vec<Vec<Vec<f32>>>, tch::TchError> {
+    tch::no_grad(|| {
+        let mut decoder = Decoder::start(model, prompts, v, cfg);
+        let steps = continuations.iter().map(Vec::len).max().unwrap_or(0);
+        let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+        for t in 0..steps.min(decoder.room) {
+            let l = decoder
+                .log_probs()
+                .log_softmax(-1, Kind::Float)
+                .to_device(Device::Cpu);
+            let l: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&l)?;
+            let mut next = Vec::with_capacity(prompts.len());
+            for (i, (row, c)) in l.into_iter().zip(continuations).enumerate() {
+                match c.get(t) {
+                    Some(&id) => {
+                        out[i].push(row);
+                        next.push(id);
+                    }
+                    None => next.push(v.pad),
+                }
+            }
+            decoder.advance(&next);
+        }
+        Ok(out)
+    })
 }
