@@ -1,6 +1,6 @@
 //! Every trajectory batch is checked before anything of it reaches the queue: a bad
 //! batch is refused whole with a reason (the `reason` label of
-//! `qd_learner_trajectories_rejected_total`) and a message for the sender.
+//! `qd_learner_trajectories_dropped_total`) and a message for the sender.
 
 use std::collections::HashSet;
 
@@ -144,4 +144,184 @@ pub fn validate(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use qd_proto::{Sample, Trajectory, TrajectoryBatch};
+
+    use super::{validate, Rules};
+
+    /// Prompts `[4]` and `[5, 6]`; ids 10..20 and `<eos>` (2) allowed; context 8.
+    fn rules() -> Rules {
+        let mut allowed = vec![false; 20];
+        allowed[2] = true;
+        allowed[10..20].iter_mut().for_each(|a| *a = true);
+        Rules {
+            prompts: [vec![4], vec![5, 6]].into_iter().collect(),
+            allowed,
+            eos: 2,
+            max_len: 8,
+            max_trajectories: 2,
+            samples_per_prompt: 2,
+        }
+    }
+
+    fn sample(tokens: &[u32]) -> Sample {
+        Sample {
+            tokens: tokens.to_vec(),
+            logprobs: vec![-0.5; tokens.len()],
+        }
+    }
+
+    /// A valid batch of version 3: prompt `[4]`, two samples, reward 0.5.
+    fn batch() -> TrajectoryBatch {
+        TrajectoryBatch {
+            version: 3,
+            sequence: 0,
+            trajectories: vec![Trajectory {
+                prompt: vec![4],
+                reward: 0.5,
+                samples: vec![sample(&[10, 11, 2]), sample(&[12])],
+            }],
+        }
+    }
+
+    /// The reason `change` makes `validate` give at learner version 3, or `None`.
+    fn reason(change: impl FnOnce(&mut TrajectoryBatch)) -> Option<&'static str> {
+        let mut b = batch();
+        change(&mut b);
+        validate(&b, &rules(), 3).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn a_valid_batch_passes_and_each_rule_refuses_with_its_reason() {
+        assert_eq!(reason(|_| {}), None);
+        assert_eq!(reason(|b| b.trajectories.clear()), Some("empty"));
+        let t = batch().trajectories[0].clone();
+        assert_eq!(reason(|b| b.trajectories.push(t.clone())), None);
+        assert_eq!(
+            reason(|b| b.trajectories.extend([t.clone(), t.clone()])),
+            Some("oversize")
+        );
+        assert_eq!(reason(|b| b.trajectories[0].prompt = vec![5, 6]), None);
+        assert_eq!(
+            reason(|b| b.trajectories[0].prompt = vec![5]),
+            Some("unknown_prompt")
+        );
+        assert_eq!(
+            reason(|b| {
+                b.trajectories[0].samples.pop();
+            }),
+            Some("samples")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples.push(sample(&[10]))),
+            Some("samples")
+        );
+    }
+
+    #[test]
+    fn versions_must_have_been_published() {
+        assert_eq!(reason(|b| b.version = 1), None);
+        assert_eq!(reason(|b| b.version = 3), None);
+        assert_eq!(reason(|b| b.version = 4), Some("version"));
+        assert_eq!(reason(|b| b.version = 0), Some("version"));
+    }
+
+    #[test]
+    fn rewards_are_finite_and_in_zero_to_two() {
+        for ok in [0.0, 2.0, 1.25] {
+            assert_eq!(reason(|b| b.trajectories[0].reward = ok), None, "{ok}");
+        }
+        for bad in [-1e-3, 2.001, f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                reason(|b| b.trajectories[0].reward = bad),
+                Some("reward"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn samples_fit_the_context_after_the_prompt() {
+        // Context 8: prompt [4] + <sep> leave 6; prompt [5, 6] + <sep> leave 5.
+        let six = [10, 11, 12, 13, 14, 15];
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&six)),
+            None
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[six.as_slice(), &[2]].concat())),
+            Some("oversize")
+        );
+        assert_eq!(
+            reason(|b| {
+                b.trajectories[0].prompt = vec![5, 6];
+                b.trajectories[0].samples[1] = sample(&six);
+            }),
+            Some("oversize")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[1] = sample(&[])),
+            Some("length")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[1].logprobs.push(-1.0)),
+            Some("length")
+        );
+    }
+
+    #[test]
+    fn ids_are_output_tokens_with_eos_last_only() {
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[19, 2])),
+            None
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[20])),
+            Some("token")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[9, 10])),
+            Some("token")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[4])),
+            Some("token")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[10, 2, 11])),
+            Some("token")
+        );
+        assert_eq!(
+            reason(|b| b.trajectories[0].samples[0] = sample(&[2])),
+            None
+        );
+    }
+
+    #[test]
+    fn log_probabilities_are_finite_and_at_most_zero() {
+        let set =
+            |lp: f32| move |b: &mut TrajectoryBatch| b.trajectories[0].samples[1].logprobs[0] = lp;
+        assert_eq!(reason(set(0.0)), None);
+        assert_eq!(reason(set(-80.0)), None);
+        for bad in [0.01, f32::NAN, f32::NEG_INFINITY] {
+            assert_eq!(reason(set(bad)), Some("logprob"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_what_is_wrong() {
+        let mut b = batch();
+        b.trajectories[0].samples[1].tokens = vec![10, 99];
+        b.trajectories[0].samples[1].logprobs = vec![-1.0, -1.0];
+        let r = validate(&b, &rules(), 3).unwrap_err();
+        assert_eq!(r.reason, "token");
+        assert!(
+            r.message.contains("trajectory 0 sample 1") && r.message.contains("99"),
+            "{}",
+            r.message
+        );
+    }
 }
