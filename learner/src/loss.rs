@@ -184,7 +184,7 @@ pub fn teacher_logprobs(
 }
 
 /// Per-token divergence `[N]` between student `ls` and teacher `lt` log-probabilities.
-fn divergence(ls: &Tensor, lt: &Tensor, d: Divergence, alpha: f64) -> Tensor {
+pub fn divergence(ls: &Tensor, lt: &Tensor, d: Divergence, alpha: f64) -> Tensor {
     let kl = |a: &Tensor, b: &Tensor| (a.exp() * (a - b)).sum_dim_intlist(-1, false, Kind::Float);
     match d {
         Divergence::ReverseKl => kl(ls, lt),

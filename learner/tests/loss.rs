@@ -1,7 +1,10 @@
 //! The learner's loss on a tiny random model: the log-probabilities it recomputes match
 //! what sampling recorded, the divergences vanish when student and teacher agree, the
 //! distillation step moves the student toward the teacher, and the policy-gradient step
-//! raises the log-probability of the better-rewarded pair.
+//! raises the log-probability of the better-rewarded pair. The values of the divergences,
+//! of the distillation and policy-gradient terms, of the importance weights and of the
+//! gradient are checked against independent computations in `divergence.rs` and
+//! `policy_gradient.rs`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -127,34 +130,6 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             assert!(guided.stats.kl > 1e-4, "{d:?} {scope}: {:?}", guided.stats);
         }
     }
-    let (r, f) = (
-        loss(
-            &student,
-            &other,
-            &ps,
-            &g,
-            0.0,
-            &cfg(0.0, Divergence::ReverseKl, 1.0),
-        )
-        .unwrap()
-        .stats
-        .distill,
-        loss(
-            &student,
-            &other,
-            &ps,
-            &g,
-            0.0,
-            &cfg(0.0, Divergence::ForwardKl, 1.0),
-        )
-        .unwrap()
-        .stats
-        .distill,
-    );
-    assert!(
-        (r - f).abs() > 1e-6,
-        "reverse and forward KL differ: {r} {f}"
-    );
     // With the plausibility constraint the teacher excludes ids: every divergence stays
     // finite, and the student is pushed off them.
     for d in [
@@ -173,20 +148,6 @@ fn divergences_vanish_only_when_student_and_teacher_agree() {
             l.stats
         );
     }
-    // β weighs the PG term in the total.
-    let l = loss(
-        &student,
-        &other,
-        &ps,
-        &g,
-        0.4,
-        &cfg(2.0, Divergence::ReverseKl, 3.0),
-    )
-    .unwrap();
-    assert!(
-        (l.stats.loss - (l.stats.distill + 2.0 * l.stats.pg)).abs()
-            < 1e-3 * l.stats.loss.abs().max(1.0)
-    );
 }
 
 #[test]
