@@ -3,17 +3,31 @@
 # starts docker-compose.yml with 2 actors on tiny models, sees the learner step and
 # Prometheus scrape it, scales to 3 actors, kills one actor container and sees training
 # go on, then stops the learner container (SIGTERM: checkpoint) and sees the restarted
-# one resume from that checkpoint. Skipped, saying so, where no Docker engine runs.
+# one resume from that checkpoint. Needs a running Docker engine and Compose: the
+# project's machines have both, so where either is missing it FAILS, naming what to
+# install or start (it never passes without having run).
 #
 #   tests/deploy/compose.sh          (from the repository root, after `make setup`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! docker info >/dev/null 2>&1; then
-  echo "compose: SKIPPED: no Docker engine answers on this machine"
-  exit 0
+fail() {
+  echo "compose: FAIL: $*" >&2
+  exit 1
+}
+command -v docker >/dev/null \
+  || fail "the docker CLI is not installed: install Docker Engine and Compose (Debian: apt-get install docker.io docker-compose)"
+if ! engine=$(docker info --format '{{.ServerVersion}}' 2>&1) || [ -z "$engine" ]; then
+  fail "no Docker engine answers (docker info: $(grep -m1 . <<<"${engine:-no answer}")); start it (systemctl start docker, or dockerd &) and run again"
 fi
-if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  compose=(docker-compose)
+else
+  fail "Docker Compose is not installed: install the compose plugin or docker-compose (Debian: apt-get install docker-compose)"
+fi
+echo "compose: Docker engine $engine, $("${compose[@]}" version 2>/dev/null | sed -n 1p)"
 
 deploy/docker/build-local.sh --cpu
 

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Checks the Prometheus config, the alert rules (promtool unit tests) and the Grafana
-# dashboard against a real Prometheus scraping a real learner, two actors and an
-# evaluator with tiny models on loopback: every dashboard query must return data, every
-# alert rule must evaluate without error, and only the dropped-trajectories alert may
-# become active.
+# Checks the Prometheus configs (compose and Kubernetes), the alert rules (promtool unit
+# tests) and the Grafana dashboard against a real Prometheus scraping a real learner, two
+# actors and an evaluator with tiny models on loopback: every dashboard query must show
+# data the run produced (a non-zero value; only the short MAY_STAY_ZERO list below may
+# stay at 0), every alert rule must evaluate without error, and only the
+# dropped-trajectories alert may become active.
 #
 #   tests/deploy/prometheus.sh          (from the repository root; QD=path/to/qd to override)
 #
 # Installs Debian's prometheus package when prometheus/promtool are missing and it runs
-# as root; otherwise they must be on PATH.
+# as root; otherwise they must be on PATH. prometheus-k8s.yml needs a promtool with
+# Kubernetes service discovery, which Debian bookworm's lacks: see k8s_promtool below
+# (PROMTOOL_K8S=path/to/promtool to override). Fails, naming what to install, when a check
+# cannot run.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 QD=${QD:-$ROOT/target/release/qd}
-PROM_DIR=$ROOT/deploy/prometheus
-DASHBOARD=$ROOT/deploy/grafana/dashboards/qd.json
+# (Overridable so that the test can be shown to fail on a broken copy.)
+PROM_DIR=${PROM_DIR:-$ROOT/deploy/prometheus}
+DASHBOARD=${DASHBOARD:-$ROOT/deploy/grafana/dashboards/qd.json}
 DEADLINE_S=${DEADLINE_S:-90}
 # What $__rate_interval stands for: several 1 s scrapes, like Grafana's 4 × scrape interval.
 RATE_INTERVAL=15s
@@ -83,19 +88,79 @@ wait_for() {
     done
 }
 
+# --- a promtool with Kubernetes service discovery ------------------------------------------
+# prometheus-k8s.yml finds its targets with kubernetes_sd_configs. Debian bookworm's
+# prometheus package (2.42) is built without Kubernetes service discovery (Debian took it
+# out in 1.5.0 for the size of its client library), so its promtool rejects the file
+# ("field kubernetes_sd_configs not found"); Debian trixie's `promtool` package (2.53)
+# has it, and checks such a config offline. Where one comes from, in order:
+#   1. $PROMTOOL_K8S;
+#   2. the promtool on PATH, if it has Kubernetes service discovery;
+#   3. one unpacked before under .cache/tools/promtool-k8s/;
+#   4. Debian's `promtool` package of $PROMTOOL_K8S_SUITE (trixie), downloaded with
+#      apt-get from the Debian mirror this machine's apt already uses (private package
+#      lists: the machine's apt sources and installed packages stay as they are;
+#      signatures checked by apt as usual) and unpacked into .cache/tools/promtool-k8s/
+#      (a Go binary that links only libc), not installed.
+# None of these: FAIL, naming what to install.
+PROMTOOL_K8S_SUITE=${PROMTOOL_K8S_SUITE:-trixie}
+PROMTOOL_K8S_CACHE=$ROOT/.cache/tools/promtool-k8s
+has_k8s_sd() {
+    printf 'scrape_configs:\n  - job_name: probe\n    kubernetes_sd_configs: [{role: pod}]\n' \
+        >"$WORK/k8s-sd-probe.yml"
+    "$1" check config "$WORK/k8s-sd-probe.yml" >/dev/null 2>&1
+}
+fetch_promtool_k8s() {
+    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || return 1
+    local codename mirror apt=$WORK/apt
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    # The mirror of the machine's own Debian release, main component.
+    mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' 2>/dev/null |
+        awk -v c="$codename" '$2 == c && $3 == "main" { print $1; exit }')
+    [[ -n $mirror ]] || { echo "no Debian mirror for '$codename' main in this machine's apt sources" >&2; return 1; }
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $PROMTOOL_K8S_SUITE main" \
+        >"$apt/sources.list"
+    local opts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root
+        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false)
+    say "downloading Debian $PROMTOOL_K8S_SUITE's promtool package (Kubernetes service discovery) into $PROMTOOL_K8S_CACHE" >&2
+    apt-get "${opts[@]}" -qq update >&2 &&
+        (cd "$apt/deb" && apt-get "${opts[@]}" -qq download promtool >&2) || return 1
+    rm -rf "$PROMTOOL_K8S_CACHE.tmp" && mkdir -p "$PROMTOOL_K8S_CACHE.tmp" &&
+        dpkg-deb -x "$apt"/deb/promtool_*.deb "$PROMTOOL_K8S_CACHE.tmp" || return 1
+    rm -rf "$PROMTOOL_K8S_CACHE" && mv "$PROMTOOL_K8S_CACHE.tmp" "$PROMTOOL_K8S_CACHE"
+}
+k8s_promtool() {
+    if [[ -n ${PROMTOOL_K8S:-} ]]; then
+        has_k8s_sd "$PROMTOOL_K8S" && { echo "$PROMTOOL_K8S"; return; }
+        echo "PROMTOOL_K8S=$PROMTOOL_K8S does not check a config with kubernetes_sd_configs" >&2
+        return 1
+    fi
+    local cached=$PROMTOOL_K8S_CACHE/usr/bin/promtool
+    if has_k8s_sd promtool; then command -v promtool; return; fi
+    if [[ -x $cached ]] && has_k8s_sd "$cached"; then echo "$cached"; return; fi
+    fetch_promtool_k8s && [[ -x $cached ]] && has_k8s_sd "$cached" && echo "$cached"
+}
+
 # --- static checks -----------------------------------------------------------------------
 say "promtool: compose and Kubernetes configs, rules, rule unit tests"
+PROMTOOL_K8S_BIN=$(k8s_promtool) || fail "prometheus-k8s.yml (kubernetes_sd_configs) cannot be checked: \
+no promtool with Kubernetes service discovery ($(command -v promtool) is $(promtool --version 2>&1 | sed -n 1p); \
+Debian bookworm's prometheus package is built without it), and none could be found or downloaded. Install one: \
+Debian trixie's (or later) \`promtool\` package, or promtool from an upstream Prometheus release, and \
+put it on PATH or set PROMTOOL_K8S=/path/to/promtool"
 # The configs read rules from the container's mount point; point them at the repository.
+# The compose config with the promtool of the compose image's Prometheus (Debian's); the
+# Kubernetes one with a promtool that has Kubernetes service discovery.
 for config in prometheus.yml prometheus-k8s.yml; do
+    tool=promtool
+    [[ $config == prometheus-k8s.yml ]] && tool=$PROMTOOL_K8S_BIN
     sed "s#/etc/prometheus/rules/#$PROM_DIR/rules/#" "$PROM_DIR/$config" >"$WORK/check-$config"
-    if ! out=$(promtool check config "$WORK/check-$config" 2>&1); then
-        # Debian builds Prometheus without Kubernetes service discovery.
-        if [[ $config == prometheus-k8s.yml && $out == *"kubernetes_sd_configs not found"* ]]; then
-            say "NOT CHECKED: $config (this promtool has no Kubernetes service discovery)"
-            continue
-        fi
-        fail "promtool check config $config: $out"
-    fi
+    say "$config: $tool ($("$tool" --version 2>&1 | sed -n 1p))"
+    out=$("$tool" check config "$WORK/check-$config" 2>&1) || fail "promtool check config $config: $out"
     echo "$out"
 done
 promtool check rules "$PROM_DIR"/rules/*.yml
@@ -162,7 +227,8 @@ run_qd judge judge train --steps 3 --out "$WORK/judge.safetensors" "${COMMON[@]}
 
 # max_staleness = 0: with two actors and a version every step, some trajectories are
 # always a version behind, so the stale-drop path runs and the dropped-by-reason panel
-# has a series (qd exports a counter from its first increment, not at 0).
+# shows drops that grow (qd exports every reason's counter at 0 from the start, so its
+# series alone would prove nothing).
 cat >"$WORK/qd.toml" <<EOF
 [paths]
 data = "$WORK/folk"
@@ -289,22 +355,63 @@ for p in json.load(open(dash_path))["panels"]:
             sys.exit(f"panel {p['title']!r}: unexpanded variable in {expr}")
         queries.append((p["title"], t.get("legendFormat", ""), expr))
 
-def has_data(expr):
-    result = api("query", query=expr)["result"]
-    return any(math.isfinite(float(r["value"][1])) for r in result)
+# Data the run produced: qd exports every counter (each label value included) and the
+# connection gauges at 0 from the start, so a series that exists proves nothing. A query
+# counts when, at some poll during the run, it returns a finite non-zero value: a rate or
+# increase above 0 (the counter or histogram grew during the run), a histogram quantile
+# or mean that is not NaN and not 0, a gauge set to a non-zero value.
+#
+# MAY_STAY_ZERO: the only queries (panel title, legend) for which a finite sample, even 0,
+# is enough (the series exists; here every one is a gauge qd sets only once it has a value,
+# none is exported at 0 from the start). Each is 0 on a healthy run for a reason named here;
+# keep the list short, and never put a counter on it that this run can make grow.
+MAY_STAY_ZERO = frozenset({
+    # max_staleness = 0: every trajectory trained on comes from the current policy, so
+    # every importance ratio is 1 and none is clipped.
+    ("Entropy and clipped ratios", "clipped share"),
+    # Tiny models after 30 steps of pre-training write no bar that fits the meter:
+    # validity 0, and quality = adherence × validity. (Adherence, diversity and the
+    # evaluated version must still leave 0, so an evaluation has to have happened.)
+    ("Evaluated quality", "validity"),
+    ("Evaluated quality", "quality"),
+})
+keys = {(t, l) for t, l, _ in queries}
+if MAY_STAY_ZERO - keys:
+    sys.exit(f"MAY_STAY_ZERO names queries the dashboard does not have: {sorted(MAY_STAY_ZERO - keys)}")
+
+def state(expr):
+    values = [float(r["value"][1]) for r in api("query", query=expr)["result"]]
+    finite = [v for v in values if math.isfinite(v)]
+    if any(v != 0 for v in finite):
+        return "non-zero"
+    return "only 0" if finite else "no data"
+
+last, when = {}, {}
+def shown(q):
+    last[q] = state(q[2])
+    ok = last[q] == "non-zero" or (last[q] == "only 0" and q[:2] in MAY_STAY_ZERO)
+    if ok:
+        when[q] = time.monotonic() - started
+    return ok
 
 pending = list(queries)
+started = time.monotonic()
 while True:
     alive()
-    pending = [q for q in pending if not has_data(q[2])]
+    pending = [q for q in pending if not shown(q)]
     if not pending or time.monotonic() > deadline:
         break
     time.sleep(1)
-print(f"{len(queries) - len(pending)}/{len(queries)} dashboard queries return data")
+zero = sorted(f"[{q[0]}] {q[1]}" for q in queries if last.get(q) == "only 0" and q[:2] in MAY_STAY_ZERO)
+print(f"{len(queries) - len(pending)}/{len(queries)} dashboard queries show data the run produced"
+      f" (after {time.monotonic() - started:.0f}s"
+      + (f"; the last: [{max(when, key=when.get)[0]}] {max(when, key=when.get)[1]})" if when and not pending else ")")
+      + (f"; {len(zero)} at 0, as MAY_STAY_ZERO allows: {', '.join(zero)}" if zero else ""))
 if pending:
     for title, legend, expr in pending:
-        print(f"  no data: [{title}] {legend}: {expr}", file=sys.stderr)
-    sys.exit("some dashboard queries returned no data")
+        print(f"  {last[(title, legend, expr)]}: [{title}] {legend}: {expr}", file=sys.stderr)
+    sys.exit("some dashboard queries showed no data produced by the run "
+             "(\"only 0\": the series exists but never left 0)")
 
 targets = api("targets")["activeTargets"]
 down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t.get('lastError')}" for t in targets if t["health"] != "up"]
