@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build test test-deploy lint demo paper bench clean
+.PHONY: setup build test test-deploy lint demo paper bench mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -102,6 +102,18 @@ bench: setup | data/folk/dataset.json
 	$(QD) bench generate
 	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors
 	$(QD) bench service --config configs/default.toml
+
+## mutants: the mutation score of the modules that hold the method and its safeguards
+## (the loss, CFG guidance and sampling, merging, checkpoints, trajectory validation, the
+## weight broadcast), each mutant tested by its own crate's tests; cargo-mutants is
+## installed by this target when missing. Hours on 2 cores: not part of `make test`.
+## Results in runs/mutants/mutants.out/ (caught.txt, missed.txt, …); docs/testing.md.
+MUTATED := learner/src/loss.rs learner/src/validate.rs learner/src/broadcast.rs \
+	model/src/sampling.rs model/src/merge.rs model/src/checkpoint.rs actor/src/broadcast.rs
+mutants: setup
+	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
+	$(CARGO) mutants --workspace $(MUTATED:%=-f %) --test-workspace=false --profile release \
+	  --copy-target=true --timeout 300 -o runs/mutants $(MUTANTS_ARGS)
 
 clean:
 	$(CARGO) clean

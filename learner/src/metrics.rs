@@ -32,9 +32,10 @@ pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
 
 /// Why trajectories are dropped: the trainer's two reasons, then validation's (every
 /// reason `validate::reject` gives; each is exported at 0 from the start).
-pub const DROP_REASONS: [&str; 11] = [
+pub const DROP_REASONS: [&str; 12] = [
     "stale",
     "non_finite_loss",
+    "duplicate",
     "empty",
     "oversize",
     "version",

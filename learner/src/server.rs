@@ -216,6 +216,7 @@ impl Learner for Service {
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            let mut last_sequence = None;
             while let Some(msg) = inbound.next().await {
                 let batch = match msg {
                     Ok(b) => b,
@@ -225,7 +226,7 @@ impl Learner for Service {
                     }
                 };
                 let current = shared.version.load(Ordering::SeqCst);
-                if let Err(r) = validate(&batch, &shared.rules, current) {
+                if let Err(r) = validate(&batch, &shared.rules, current, last_sequence) {
                     let n = batch.trajectories.len().max(1) as u64;
                     shared.rejected.fetch_add(n, Ordering::SeqCst);
                     metrics::counter!(m::DROPPED, "reason" => r.reason).increment(n);
@@ -238,6 +239,7 @@ impl Learner for Service {
                     let _ = tx.send(Err(Status::invalid_argument(r.message))).await;
                     return;
                 }
+                last_sequence = Some(batch.sequence);
                 let n = batch.trajectories.len();
                 for t in batch.trajectories {
                     let pair = Pair {

@@ -37,11 +37,24 @@ fn reject(reason: &'static str, message: String) -> Rejection {
 }
 
 /// Checks a batch sent by a client holding weights up to `current_version`.
+/// Checks `batch` against `rules` at learner version `current_version`; `last_sequence`
+/// is the sequence number of the last batch accepted on the same stream (a stream's
+/// sequence numbers must rise, so that no batch is trained on twice).
 pub fn validate(
     batch: &TrajectoryBatch,
     rules: &Rules,
     current_version: u64,
+    last_sequence: Option<u64>,
 ) -> Result<(), Rejection> {
+    if let Some(last) = last_sequence.filter(|&l| batch.sequence <= l) {
+        return Err(reject(
+            "duplicate",
+            format!(
+                "batch sequence {} is not above the last accepted on this stream ({last}): a batch is trained on once",
+                batch.sequence
+            ),
+        ));
+    }
     if batch.trajectories.is_empty() {
         return Err(reject("empty", "the batch holds no trajectories".into()));
     }
@@ -191,7 +204,7 @@ mod tests {
     fn reason(change: impl FnOnce(&mut TrajectoryBatch)) -> Option<&'static str> {
         let mut b = batch();
         change(&mut b);
-        validate(&b, &rules(), 3).err().map(|r| r.reason)
+        validate(&b, &rules(), 3, None).err().map(|r| r.reason)
     }
 
     #[test]
@@ -219,6 +232,23 @@ mod tests {
             reason(|b| b.trajectories[0].samples.push(sample(&[10]))),
             Some("samples")
         );
+    }
+
+    #[test]
+    fn sequence_numbers_rise_on_a_stream() {
+        let at = |sequence: u64, last: Option<u64>| {
+            let b = TrajectoryBatch {
+                sequence,
+                ..batch()
+            };
+            validate(&b, &rules(), 3, last).err().map(|r| r.reason)
+        };
+        assert_eq!(at(0, None), None);
+        assert_eq!(at(5, Some(4)), None);
+        assert_eq!(at(9, Some(4)), None);
+        assert_eq!(at(4, Some(4)), Some("duplicate"));
+        assert_eq!(at(3, Some(4)), Some("duplicate"));
+        assert_eq!(at(0, Some(0)), Some("duplicate"));
     }
 
     #[test]
@@ -316,7 +346,7 @@ mod tests {
         let mut b = batch();
         b.trajectories[0].samples[1].tokens = vec![10, 99];
         b.trajectories[0].samples[1].logprobs = vec![-1.0, -1.0];
-        let r = validate(&b, &rules(), 3).unwrap_err();
+        let r = validate(&b, &rules(), 3, None).unwrap_err();
         assert_eq!(r.reason, "token");
         assert!(
             r.message.contains("trajectory 0 sample 1") && r.message.contains("99"),
