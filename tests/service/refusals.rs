@@ -3,6 +3,84 @@
 
 use super::*;
 
+use actor::broadcast::{Assembler, Weights, MAX_WEIGHT_BYTES};
+use qd_proto::{PushAck, WatchRequest, WeightChunk};
+use tonic::Status;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Sends one batch on a `PushTrajectories` stream; the learner's first answer.
+fn push(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Client,
+    batch: TrajectoryBatch,
+    token: Option<&str>,
+) -> Result<Option<PushAck>, Status> {
+    rt.block_on(async {
+        let mut acks = c
+            .push_trajectories(with_token(tokio_stream::iter(vec![batch]), token))
+            .await?
+            .into_inner();
+        acks.message().await
+    })
+}
+
+/// Subscribes with `WatchWeights` from version 0: the stream's first chunk and the first
+/// whole version reassembled from it (refusals come back as they are).
+fn watch_first_version(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Client,
+    token: Option<&str>,
+) -> Result<(WeightChunk, Weights), Status> {
+    let watch = async {
+        let mut chunks = c
+            .watch_weights(with_token(WatchRequest { have_version: 0 }, token))
+            .await?
+            .into_inner();
+        let mut assembler = Assembler::default();
+        let mut first = None;
+        loop {
+            let chunk = chunks
+                .message()
+                .await?
+                .expect("the weight stream ended before a whole version");
+            first.get_or_insert_with(|| chunk.clone());
+            if let Some(w) = assembler.push(chunk, MAX_WEIGHT_BYTES)? {
+                return Ok((first.unwrap(), w));
+            }
+        }
+    };
+    rt.block_on(async { tokio::time::timeout(DEADLINE, watch).await })
+        .expect("no whole weight version before the deadline")
+}
+
+/// The health service's answer for `service` ("" is the server as a whole).
+fn health(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    service: &str,
+    token: Option<&str>,
+) -> Result<ServingStatus, Status> {
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut h = HealthClient::new(channel);
+        let r = h
+            .check(with_token(
+                HealthCheckRequest {
+                    service: service.into(),
+                },
+                token,
+            ))
+            .await?;
+        Ok(r.into_inner().status())
+    })
+}
+
 #[test]
 fn malformed_trajectories_and_missing_tokens_are_refused() {
     let f = Fixture::new();
@@ -18,17 +96,6 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     let rt = runtime();
     let mut c = client(&rt, addr);
     let token = Some("s3cret");
-
-    for t in [None, Some("wrong")] {
-        let e = rt
-            .block_on(c.status(with_token(StatusRequest {}, t)))
-            .unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    }
-    let e = rt
-        .block_on(c.register(RegisterRequest::default()))
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
     wait_for_step(&rt, &mut c, token, 2, &mut learner);
 
     let ds = Dataset::load(&f.path("folk")).unwrap();
@@ -48,6 +115,83 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         sequence: 0,
         trajectories: vec![t],
     };
+
+    // Every Learner RPC wants the token: none, a wrong one, a prefix of the right one and
+    // the right one with more after it are all refused before the call is looked at.
+    let m = Endpoints::read(&f.path("rl/endpoints.json"))
+        .unwrap()
+        .metrics
+        .unwrap();
+    let unauthenticated = || scrape(m, "qd_learner_unauthenticated_total").unwrap_or(0.0);
+    let refused_before = unauthenticated();
+    let wrong = [None, Some("wrong"), Some("s3cre"), Some("s3cret2")];
+    for t in wrong {
+        let e = rt
+            .block_on(c.status(with_token(StatusRequest {}, t)))
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unauthenticated,
+            "Status, token {t:?}: {e:?}"
+        );
+        let e = rt
+            .block_on(c.register(with_token(RegisterRequest::default(), t)))
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unauthenticated,
+            "Register, token {t:?}: {e:?}"
+        );
+        match watch_first_version(&rt, &mut c, t) {
+            Err(e) => assert_eq!(
+                e.code(),
+                Code::Unauthenticated,
+                "WatchWeights, token {t:?}: {e:?}"
+            ),
+            Ok((_, w)) => panic!(
+                "WatchWeights with token {t:?} streamed version {}",
+                w.version
+            ),
+        }
+        // A batch that is acknowledged with the token (below) is refused without it.
+        let e = push(&rt, &mut c, batch(good.clone(), 1), t).unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unauthenticated,
+            "PushTrajectories, token {t:?}: {e:?}"
+        );
+    }
+    // Each refusal is counted (before it is answered), once.
+    assert_eq!(unauthenticated(), refused_before + 4.0 * wrong.len() as f64);
+
+    // With the token, WatchWeights streams a whole version: in order from offset 0, with
+    // its checksum, and the checkpoint inside is the learner's model.
+    let (first, w) = watch_first_version(&rt, &mut c, token).unwrap();
+    assert_eq!(first.offset, 0, "{first:?}");
+    assert!(first.version >= 1 && !first.data.is_empty(), "{first:?}");
+    assert_eq!(first.total_len, w.blob.len() as u64);
+    assert!(
+        first.checksum.len() == 8 && first.checksum.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first:?}"
+    );
+    let s = status(&rt, &mut c, token);
+    let ck = w.checkpoint().unwrap();
+    assert_eq!((ck.meta.version, ck.meta.step), (w.version, w.step));
+    assert!(w.version <= s.version, "{s:?}");
+    assert_eq!(ck.meta.config.hash(), s.model_config_hash);
+    assert_eq!(ck.meta.vocab_hash, s.vocab_hash);
+
+    // The health service answers probes without a token (and ignores a wrong one).
+    for t in [None, Some("wrong")] {
+        for service in ["", "qd.v1.Learner"] {
+            assert_eq!(
+                health(&rt, addr, service, t).unwrap(),
+                ServingStatus::Serving,
+                "health of {service:?} with token {t:?}"
+            );
+        }
+    }
+
     let mut cases: Vec<(&str, TrajectoryBatch)> = Vec::new();
     let mut t = good.clone();
     t.samples[0].tokens[0] = 99_999;
@@ -83,30 +227,13 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     t.samples.pop();
     cases.push(("one sample instead of two", batch(t, 1)));
     for (what, b) in cases {
-        let r = rt.block_on(async {
-            let mut acks = c
-                .push_trajectories(with_token(tokio_stream::iter(vec![b]), token))
-                .await?
-                .into_inner();
-            acks.message().await
-        });
-        match r {
+        match push(&rt, &mut c, b, token) {
             Err(e) => assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}"),
             Ok(ack) => panic!("{what} was accepted: {ack:?}"),
         }
     }
     // A well-formed batch from the same client is acknowledged.
-    let ack = rt
-        .block_on(async {
-            let mut acks = c
-                .push_trajectories(with_token(
-                    tokio_stream::iter(vec![batch(good.clone(), 1)]),
-                    token,
-                ))
-                .await?
-                .into_inner();
-            acks.message().await
-        })
+    let ack = push(&rt, &mut c, batch(good.clone(), 1), token)
         .unwrap()
         .unwrap();
     assert_eq!(ack.accepted, 1);
@@ -114,10 +241,6 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     let s = status(&rt, &mut c, token);
     assert!(s.trajectories_rejected >= 10, "{s:?}");
     wait_for_step(&rt, &mut c, token, s.step + 3, &mut learner);
-    let m = Endpoints::read(&f.path("rl/endpoints.json"))
-        .unwrap()
-        .metrics
-        .unwrap();
     for reason in [
         "token",
         "length",
@@ -252,32 +375,105 @@ fn tls_and_token_together() {
     );
     // The actor connects over TLS with the token: the learner trains on its trajectories.
     let rt = runtime();
+    let mut c = LearnerClient::new(tls_channel(&rt, addr.port(), &ca).unwrap());
+    let token = Some("s3cret");
+    wait_for_step(&rt, &mut c, token, 3, &mut learner);
+
+    // Over TLS the token is still wanted: the handshake is not an authentication.
+    for t in [None, Some("wrong")] {
+        let e = rt
+            .block_on(c.status(with_token(StatusRequest {}, t)))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "token {t:?}: {e:?}");
+        assert!(
+            !from_transport(&e),
+            "the learner's answer, not the transport's: {e:?}"
+        );
+    }
+
+    // A client trusting another CA refuses the learner's certificate in the handshake:
+    // connecting fails at the transport, no call is made. (rcgen gives both CAs the same
+    // name, so rustls reports a bad signature rather than an unknown issuer.)
+    let other = f.path("other-ca");
+    std::fs::create_dir(&other).unwrap();
+    let (other_ca, _, _) = write_tls_files(&other);
+    let e = tls_channel(&rt, addr.port(), &other_ca).unwrap_err();
+    let why = error_chain(&e);
+    assert!(
+        why.contains("invalid peer certificate"),
+        "not a certificate failure: {why}"
+    );
+    // Lazily connected, a call with the right token fails for the same reason, as
+    // UNAVAILABLE from the client's transport: the learner never answered it.
+    let lazy = rt.block_on(async { tls_endpoint(addr.port(), &other_ca).connect_lazy() });
+    let e = rt
+        .block_on(LearnerClient::new(lazy).status(with_token(StatusRequest {}, token)))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(from_transport(&e), "{e:?}");
+    assert!(
+        error_chain(&e).contains("invalid peer certificate"),
+        "{e:?}"
+    );
+
+    // A plaintext client against the TLS port: its HTTP/2 preface meets a TLS server,
+    // which drops the connection (or its TLS alert reads as a malformed frame). The call
+    // fails in the client's transport, never as a gRPC status from the learner.
+    match client_result(&rt, addr) {
+        // Connecting does not wait for the server's first frame, but if it did, this is
+        // the same failure, seen earlier.
+        Err(_) => {}
+        Ok(mut plain) => {
+            let e = rt
+                .block_on(plain.status(with_token(StatusRequest {}, token)))
+                .unwrap_err();
+            assert!(
+                matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+                "{e:?}"
+            );
+            assert!(from_transport(&e), "not a transport failure: {e:?}");
+        }
+    }
+    // The learner is unharmed.
+    assert!(learner.child.try_wait().unwrap().is_none());
+    status(&rt, &mut c, token);
+}
+
+/// An endpoint for `https://localhost:port` trusting the CA in `ca`.
+fn tls_endpoint(port: u16, ca: &Path) -> tonic::transport::Endpoint {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
-            std::fs::read(&ca).unwrap(),
+            std::fs::read(ca).unwrap(),
         ))
         .domain_name("localhost");
-    let channel = rt.block_on(async {
-        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    });
-    let mut c = LearnerClient::new(channel);
-    wait_for_step(&rt, &mut c, Some("s3cret"), 3, &mut learner);
-    // A plaintext client gets nowhere.
-    let mut plain = client_result(&rt, addr);
-    assert!(
-        plain.as_mut().is_err()
-            || rt
-                .block_on(
-                    plain
-                        .unwrap()
-                        .status(with_token(StatusRequest {}, Some("s3cret")))
-                )
-                .is_err()
-    );
+    tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+}
+
+/// Connects (the TLS handshake included) to `https://localhost:port` trusting `ca`.
+fn tls_channel(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    ca: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    rt.block_on(tls_endpoint(port, ca).connect())
+}
+
+/// Whether a call's error came from the client's transport (connection, TLS, HTTP/2)
+/// rather than from a `grpc-status` the server sent.
+fn from_transport(e: &Status) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<tonic::transport::Error>())
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        s.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    s
 }
