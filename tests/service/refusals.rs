@@ -237,11 +237,33 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         .unwrap()
         .unwrap();
     assert_eq!(ack.accepted, 1);
+    // The same batch twice on one stream: acknowledged once, the replay refused.
+    let twice = TrajectoryBatch {
+        sequence: 7,
+        ..batch(good.clone(), 1)
+    };
+    let (first, second) = rt.block_on(async {
+        let mut acks = c
+            .push_trajectories(with_token(
+                tokio_stream::iter(vec![twice.clone(), twice]),
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        (acks.message().await, acks.message().await)
+    });
+    let first = first.unwrap().unwrap();
+    assert_eq!((first.sequence, first.accepted), (7, 1));
+    let e = second.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("trained on once"), "{e:?}");
 
     let s = status(&rt, &mut c, token);
     assert!(s.trajectories_rejected >= 10, "{s:?}");
     wait_for_step(&rt, &mut c, token, s.step + 3, &mut learner);
     for reason in [
+        "duplicate",
         "token",
         "length",
         "reward",
