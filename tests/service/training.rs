@@ -76,7 +76,7 @@ fn actors_may_die_and_join_at_any_time() {
         &cfg,
         &[url.clone(), "actor.seed=1".into()],
     );
-    let _a2 = f.spawn(
+    let a2 = f.spawn(
         "actor-2",
         "actor",
         &cfg,
@@ -92,7 +92,7 @@ fn actors_may_die_and_join_at_any_time() {
     wait_until("the dead actor to be forgotten", || {
         (status(&rt, &mut c, None).actors_connected == 1).then_some(())
     });
-    let _a3 = f.spawn("actor-3", "actor", &cfg, &[url, "actor.seed=3".into()]);
+    let a3 = f.spawn("actor-3", "actor", &cfg, &[url, "actor.seed=3".into()]);
     let v = status(&rt, &mut c, None).version as f64;
     let m = f.metrics_addr("actor-3");
     wait_until("the new actor to catch up", || {
@@ -106,7 +106,37 @@ fn actors_may_die_and_join_at_any_time() {
         "{}",
         learner.log()
     );
-    assert!(!learner.log().contains("ERROR"), "{}", learner.log());
+
+    // Every trajectory accepted is trained on at most once: with the actors gone and the
+    // learner idle, what the steps trained on plus what was dropped as stale is what was
+    // accepted, less what still waits (in the queue, or in a batch not yet full).
+    for a in [a2, a3] {
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let (s, trained) = wait_until("the learner to go idle", || {
+        let s = status(&rt, &mut c, None);
+        let log = train_log(&f.path("rl/train.jsonl"));
+        (s.actors_connected == 0 && s.queue_depth < 4 && log.len() as u64 == s.step).then(|| {
+            let pairs: u64 = log.iter().map(|l| l["pairs"].as_u64().unwrap()).sum();
+            (s, pairs)
+        })
+    });
+    let used = trained + s.trajectories_stale;
+    assert!(
+        used <= s.trajectories_accepted
+            && s.trajectories_accepted <= used + u64::from(s.queue_depth) + 3,
+        "trained {trained} + stale {} vs accepted {} (queue {})",
+        s.trajectories_stale,
+        s.trajectories_accepted,
+        s.queue_depth
+    );
+    assert_eq!(s.trajectories_rejected, 0, "{s:?}");
+    for line in learner.log().lines() {
+        assert!(
+            !line.contains("ERROR") && !line.contains("WARN"),
+            "the learner warned: {line}"
+        );
+    }
 }
 
 /// The first version a learner streams to a new subscriber, reassembled.
