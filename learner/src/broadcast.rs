@@ -84,7 +84,54 @@ pub fn stream<G: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::Published;
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+    use tokio_stream::StreamExt;
+
+    use super::{stream, Published};
+
+    /// The versions a stream delivers, as (version, bytes) of whole blobs.
+    async fn next_version(
+        s: &mut tokio_stream::wrappers::ReceiverStream<
+            Result<qd_proto::WeightChunk, tonic::Status>,
+        >,
+    ) -> Option<(u64, Vec<u8>)> {
+        let mut blob = Vec::new();
+        loop {
+            let c = s.next().await?.ok()?;
+            blob.extend_from_slice(&c.data);
+            if blob.len() as u64 == c.total_len {
+                return Some((c.version, blob));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_gets_the_current_version_unless_it_has_it_then_each_new_one() {
+        let (published, _) = watch::channel(Some(Arc::new(Published::new(2, 20, vec![1, 2, 3]))));
+        let (closing, _) = watch::channel(false);
+        // Holding version 2 already: nothing until version 3.
+        let mut up_to_date = stream(published.subscribe(), closing.subscribe(), 2, 2, ());
+        // Holding nothing: version 2 at once.
+        let mut fresh = stream(published.subscribe(), closing.subscribe(), 0, 2, ());
+        assert_eq!(next_version(&mut fresh).await, Some((2, vec![1, 2, 3])));
+        published.send_replace(Some(Arc::new(Published::new(3, 30, vec![4, 5, 6, 7, 8]))));
+        assert_eq!(
+            next_version(&mut up_to_date).await,
+            Some((3, vec![4, 5, 6, 7, 8]))
+        );
+        assert_eq!(
+            next_version(&mut fresh).await,
+            Some((3, vec![4, 5, 6, 7, 8]))
+        );
+        // Closing ends every stream.
+        closing.send_replace(true);
+        for s in [&mut up_to_date, &mut fresh] {
+            let end = tokio::time::timeout(std::time::Duration::from_secs(10), s.next()).await;
+            assert!(matches!(end, Ok(None)), "the stream did not end");
+        }
+    }
 
     #[test]
     fn chunks_cover_the_blob_once_in_order() {
