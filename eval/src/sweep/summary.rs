@@ -241,7 +241,7 @@ impl Summary {
             let _ = writeln!(s, "![{alt}]({name})\n");
         }
         s.push_str(
-            "| family | parameter | quality | adherence | bar validity | embedding diversity | edit diversity | tokens/s |\n\
+            "| family | parameter | quality | adherence | validity | embedding diversity | edit diversity | tokens/s |\n\
              |---|---|---|---|---|---|---|---|\n",
         );
         for r in &self.rows {
