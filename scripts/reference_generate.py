@@ -91,46 +91,50 @@ class Policy(nn.Module):
         return self.head(self.ln_f(x)), {"layers": layers, "valid": all_valid}
 
 
-def generate(model, prompts, sep, pad, allowed, new_tokens, gamma, generator):
-    rows = [p + [sep] for p in prompts]
-    if gamma is not None:
-        rows += [[sep] for _ in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
-    allowed = torch.tensor(allowed)
-    b = len(prompts)
-    logits, cache = model(ids, valid, None)
-    for _ in range(new_tokens):
-        logp = logits[:, -1, allowed].log_softmax(-1)
+class Decoder:
+    """Incremental decoding of a batch through the KV cache: each row's prompt and <sep>,
+    then one id a step; with CFG the unconditional rows (<sep> alone) advance alongside."""
+
+    def __init__(self, model, prompts, sep, pad, allowed, gamma):
+        rows = [p + [sep] for p in prompts]
         if gamma is not None:
-            logp = logp[b:] + gamma * (logp[:b] - logp[b:])
-        logp = logp.log_softmax(-1)
-        pick = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-        nxt = allowed[pick]
-        if gamma is not None:
+            rows += [[sep] for _ in prompts]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+        self.model, self.allowed, self.gamma, self.b = model, torch.tensor(allowed), gamma, len(prompts)
+        self.logits, self.cache = model(ids, valid, None)
+
+    def log_probs(self):
+        """Normalised log-probabilities [B, A] of the next id over the allowed ids."""
+        logp = self.logits[:, -1, self.allowed].log_softmax(-1)
+        if self.gamma is not None:
+            b = self.b
+            logp = logp[b:] + self.gamma * (logp[:b] - logp[b:])
+        return logp.log_softmax(-1)
+
+    def advance(self, nxt):
+        """Feeds one id per row (a tensor of B ids)."""
+        if self.gamma is not None:
             nxt = torch.cat([nxt, nxt])
-        logits, cache = model(nxt.view(-1, 1), torch.ones(nxt.shape[0], 1, dtype=torch.bool), cache)
+        ones = torch.ones(nxt.shape[0], 1, dtype=torch.bool)
+        self.logits, self.cache = self.model(nxt.view(-1, 1), ones, self.cache)
+
+
+def generate(model, prompts, sep, pad, allowed, new_tokens, gamma, generator):
+    d = Decoder(model, prompts, sep, pad, allowed, gamma)
+    for _ in range(new_tokens):
+        pick = torch.multinomial(d.log_probs().exp(), 1, generator=generator).squeeze(1)
+        d.advance(d.allowed[pick])
 
 
 def score(model, prompts, sep, pad, allowed, follow, gamma):
     """Log-probabilities over `allowed` at each step of each row, teacher-forced with
     `follow` (one id list per row) through the KV cache; CFG with `gamma` if set."""
-    rows = [p + [sep] for p in prompts]
-    if gamma is not None:
-        rows += [[sep] for _ in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
-    allowed = torch.tensor(allowed)
-    b = len(prompts)
+    d = Decoder(model, prompts, sep, pad, allowed, gamma)
     out = [[] for _ in prompts]
-    logits, cache = model(ids, valid, None)
     for step in range(max(len(f) for f in follow)):
-        logp = logits[:, -1, allowed].log_softmax(-1)
-        if gamma is not None:
-            logp = logp[b:] + gamma * (logp[:b] - logp[b:])
-        logp = logp.log_softmax(-1)
+        logp = d.log_probs()
         nxt = []
         for i, f in enumerate(follow):
             if step < len(f):
@@ -138,10 +142,7 @@ def score(model, prompts, sep, pad, allowed, follow, gamma):
                 nxt.append(f[step])
             else:
                 nxt.append(pad)
-        nxt = torch.tensor(nxt)
-        if gamma is not None:
-            nxt = torch.cat([nxt, nxt])
-        logits, cache = model(nxt.view(-1, 1), torch.ones(nxt.shape[0], 1, dtype=torch.bool), cache)
+        d.advance(torch.tensor(nxt))
     return out
 
 
