@@ -2,6 +2,9 @@
 //! environment (`QD__SECTION__KEY`, e.g. `QD__LEARNER__BETA=5`) ← command-line
 //! overrides (`--set learner.beta=5`). Unknown keys and invalid values fail at start-up
 //! with a message that names the key.
+//!
+//! One file on purpose: every section's fields, their defaults and their validation sit
+//! side by side, so that a key's default and its check are read (and changed) together.
 
 use std::path::{Path, PathBuf};
 
