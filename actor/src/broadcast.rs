@@ -156,6 +156,19 @@ mod tests {
     }
 
     #[test]
+    fn the_client_limit_admits_the_weights_of_every_preset() {
+        // The `base` preset's weights are tens of MiB; the limit leaves room for far more.
+        let b = blob(8 << 20, 9);
+        let mut a = Assembler::default();
+        let mut last = None;
+        for c in chunks(1, 1, &b, 1 << 20) {
+            last = a.push(c, MAX_WEIGHT_BYTES).unwrap();
+        }
+        assert_eq!(last.map(|w| w.blob.len()), Some(8 << 20));
+        assert!(MAX_WEIGHT_BYTES >= 1 << 30, "{MAX_WEIGHT_BYTES}");
+    }
+
+    #[test]
     fn chunks_reassemble_into_the_same_bytes_version_and_step() {
         let mut a = Assembler::default();
         for (version, len, size) in [
