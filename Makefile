@@ -108,7 +108,8 @@ bench: setup | data/folk/dataset.json
 ## weight broadcast), each mutant tested by its own crate's tests; cargo-mutants is
 ## installed by this target when missing. Hours on 2 cores: not part of `make test`.
 ## Results in runs/mutants/mutants.out/ (caught.txt, missed.txt, …); docs/testing.md.
-MUTATED := learner/src/loss.rs learner/src/validate.rs learner/src/broadcast.rs \
+## `make mutants MUTATED=model/src/merge.rs` runs one module.
+MUTATED ?= learner/src/loss.rs learner/src/validate.rs learner/src/broadcast.rs \
 	model/src/sampling.rs model/src/merge.rs model/src/checkpoint.rs actor/src/broadcast.rs
 mutants: setup
 	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
