@@ -115,12 +115,6 @@ impl Vocabulary {
     }
 }
 
-impl Samples {
-    pub fn lengths(&self) -> Vec<usize> {
-        self.tokens.iter().map(Vec::len).collect()
-    }
-}
-
 /// Classifier-free guidance of conditional log-probabilities `c` by unconditional ones
 /// `u` (same ids): `u + γ·(c − u)`, unnormalised. With a plausibility threshold α, ids
 /// whose conditional probability is below α times the most likely id's get −∞ (the
