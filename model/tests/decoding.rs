@@ -45,3 +45,43 @@ fn scoring_the_sampled_ids_gives_the_sampled_log_probabilities() {
         }
     }
 }
+
+/// Each sampled id's log-probability is the one a full forward pass (no cache) of the
+/// prompt, `<sep>` and the ids before it gives: the cached decoding advances row by row.
+#[test]
+fn cached_decoding_matches_full_forward_passes() {
+    let (_vs, m) = tiny(6);
+    let v = vocabulary();
+    let prompt = vec![4u32, 5, 6];
+    let cfg = SamplingConfig {
+        max_new_tokens: 8,
+        ..SamplingConfig::default()
+    };
+    let s = sample(&m, &[prompt.clone()], &[9], &v, &cfg).unwrap();
+    let allowed =
+        tch::Tensor::from_slice(&v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>());
+    assert!(s.tokens[0].len() >= 3, "{:?}", s.tokens);
+    for (t, (&id, &lp)) in s.tokens[0].iter().zip(&s.logprobs[0]).enumerate() {
+        let seq: Vec<i64> = prompt
+            .iter()
+            .chain([&v.sep])
+            .chain(&s.tokens[0][..t])
+            .map(|&x| i64::from(x))
+            .collect();
+        let ids = tch::Tensor::from_slice(&seq).view([1, -1]);
+        let valid = tch::Tensor::ones([1, seq.len() as i64], (tch::Kind::Bool, tch::Device::Cpu));
+        let logits = tch::no_grad(|| m.forward(&ids, &valid, None, false)).select(1, -1);
+        let full = Vec::<Vec<f32>>::try_from(
+            &logits
+                .index_select(1, &allowed)
+                .log_softmax(-1, tch::Kind::Float),
+        )
+        .unwrap();
+        let a = v.allowed.iter().position(|&x| x == id).unwrap();
+        assert!(
+            (full[0][a] - lp).abs() < 1e-4,
+            "step {t}: full {} vs cached {lp}",
+            full[0][a]
+        );
+    }
+}
