@@ -57,7 +57,7 @@ fn cached_decoding_matches_full_forward_passes() {
         max_new_tokens: 8,
         ..SamplingConfig::default()
     };
-    let s = sample(&m, &[prompt.clone()], &[9], &v, &cfg).unwrap();
+    let s = sample(&m, std::slice::from_ref(&prompt), &[9], &v, &cfg).unwrap();
     let allowed =
         tch::Tensor::from_slice(&v.allowed.iter().map(|&x| i64::from(x)).collect::<Vec<_>>());
     assert!(s.tokens[0].len() >= 3, "{:?}", s.tokens);
