@@ -97,10 +97,12 @@ runs/judge.safetensors: | data/folk/dataset.json
 	$(QD) judge train
 
 ## bench: generation tokens/s with and without CFG, and qd against PyTorch eager; the
+## learner's step against PyTorch eager (β = 2, so both terms of the loss are timed); the
 ## service's trajectories/s with 1 and 2 actors and its weight delivery time
 bench: setup | data/folk/dataset.json
 	$(QD) bench generate
 	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors
+	$(QD) bench learner --config configs/default.toml --set learner.beta=2
 	$(QD) bench service --config configs/default.toml
 
 ## mutants: the mutation score of the modules that hold the method and its safeguards

@@ -407,6 +407,39 @@ pub enum BenchCommand {
     /// Trajectories/s and learner step time with 1 and 2 actors; weight delivery to every
     /// actor against a raw loopback copy of the same bytes.
     Service(BenchServiceArgs),
+    /// The learner's step (teacher passes with CFG, student forward and backward, AdamW)
+    /// on a fixed batch against a PyTorch-eager reference of the same step: time, and
+    /// agreement of the loss, the gradient and the updated weights.
+    ///
+    /// The loss and optimizer settings are the learner's (`--config`, `--set
+    /// learner.beta=2`, …); the base model (`paths.base`) is the teacher and the
+    /// student's start; the batch is `learner.batch_prompts` training prompts × 2 samples
+    /// drawn from it.
+    Learner(BenchLearnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLearnerArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Most tokens sampled per sample of the batch.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub new_tokens: u32,
+    /// Timed steps, after the compared first one (median reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reps: u32,
+    /// Python with torch for the reference (default: the project venv's).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// libtorch intra-op threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

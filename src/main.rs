@@ -5,8 +5,9 @@
 //! - `cli`: every clap definition (the `///` comments are the `--help` texts);
 //! - `commands`: the command bodies, by concern (`data`, `train`, `models`, `bench`,
 //!   `sweep`, `service`);
-//! - `run`, `health`, `bench_service`: the `qd run` supervisor, the health probe and the
-//!   service benchmark;
+//! - `run`, `health`, `benchmarks`: the `qd run` supervisor, the health probe, and the
+//!   benchmarks that need the whole service (the learner step against PyTorch, the
+//!   running service);
 //! - here: the logging set-up and the dispatch of each command to its function.
 
 use anyhow::Result;
@@ -16,7 +17,7 @@ use common::telemetry::init_logging;
 use cli::{BenchCommand, Cli, Command, DataCommand, EmbedderCommand, JudgeCommand};
 use commands::{bench, data, models, service, sweep, train};
 
-mod bench_service;
+mod benchmarks;
 mod cli;
 mod commands;
 mod health;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         Command::Eval(a) => models::eval(a),
         Command::Bench(BenchCommand::Generate(a)) => bench::generate(a),
         Command::Bench(BenchCommand::Service(a)) => bench::service(a),
+        Command::Bench(BenchCommand::Learner(a)) => bench::learner(a),
         Command::Learner(a) => service::learner(&a, log),
         Command::Actor(a) => service::actor(&a, log),
         Command::Evaluator(a) => service::evaluator(&a, log),

@@ -415,4 +415,43 @@ fn model_commands_end_to_end() {
             "{key}: qd and the PyTorch reference disagree by {diff}"
         );
     }
+
+    // The learner's step against its PyTorch reference, with every term of the loss at
+    // work: the policy gradient (β > 0) with clipped and unclipped importance weights,
+    // CFG with the plausibility constraint within the content groups, JSD.
+    let sets = [
+        format!("paths.base={ck}"),
+        format!("paths.data={}", p("folk")),
+        "learner.batch_prompts=3".into(),
+        "learner.beta=2".into(),
+        "learner.cfg_plausibility=0.1".into(),
+        "learner.cfg_scope=content".into(),
+        "learner.divergence=jsd".into(),
+        "learner.jsd_alpha=0.3".into(),
+    ];
+    let mut args = vec!["bench", "learner", "--new-tokens", "12", "--reps", "1"];
+    args.extend([
+        "--python",
+        python.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out = run(&args);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let x = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("no {key}: {v}"));
+    assert!(x("loss_diff") < 1e-4, "the losses disagree: {v}");
+    assert!(x("grad_rel_diff") < 1e-4, "the gradients disagree: {v}");
+    assert!(x("param_diff_over_lr") < 1e-2, "the updates disagree: {v}");
+    assert!(
+        (x("torch_grad_norm") - x("qd_grad_norm")).abs() < 1e-4 * x("qd_grad_norm"),
+        "{v}"
+    );
+    // Both terms of the loss were at work, and some importance weights were clipped.
+    assert!(v["qd"]["pg"].as_f64().unwrap().abs() > 1e-6, "{v}");
+    assert!(v["qd"]["distill"].as_f64().unwrap() > 1e-6, "{v}");
+    assert!(v["qd"]["clip_fraction"].as_f64().unwrap() > 0.0, "{v}");
 }

@@ -91,20 +91,27 @@ mod tests {
 
     use super::{stream, Published};
 
-    /// The versions a stream delivers, as (version, bytes) of whole blobs.
+    /// The next version a stream delivers, as (version, bytes) of the whole blob; `None`
+    /// when the stream ends or nothing whole arrives within 10 s.
     async fn next_version(
         s: &mut tokio_stream::wrappers::ReceiverStream<
             Result<qd_proto::WeightChunk, tonic::Status>,
         >,
     ) -> Option<(u64, Vec<u8>)> {
-        let mut blob = Vec::new();
-        loop {
-            let c = s.next().await?.ok()?;
-            blob.extend_from_slice(&c.data);
-            if blob.len() as u64 == c.total_len {
-                return Some((c.version, blob));
+        let whole = async {
+            let mut blob = Vec::new();
+            loop {
+                let c = s.next().await?.ok()?;
+                blob.extend_from_slice(&c.data);
+                if blob.len() as u64 == c.total_len {
+                    return Some((c.version, blob));
+                }
             }
-        }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), whole)
+            .await
+            .ok()
+            .flatten()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

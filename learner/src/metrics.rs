@@ -30,11 +30,12 @@ pub const DROPPED: &str = "qd_learner_trajectories_dropped_total";
 pub const REFUSED: &str = "qd_learner_registrations_refused_total";
 pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
 
-/// Why trajectories are dropped: the trainer's two reasons, then validation's (every
+/// Why trajectories are dropped: the trainer's three reasons, then validation's (every
 /// reason `validate::reject` gives; each is exported at 0 from the start).
-pub const DROP_REASONS: [&str; 12] = [
+pub const DROP_REASONS: [&str; 13] = [
     "stale",
     "non_finite_loss",
+    "non_finite_gradient",
     "duplicate",
     "empty",
     "oversize",

@@ -66,6 +66,51 @@ struct LogLine<'a> {
     loss: &'a LossStats,
 }
 
+/// What [`train_step`] did with a batch.
+#[derive(Debug)]
+pub enum Step {
+    /// One optimizer update; `grad_norm` is the norm before clipping.
+    Applied { stats: LossStats, grad_norm: f64 },
+    /// No update: the loss or the gradient was not finite (the reason, as counted).
+    Skipped { reason: &'static str },
+}
+
+/// One step of the learner on `pairs`: the loss, its gradient, clipping to `grad_clip`
+/// and an AdamW update at `lr`, unless the loss or the gradient norm is not finite.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    student: &Transformer,
+    teacher: &Transformer,
+    opt: &mut AdamW,
+    g: &Generatable,
+    pairs: &[Pair],
+    baseline: f64,
+    cfg: &LossConfig,
+    lr: f64,
+    grad_clip: f64,
+) -> Result<Step> {
+    opt.zero_grad();
+    let l = loss(student, teacher, pairs, g, baseline, cfg).context("computing the loss")?;
+    if !l.stats.loss.is_finite() {
+        return Ok(Step::Skipped {
+            reason: "non_finite_loss",
+        });
+    }
+    l.total.backward();
+    let grad_norm = opt.clip_grad_norm(grad_clip);
+    if !grad_norm.is_finite() {
+        opt.zero_grad();
+        return Ok(Step::Skipped {
+            reason: "non_finite_gradient",
+        });
+    }
+    opt.step(lr);
+    Ok(Step::Applied {
+        stats: l.stats,
+        grad_norm,
+    })
+}
+
 /// The learner's models, optimizer and counters.
 #[derive(Debug)]
 pub struct Trainer {
@@ -270,7 +315,27 @@ impl Trainer {
         }
     }
 
+    /// Refuses to let non-finite weights leave the learner (published or checkpointed).
+    fn check_finite(&self) -> Result<()> {
+        let bad: Vec<String> = tch::no_grad(|| {
+            self.student_vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false))
+                .map(|(name, _)| name)
+                .collect()
+        });
+        anyhow::ensure!(
+            bad.is_empty(),
+            "the student's weights are not finite at step {} ({}): refusing to publish or checkpoint them",
+            self.step,
+            bad.join(", ")
+        );
+        Ok(())
+    }
+
     fn publish(&mut self) -> Result<()> {
+        self.check_finite()?;
         let t0 = Instant::now();
         self.version += 1;
         let blob = serialize(&self.student_vs, None, self.stamp())?;
@@ -282,6 +347,7 @@ impl Trainer {
 
     /// Writes a checkpoint (and the student alone), keeping the newest few.
     pub fn checkpoint(&self) -> Result<PathBuf> {
+        self.check_finite()?;
         let dir = checkpoint_dir(&self.run_dir);
         let path = dir.join(format!("step-{:08}.safetensors", self.step));
         save(&path, &self.student_vs, Some(&self.opt), self.stamp())?;
@@ -403,32 +469,31 @@ impl Trainer {
             let t0 = Instant::now();
             let baseline = self.baseline(&pairs);
             let lr = self.lr();
-            self.opt.zero_grad();
-            let l = loss(
+            let (stats, grad_norm) = match train_step(
                 &self.student,
                 &self.teacher,
-                &pairs,
+                &mut self.opt,
                 &self.generatable,
+                &pairs,
                 baseline,
                 &loss_cfg,
-            )
-            .context("computing the loss")?;
-            if !l.stats.loss.is_finite() {
-                // Never step on a non-finite loss: skip the batch, keep the weights.
-                metrics::counter!(m::DROPPED, "reason" => "non_finite_loss")
-                    .increment(pairs.len() as u64);
-                tracing::error!(step = self.step, "non-finite loss; batch skipped");
-                continue;
-            }
-            l.total.backward();
-            let grad_norm = self.opt.clip_grad_norm(self.cfg.grad_clip);
-            self.opt.step(lr);
+                lr,
+                self.cfg.grad_clip,
+            )? {
+                Step::Applied { stats, grad_norm } => (stats, grad_norm),
+                Step::Skipped { reason } => {
+                    // Never step on a non-finite number: skip the batch, keep the weights.
+                    metrics::counter!(m::DROPPED, "reason" => reason).increment(pairs.len() as u64);
+                    tracing::error!(step = self.step, reason, "batch skipped");
+                    continue;
+                }
+            };
             self.step += 1;
             self.shared.step.store(self.step, Ordering::SeqCst);
             let step_seconds = t0.elapsed().as_secs_f64();
             let samples_per_second =
                 (2 * pairs.len()) as f64 / wait.elapsed().as_secs_f64().max(1e-9);
-            let s = &l.stats;
+            let s = &stats;
             for (name, v) in [
                 (m::STEP, self.step as f64),
                 (m::LOSS, s.loss),

@@ -1,4 +1,4 @@
-//! `qd bench generate` and `qd bench service`.
+//! `qd bench generate`, `qd bench learner` and `qd bench service`.
 
 use std::path::PathBuf;
 
@@ -9,8 +9,9 @@ use folk::FolkTask;
 use model::checkpoint::{load_policy, save, ModelKind, Stamp};
 use model::task::Task;
 
-use crate::bench_service::bench_service;
-use crate::cli::{BenchGenerateArgs, BenchServiceArgs};
+use crate::benchmarks::learner::{bench_step, StepBenchConfig};
+use crate::benchmarks::service::bench_service;
+use crate::cli::{BenchGenerateArgs, BenchLearnerArgs, BenchServiceArgs};
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -69,6 +70,30 @@ pub fn service(a: BenchServiceArgs) -> Result<()> {
         a.subscribers as usize,
         a.reps as usize,
     )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn learner(a: BenchLearnerArgs) -> Result<()> {
+    let settings = a.service.settings()?;
+    model::device::use_device(tch::Device::Cpu, a.threads.unwrap_or(0))?;
+    let task = FolkTask::new(
+        Dataset::load(&settings.paths.data)?,
+        PathBuf::new(),
+        PathBuf::new(),
+    );
+    let cfg = StepBenchConfig {
+        learner: settings.learner.clone(),
+        new_tokens: a.new_tokens as usize,
+        reps: a.reps as usize,
+        python: (!a.no_reference).then_some(a.python),
+        script: PathBuf::from("scripts/reference_learner.py"),
+    };
+    let r = bench_step(&settings.paths.base, &task, &cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

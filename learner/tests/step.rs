@@ -1,0 +1,132 @@
+//! The learner's step (`train_step`): a finite batch takes one AdamW update; a batch
+//! whose loss or gradient is not finite leaves the weights and the optimizer untouched
+//! and says why.
+
+#![allow(clippy::unwrap_used)]
+
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use common::settings::Divergence;
+use learner::loss::{Generatable, LossConfig, Pair};
+use learner::trainer::{train_step, Step};
+use model::optim::{AdamW, AdamWConfig};
+use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::transformer::Transformer;
+
+use testkit::{tiny, vocabulary, VOCAB};
+
+fn pairs(m: &Transformer, reward: f32) -> Vec<Pair> {
+    let prompts = [vec![4, 5, 6], vec![7]];
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| [p.clone(), p.clone()])
+        .collect();
+    let cfg = SamplingConfig {
+        max_new_tokens: 12,
+        ..SamplingConfig::default()
+    };
+    let s = sample(m, &rows, &[1, 2, 3, 4], &vocabulary(), &cfg).unwrap();
+    let mut samples = s.tokens.into_iter().zip(s.logprobs);
+    prompts
+        .iter()
+        .map(|p| Pair {
+            prompt: p.clone(),
+            samples: samples.by_ref().take(2).collect(),
+            reward,
+            version: 1,
+        })
+        .collect()
+}
+
+const CFG: LossConfig = LossConfig {
+    beta: 1.0,
+    cfg_gamma: 3.0,
+    cfg_plausibility: 0.0,
+    cfg_scope: CfgScope::All,
+    divergence: Divergence::ReverseKl,
+    jsd_alpha: 0.5,
+    rho_bar: 1.0,
+};
+
+fn weights(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut w: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// One step of a fresh student (seed 1) against a teacher (seed 2) on `pairs`; the
+/// outcome, and whether the student's weights changed.
+fn step(teacher_vs: &mut VarStore, teacher: &Transformer, reward: f32) -> (Step, bool, i64) {
+    teacher_vs.freeze();
+    let (vs, student) = tiny(1);
+    let g = Generatable::new(vocabulary(), VOCAB, Device::Cpu);
+    let mut opt = AdamW::new(&vs, AdamWConfig::default());
+    let ps = pairs(&student, reward);
+    let before = weights(&vs);
+    let out = train_step(&student, teacher, &mut opt, &g, &ps, 0.0, &CFG, 1e-3, 1.0).unwrap();
+    let changed = weights(&vs)
+        .iter()
+        .zip(&before)
+        .any(|((_, a), (_, b))| !a.equal(b));
+    (out, changed, opt.step)
+}
+
+#[test]
+fn a_finite_batch_takes_one_update() {
+    let (mut tvs, teacher) = tiny(2);
+    let (out, changed, steps) = step(&mut tvs, &teacher, 0.5);
+    match out {
+        Step::Applied { stats, grad_norm } => {
+            assert!(stats.loss.is_finite() && grad_norm.is_finite() && grad_norm > 0.0);
+        }
+        Step::Skipped { reason } => panic!("skipped: {reason}"),
+    }
+    assert!(changed, "the weights did not move");
+    assert_eq!(steps, 1);
+}
+
+#[test]
+fn a_non_finite_loss_leaves_the_weights() {
+    // A teacher with a NaN weight gives NaN log-probabilities, so a NaN divergence.
+    let (mut tvs, teacher) = tiny(2);
+    tch::no_grad(|| {
+        let mut head = tvs.variables().remove("head.weight").unwrap();
+        let _ = head.fill_(f64::NAN);
+    });
+    let (out, changed, steps) = step(&mut tvs, &teacher, 0.5);
+    assert!(
+        matches!(
+            out,
+            Step::Skipped {
+                reason: "non_finite_loss"
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(!changed, "a skipped step moved the weights");
+    assert_eq!(steps, 0);
+}
+
+#[test]
+fn a_non_finite_gradient_leaves_the_weights() {
+    // A reward of 1e36 keeps the loss finite (about 1e37) but the squared gradient
+    // overflows: the gradient norm is infinite.
+    let (mut tvs, teacher) = tiny(2);
+    let (out, changed, steps) = step(&mut tvs, &teacher, 1e36);
+    assert!(
+        matches!(
+            out,
+            Step::Skipped {
+                reason: "non_finite_gradient"
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(!changed, "a skipped step moved the weights");
+    assert_eq!(steps, 0);
+}

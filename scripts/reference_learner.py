@@ -1,0 +1,214 @@
+"""PyTorch-eager reference for `qd bench learner`.
+
+The learner's whole step written in plain PyTorch: the frozen teacher's conditional and
+unconditional passes under no-grad with classifier-free guidance, the student's forward
+and backward through `L = L_distill + β·L_pg` (the divergence to the guided teacher per
+generated token, and REINFORCE on the pair reward with truncated importance weights),
+global-norm gradient clipping and AdamW (decoupled weight decay on matrices only).
+
+It loads the teacher and the student from qd checkpoints (the model is the one in
+reference_generate.py), reads the batch qd trained on from --request, and prints one
+JSON object: the loss terms and gradient norm of the first step, the seconds of each
+repetition, and the threads used. With --tensors-out it also writes, as safetensors,
+the first step's gradient (`grad.<name>`, before clipping) and the parameters after it
+(`param.<name>`), so that qd can compare both with its own, tensor by tensor.
+"""
+
+import argparse
+import json
+import struct
+import time
+
+import torch
+
+from reference_generate import Policy, load_checkpoint
+
+TEACHER_LOG_FLOOR = -30.0
+
+
+def rows(pairs, with_prompt, sep, pad):
+    """Right-padded `[prompt] <sep> y` rows, their mask, and the flat index of the logits
+    that predict each generated token, in order."""
+    seqs = []
+    for p in pairs:
+        for s in p["samples"]:
+            prefix = p["prompt"] if with_prompt else []
+            seqs.append((prefix + [sep] + s["tokens"], len(prefix), len(s["tokens"])))
+    t = max(len(s) for s, _, _ in seqs)
+    ids = torch.full((len(seqs), t), pad, dtype=torch.long)
+    valid = torch.zeros((len(seqs), t), dtype=torch.bool)
+    gather = []
+    for r, (s, plen, n) in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        valid[r, : len(s)] = True
+        gather.extend(r * t + plen + k for k in range(n))
+    return ids, valid, torch.tensor(gather)
+
+
+def token_logprobs(model, batch, allowed):
+    ids, valid, gather = batch
+    logits, _ = model(ids, valid, None)
+    return logits.reshape(-1, logits.shape[-1])[gather][:, allowed].log_softmax(-1)
+
+
+def guide(c, u, gamma, plausibility, groups):
+    """CFG `u + γ(c − u)` with the plausibility constraint and, with groups, guidance
+    within each group only (the group keeps its conditional probability)."""
+    g = u + gamma * (c - u)
+    if plausibility > 0:
+        implausible = c < c.amax(-1, keepdim=True) + torch.log(torch.tensor(plausibility))
+        g = g.masked_fill(implausible, float("-inf"))
+        c = c.masked_fill(implausible, float("-inf"))
+    if not groups:
+        return g
+    out = c.clone()
+    for m in groups:
+        def lse(x):
+            return x.masked_fill(~m, float("-inf")).logsumexp(-1, keepdim=True)
+
+        within = g - lse(g).clamp_min(-1e30)
+        out = torch.where(m, lse(c) + within, out)
+    return out
+
+
+def kl(a, b):
+    return (a.exp() * (a - b)).sum(-1)
+
+
+def divergence(ls, lt, kind, alpha):
+    if kind == "reverse_kl":
+        return kl(ls, lt)
+    if kind == "forward_kl":
+        return kl(lt, ls)
+    m = torch.stack([ls + torch.log(torch.tensor(alpha)), lt + torch.log(torch.tensor(1 - alpha))]).logsumexp(0)
+    return alpha * kl(ls, m) + (1 - alpha) * kl(lt, m)
+
+
+class Step:
+    """The learner's step on one batch; `__call__` returns (loss, distill, pg)."""
+
+    def __init__(self, req, teacher, student, allowed, groups):
+        self.req, self.student, self.allowed = req, student, allowed
+        pairs, sep, pad = req["pairs"], req["sep"], req["pad"]
+        self.cond = rows(pairs, True, sep, pad)
+        self.uncond = rows(pairs, False, sep, pad)
+        self.teacher, self.groups = teacher, groups
+        index_of = {a: i for i, a in enumerate(req["allowed"])}
+        seq_of, target, behaviour, adv = [], [], [], []
+        for p in pairs:
+            for s in p["samples"]:
+                seq_of += [len(behaviour)] * len(s["tokens"])
+                target += [index_of[t] for t in s["tokens"]]
+                behaviour.append(sum(float(x) for x in s["logprobs"]))
+                adv.append(p["reward"] - req["baseline"])
+        self.seq_of, self.target = torch.tensor(seq_of), torch.tensor(target)
+        self.behaviour = torch.tensor(behaviour, dtype=torch.float32)
+        self.adv = torch.tensor(adv, dtype=torch.float32)
+        self.n_prompts = len(pairs)
+
+    def teacher_logprobs(self):
+        cfg = self.req["loss"]
+        with torch.no_grad():
+            c = token_logprobs(self.teacher, self.cond, self.allowed)
+            u = token_logprobs(self.teacher, self.uncond, self.allowed)
+            g = guide(c, u, cfg["cfg_gamma"], cfg["cfg_plausibility"], self.groups)
+            return g.log_softmax(-1).clamp_min(TEACHER_LOG_FLOOR)
+
+    def __call__(self):
+        cfg = self.req["loss"]
+        lt = self.teacher_logprobs()
+        ls = token_logprobs(self.student, self.cond, self.allowed)
+        per_token = ls.gather(1, self.target.unsqueeze(1)).squeeze(1)
+        logp_seq = torch.zeros(len(self.behaviour)).index_add(0, self.seq_of, per_token)
+        distill = divergence(ls, lt, cfg["divergence"], cfg["jsd_alpha"]).sum() / self.n_prompts
+        weight = (logp_seq.detach() - self.behaviour).exp().clamp_max(cfg["rho_bar"])
+        pg = -(self.adv * weight * logp_seq).sum() / self.n_prompts
+        return distill + cfg["beta"] * pg, distill, pg
+
+
+def write_safetensors(path, tensors):
+    header, offset, blobs = {}, 0, []
+    for name, t in tensors.items():
+        flat = t.detach().to(torch.float32).flatten().tolist()
+        b = struct.pack(f"<{len(flat)}f", *flat)
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def load(path):
+    meta, tensors = load_checkpoint(path)
+    model = Policy(meta["config"])
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="the base model (qd policy checkpoint)")
+    ap.add_argument("--student", required=True, help="the student's starting weights")
+    ap.add_argument("--request", required=True, help="JSON: the batch, vocabulary, loss and optimizer settings")
+    ap.add_argument("--reps", type=int, default=5, help="timed steps after one warm-up step")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tensors-out", help="write the first step's gradient and updated parameters here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with open(args.request) as f:
+        req = json.load(f)
+    teacher, student = load(args.teacher), load(args.student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    allowed = torch.tensor(req["allowed"])
+    groups = []
+    for g in req["groups"]:
+        m = torch.zeros(len(req["allowed"]), dtype=torch.bool)
+        m[g] = True
+        groups.append(m)
+    opt_cfg = req["optimizer"]
+    params = dict(student.named_parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": opt_cfg["weight_decay"]},
+            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=opt_cfg["lr"],
+        betas=(opt_cfg["beta1"], opt_cfg["beta2"]),
+        eps=opt_cfg["eps"],
+    )
+    step = Step(req, teacher, student, allowed, groups)
+
+    def one(keep_grads=False):
+        opt.zero_grad(set_to_none=False)
+        loss, distill, pg = step()
+        loss.backward()
+        grads = {f"grad.{n}": p.grad.clone() for n, p in params.items()} if keep_grads else None
+        norm = torch.nn.utils.clip_grad_norm_(student.parameters(), opt_cfg["grad_clip"])
+        opt.step()
+        return loss, distill, pg, norm, grads
+
+    # The first step is the compared one (and the warm-up).
+    loss, distill, pg, norm, grads = one(keep_grads=True)
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loss": loss.item(),
+        "distill": distill.item(),
+        "pg": pg.item(),
+        "grad_norm": norm.item(),
+        "seconds": [],
+    }
+    if args.tensors_out:
+        write_safetensors(args.tensors_out, {**grads, **{f"param.{n}": p for n, p in params.items()}})
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        one()
+        out["seconds"].append(time.perf_counter() - start)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+//! `qd bench learner`: the learner's whole step (the teacher's two guided passes, the
+//! student's forward and backward through `L_distill + β·L_pg`, clipping and AdamW) on a
+//! fixed batch, timed against a PyTorch-eager reference of the same step
+//! (`scripts/reference_learner.py`) that loads the same checkpoint and batch, and checked
+//! against it: the loss, and the gradient and updated weights tensor by tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use common::settings::LearnerSettings;
+use model::checkpoint::{Checkpoint, ModelKind};
+use model::optim::{AdamW, AdamWConfig};
+use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::task::{Split, Task};
+use model::transformer::Transformer;
+
+use eval::bench::median;
+use learner::loss::{loss, Generatable, LossConfig, LossStats, Pair};
+use learner::trainer::{train_step, Step};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct StepBenchConfig {
+    /// The learner's settings: loss, optimizer, `batch_prompts`.
+    pub learner: LearnerSettings,
+    /// Tokens sampled per sample (at most; a sample may end earlier at `<eos>`).
+    pub new_tokens: usize,
+    pub reps: usize,
+    /// Python with torch, to run the reference (`None`: skip it).
+    pub python: Option<PathBuf>,
+    pub script: PathBuf,
+}
+
+/// Median step seconds, and how far the reference's numbers are from qd's.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepBenchReport {
+    pub prompts: usize,
+    pub samples: usize,
+    /// Generated tokens in the batch (each costs a teacher row twice and a student row).
+    pub tokens: usize,
+    pub reps: usize,
+    pub threads: i32,
+    pub qd_step_seconds: f64,
+    pub torch_step_seconds: Option<f64>,
+    /// PyTorch's step time over qd's (above 1: qd is faster).
+    pub qd_speedup: Option<f64>,
+    /// qd's first step on the batch.
+    pub qd: LossStats,
+    pub qd_grad_norm: f64,
+    pub torch_loss: Option<f64>,
+    pub torch_grad_norm: Option<f64>,
+    /// |loss_qd − loss_torch|.
+    pub loss_diff: Option<f64>,
+    /// Largest |g_qd − g_torch| over every weight, over the largest |g_torch|.
+    pub grad_rel_diff: Option<f64>,
+    /// Largest |θ_qd − θ_torch| after the first update, in units of the learning rate,
+    /// over the weights whose gradient is at least 1e-4 of the largest (Adam's first
+    /// update is about lr·sign(g), and the sign of a gradient within float noise of 0 is
+    /// noise).
+    pub param_diff_over_lr: Option<f64>,
+}
+
+/// A fixed batch: two samples of each of the first `prompts` training prompts, drawn
+/// from `model`, with rewards that vary by pair and behaviour log-probabilities offset so
+/// that half the samples look stale (their importance weight clipped at ρ̄ = 1) and half
+/// look fresher than the student (weight below 1).
+fn batch(
+    model: &Transformer,
+    task: &dyn Task,
+    prompts: usize,
+    new_tokens: usize,
+) -> Result<Vec<Pair>> {
+    let prompts: Vec<Vec<u32>> = task
+        .prompts(Split::Train)
+        .into_iter()
+        .take(prompts)
+        .map(|p| p.ids)
+        .collect();
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| [p.clone(), p.clone()])
+        .collect();
+    let seeds: Vec<u64> = (0..rows.len() as u64).collect();
+    let cfg = SamplingConfig {
+        max_new_tokens: new_tokens,
+        ..SamplingConfig::default()
+    };
+    let s = sample(model, &rows, &seeds, task.vocabulary(), &cfg)?;
+    let mut samples = s
+        .tokens
+        .into_iter()
+        .zip(s.logprobs)
+        .enumerate()
+        .map(|(i, (t, mut lp))| {
+            if let Some(first) = lp.first_mut() {
+                *first += if i % 2 == 0 { 0.5 } else { -0.5 };
+            }
+            (t, lp)
+        });
+    Ok(prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| Pair {
+            prompt,
+            samples: samples.by_ref().take(2).collect(),
+            reward: ((i * 37) % 100) as f32 / 100.0,
+            version: 0,
+        })
+        .collect())
+}
+
+fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
+    let ck = Checkpoint::read_for(checkpoint, ModelKind::Policy, vocab_hash)?;
+    let mut vs = VarStore::new(device);
+    let model = Transformer::new(&vs.root(), &ck.meta.config);
+    ck.load_into(&mut vs)?;
+    Ok((vs, model))
+}
+
+/// Runs the benchmark with `checkpoint` as both teacher and the student's start.
+pub fn bench_step(
+    checkpoint: &Path,
+    task: &dyn Task,
+    cfg: &StepBenchConfig,
+) -> Result<StepBenchReport> {
+    let device = Device::Cpu;
+    let l = &cfg.learner;
+    let hash = task.vocab_hash();
+    let (mut teacher_vs, teacher) = load(checkpoint, &hash, device)?;
+    teacher_vs.freeze();
+    let (student_vs, student) = load(checkpoint, &hash, device)?;
+    let pairs = batch(&student, task, l.batch_prompts, cfg.new_tokens)?;
+    if pairs.len() < l.batch_prompts {
+        bail!(
+            "the task has fewer than {} training prompts",
+            l.batch_prompts
+        );
+    }
+    let g = Generatable::new(
+        task.vocabulary().clone(),
+        student.config.vocab_size as usize,
+        device,
+    );
+    let loss_cfg = LossConfig {
+        beta: l.beta,
+        cfg_gamma: l.cfg_gamma,
+        cfg_plausibility: l.cfg_plausibility,
+        cfg_scope: l.cfg_scope,
+        divergence: l.divergence,
+        jsd_alpha: l.jsd_alpha,
+        rho_bar: l.rho_bar,
+    };
+    let opt_cfg = AdamWConfig {
+        weight_decay: l.weight_decay,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(&student_vs, opt_cfg.clone());
+    let baseline = pairs.iter().map(|p| f64::from(p.reward)).sum::<f64>() / pairs.len() as f64;
+    let step = |opt: &mut AdamW| {
+        train_step(
+            &student,
+            &teacher,
+            opt,
+            &g,
+            &pairs,
+            baseline,
+            &loss_cfg,
+            l.lr,
+            l.grad_clip,
+        )
+    };
+
+    // The first step is the compared one: keep its gradient and the weights after it.
+    opt.zero_grad();
+    let (first, grad_norm, grads) = {
+        let loss = loss(&student, &teacher, &pairs, &g, baseline, &loss_cfg)?;
+        loss.total.backward();
+        let grads: Vec<(String, Tensor)> = student_vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect();
+        let norm = opt.clip_grad_norm(l.grad_clip);
+        opt.step(l.lr);
+        (loss.stats, norm, grads)
+    };
+    let params: HashMap<String, Tensor> = student_vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let mut seconds = Vec::new();
+    for _ in 0..cfg.reps {
+        let start = Instant::now();
+        if let Step::Skipped { reason } = step(&mut opt)? {
+            bail!("the benchmark's step was skipped: {reason}");
+        }
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let tokens = pairs
+        .iter()
+        .flat_map(|p| &p.samples)
+        .map(|(t, _)| t.len())
+        .sum();
+    let mut report = StepBenchReport {
+        prompts: pairs.len(),
+        samples: 2 * pairs.len(),
+        tokens,
+        reps: cfg.reps,
+        threads: tch::get_num_threads(),
+        qd_step_seconds: median(seconds),
+        torch_step_seconds: None,
+        qd_speedup: None,
+        qd: first,
+        qd_grad_norm: grad_norm,
+        torch_loss: None,
+        torch_grad_norm: None,
+        loss_diff: None,
+        grad_rel_diff: None,
+        param_diff_over_lr: None,
+    };
+    let Some(python) = &cfg.python else {
+        return Ok(report);
+    };
+    let dir = tempfile::tempdir()?;
+    let request = dir.path().join("request.json");
+    let tensors = dir.path().join("tensors.safetensors");
+    let v = task.vocabulary();
+    let groups: Vec<Vec<usize>> = match l.cfg_scope {
+        CfgScope::All => Vec::new(),
+        CfgScope::Content => v.content_groups.clone(),
+    };
+    let body = serde_json::json!({
+        "pairs": pairs.iter().map(|p| serde_json::json!({
+            "prompt": p.prompt,
+            "reward": p.reward,
+            "samples": p.samples.iter().map(|(t, lp)| serde_json::json!({"tokens": t, "logprobs": lp})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "baseline": baseline,
+        "sep": v.sep, "pad": v.pad, "allowed": v.allowed, "groups": groups,
+        "loss": {
+            "beta": l.beta, "cfg_gamma": l.cfg_gamma, "cfg_plausibility": l.cfg_plausibility,
+            "divergence": l.divergence, "jsd_alpha": l.jsd_alpha, "rho_bar": l.rho_bar,
+        },
+        "optimizer": {
+            "lr": l.lr, "grad_clip": l.grad_clip, "weight_decay": opt_cfg.weight_decay,
+            "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
+        },
+    });
+    std::fs::write(&request, serde_json::to_vec(&body)?)?;
+    let out = Command::new(python)
+        .arg(&cfg.script)
+        .arg("--teacher")
+        .arg(checkpoint)
+        .arg("--student")
+        .arg(checkpoint)
+        .arg("--request")
+        .arg(&request)
+        .arg("--tensors-out")
+        .arg(&tensors)
+        .args(["--reps", &cfg.reps.to_string()])
+        .args(["--threads", &report.threads.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), cfg.script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
+    let torch_seconds: Vec<f64> = r["seconds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    let torch_step = median(torch_seconds);
+    report.torch_step_seconds = Some(torch_step);
+    report.qd_speedup = Some(torch_step / report.qd_step_seconds);
+    report.torch_loss = r["loss"].as_f64();
+    report.torch_grad_norm = r["grad_norm"].as_f64();
+    report.loss_diff = report.torch_loss.map(|t| (t - report.qd.loss).abs());
+    let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(&tensors)?.into_iter().collect();
+    let get = |key: String, like: &Tensor| -> Result<&Tensor> {
+        let t = theirs
+            .get(&key)
+            .with_context(|| format!("the reference wrote no {key}"))?;
+        anyhow::ensure!(
+            t.size() == like.size(),
+            "{key}: shape {:?}, qd has {:?}",
+            t.size(),
+            like.size()
+        );
+        Ok(t)
+    };
+    let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
+    let (mut grad_diff, mut grad_scale) = (0f64, 0f64);
+    for (name, g) in &grads {
+        let theirs = get(format!("grad.{name}"), g)?;
+        grad_diff = grad_diff.max(max((g - theirs).abs())?);
+        grad_scale = grad_scale.max(max(theirs.abs())?);
+    }
+    report.grad_rel_diff = Some(grad_diff / grad_scale.max(f64::MIN_POSITIVE));
+    // Adam's first update is about lr·sign(g): where |g| is within float noise of 0 the
+    // sign is noise, so the updates are compared where |g| ≥ 1e-4 · max |g|.
+    let mut param_diff = 0f64;
+    for (name, g) in &grads {
+        let p = params
+            .get(name)
+            .with_context(|| format!("no weight {name}"))?;
+        let theirs = get(format!("param.{name}"), p)?;
+        let clear = g.abs().ge(1e-4 * grad_scale);
+        param_diff = param_diff.max(max((p - theirs).abs() * clear)?);
+    }
+    report.param_diff_over_lr = Some(param_diff / l.lr);
+    Ok(report)
+}
+
+impl StepBenchReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+        format!(
+            "learner step: {} prompts, {} samples, {} generated tokens, {} threads, median of {} steps\n\
+             {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
+             loss qd {:.6}  torch {}  |diff| {}\n\
+             gradient max |diff| / max |g|  {}\n\
+             weights after one update, max |diff| / lr  {}\n",
+            self.prompts,
+            self.samples,
+            self.tokens,
+            self.threads,
+            self.reps,
+            "qd step (s)",
+            format!("{:.4}", self.qd_step_seconds),
+            "PyTorch eager step (s)",
+            opt(self.torch_step_seconds, &|v| format!("{v:.4}")),
+            "qd speed-up over PyTorch",
+            opt(self.qd_speedup, &|v| format!("{v:.2}x")),
+            self.qd.loss,
+            opt(self.torch_loss, &|v| format!("{v:.6}")),
+            opt(self.loss_diff, &|v| format!("{v:.2e}")),
+            opt(self.grad_rel_diff, &|v| format!("{v:.2e}")),
+            opt(self.param_diff_over_lr, &|v| format!("{v:.2e}")),
+        )
+    }
+}
