@@ -115,6 +115,7 @@ MUTATED ?= learner/src/loss.rs learner/src/validate.rs learner/src/broadcast.rs 
 	model/src/sampling.rs model/src/merge.rs model/src/checkpoint.rs actor/src/broadcast.rs
 mutants: setup
 	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
+	mkdir -p runs
 	$(CARGO) mutants --workspace $(MUTATED:%=-f %) --test-workspace=false --profile release \
 	  --copy-target=true --timeout 300 -o runs/mutants $(MUTANTS_ARGS)
 

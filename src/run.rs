@@ -22,6 +22,8 @@ const MAX_RESTARTS: u32 = 5;
 struct Role {
     name: String,
     role: String,
+    /// Handed over in the environment, never on the command line or in a file.
+    token: String,
     extra: Vec<String>,
     child: Child,
     restarts: u32,
@@ -31,7 +33,7 @@ struct Role {
 impl Role {
     /// Starts the same process again (same name, role and settings).
     fn restart(&mut self, config: &Path) -> Result<()> {
-        let fresh = spawn(&self.name, &self.role, config, &self.extra)?;
+        let fresh = spawn(&self.name, &self.role, config, &self.token, &self.extra)?;
         self.child = fresh.child;
         self.restarts += 1;
         Ok(())
@@ -40,10 +42,13 @@ impl Role {
 
 /// Starts `qd <role>` with the effective settings plus `extra` overrides; its output is
 /// prefixed with `[name]`.
-fn spawn(name: &str, role: &str, config: &Path, extra: &[String]) -> Result<Role> {
+fn spawn(name: &str, role: &str, config: &Path, token: &str, extra: &[String]) -> Result<Role> {
     let exe = std::env::current_exe().context("locating the qd binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg(role).arg("--config").arg(config);
+    if !token.is_empty() {
+        cmd.env("QD__AUTH__TOKEN", token);
+    }
     for e in extra {
         cmd.arg("--set").arg(e);
     }
@@ -80,6 +85,7 @@ fn spawn(name: &str, role: &str, config: &Path, extra: &[String]) -> Result<Role
     Ok(Role {
         name: name.to_string(),
         role: role.to_string(),
+        token: token.to_string(),
         extra: extra.to_vec(),
         child,
         restarts: 0,
@@ -143,8 +149,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let _ = std::fs::remove_file(&endpoints);
     // The children read exactly these settings (the environment they inherit cannot
     // change them again: the file already holds its effect).
+    // The token is not written down: the children get it in their environment (or read
+    // auth.token_file themselves).
     let config = run_dir.join("run-config.toml");
-    model::fsutil::write_atomic(&config, toml::to_string(&settings)?.as_bytes())?;
+    let mut written = settings.clone();
+    written.auth.token = String::new();
+    model::fsutil::write_private(&config, toml::to_string(&written)?.as_bytes())?;
+    let token = settings.auth.token.clone();
     let (learner_threads, each) = threads(&settings);
     let pick = |configured: usize, auto: usize| if configured > 0 { configured } else { auto };
 
@@ -152,6 +163,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         "learner",
         "learner",
         &config,
+        &token,
         &[format!(
             "learner.threads={}",
             pick(settings.learner.threads, learner_threads)
@@ -183,6 +195,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             &format!("actor-{}", i + 1),
             "actor",
             &config,
+            &token,
             &[
                 format!("client.learner={url}"),
                 format!("actor.threads={}", pick(settings.actor.threads, each)),
@@ -200,6 +213,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             "evaluator",
             "evaluator",
             &config,
+            &token,
             &[
                 format!("client.learner={url}"),
                 format!(

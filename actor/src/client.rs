@@ -75,6 +75,10 @@ pub async fn connect(s: &ClientSettings, creds: &Credentials) -> Result<Client, 
     let mut endpoint = Endpoint::from_shared(s.learner.clone())
         .map_err(|e| Status::invalid_argument(format!("client.learner {:?}: {e}", s.learner)))?
         .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
+        .http2_keep_alive_interval(Duration::from_secs(s.keepalive_s))
+        .keep_alive_timeout(Duration::from_secs(2 * s.keepalive_s))
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(s.keepalive_s)))
         .initial_stream_window_size(qd_proto::STREAM_WINDOW)
         .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
         .tcp_nodelay(true);

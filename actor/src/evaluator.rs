@@ -67,6 +67,7 @@ fn evaluations(
         seed: e.seed,
     };
     let mut last: Option<u64> = None;
+    let mut last_step: Option<u64> = None;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -119,6 +120,14 @@ fn evaluations(
         );
         let line = serde_json::json!({"version": student.version, "step": step, "seconds": seconds, "report": r});
         let path = paths.run_dir.join("eval.jsonl");
+        // A learner that resumed from a checkpoint takes steps again: their earlier
+        // evaluations go, so that each step is logged once.
+        if last_step.is_none_or(|l| step <= l) {
+            if let Err(err) = model::fsutil::retain_steps(&path, |s| s < step) {
+                tracing::debug!(path = %path.display(), "eval.jsonl not rewritten: {err}");
+            }
+        }
+        last_step = Some(step);
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

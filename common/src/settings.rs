@@ -23,6 +23,7 @@ pub struct Settings {
     pub actor: ActorSettings,
     pub evaluator: EvaluatorSettings,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
     pub run: RunSettings,
     pub log: LogSettings,
 }
@@ -179,6 +180,9 @@ pub struct ClientSettings {
     pub backoff_max_ms: u64,
     /// Timeout of one connection attempt.
     pub connect_timeout_ms: u64,
+    /// HTTP/2 keepalive ping interval (and TCP keepalive); a learner that does not
+    /// answer a ping within twice this is taken as gone and the client reconnects.
+    pub keepalive_s: u64,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
 }
@@ -188,8 +192,9 @@ impl Default for ClientSettings {
         ClientSettings {
             learner: "http://127.0.0.1:50051".into(),
             backoff_initial_ms: 200,
-            backoff_max_ms: 10_000,
+            backoff_max_ms: 2_000,
             connect_timeout_ms: 5_000,
+            keepalive_s: 10,
             max_message_bytes: 64 << 20,
         }
     }
@@ -264,8 +269,18 @@ impl Default for EvaluatorSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// The shared token ("" disables authentication).
+    /// The shared token ("" disables authentication): at least 16 bytes, e.g.
+    /// `openssl rand -hex 32`. Prefer `token_file` or `QD__AUTH__TOKEN` to writing it
+    /// in a config file.
     pub token: String,
+    /// A file holding the token (read at start-up when `token` is empty; surrounding
+    /// whitespace ignored): a mounted Kubernetes Secret, or the one compose's bootstrap
+    /// generates.
+    pub token_file: String,
+    /// Let a learner without a token listen on a non-loopback address: any client that
+    /// reaches the port can then register, push trajectories and read the weights.
+    /// Without it, such a learner refuses to start.
+    pub insecure: bool,
     /// The learner's TLS certificate chain (PEM); with `tls_key`, it serves TLS only.
     pub tls_cert: String,
     /// The learner's TLS private key (PEM).
@@ -276,6 +291,69 @@ pub struct AuthSettings {
     /// The name clients expect in the learner's certificate (default: the host of
     /// `client.learner`).
     pub tls_domain: String,
+}
+
+/// What the learner lets its clients make it hold: connections, streams, time. Every
+/// client is treated as possibly hostile; an honest actor uses one connection with one
+/// weight stream and one trajectory stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Open TCP connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams_per_connection: u32,
+    /// Open `WatchWeights` streams, all clients together (RESOURCE_EXHAUSTED beyond).
+    pub max_watchers: usize,
+    /// Open `PushTrajectories` streams, all clients together.
+    pub max_push_streams: usize,
+    /// Open `PushTrajectories` streams per registered client id.
+    pub max_push_streams_per_client: usize,
+    /// A trajectory stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
+    pub idle_push_timeout_s: u64,
+    /// HTTP/2 keepalive ping interval (server and clients); a peer that does not answer
+    /// within twice this is dropped. TCP keepalive uses the same interval.
+    pub keepalive_s: u64,
+    /// Time limit for a unary call and for a stream's response to start.
+    pub request_timeout_s: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> LimitSettings {
+        LimitSettings {
+            max_connections: 256,
+            max_streams_per_connection: 16,
+            max_watchers: 128,
+            max_push_streams: 128,
+            max_push_streams_per_client: 2,
+            idle_push_timeout_s: 300,
+            keepalive_s: 10,
+            request_timeout_s: 30,
+        }
+    }
+}
+
+/// Tokens that were ever shipped as examples: refused, since anyone can read them.
+pub const PLACEHOLDER_TOKENS: &[&str] = &["replace-me-with-a-random-token"];
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl AuthSettings {
+    /// Reads `token_file` into `token` when the token is not given directly.
+    fn resolve(&mut self) -> Result<()> {
+        if self.token.is_empty() && !self.token_file.is_empty() {
+            let t = std::fs::read_to_string(&self.token_file)
+                .with_context(|| format!("auth.token_file: reading {}", self.token_file))?;
+            self.token = t.trim().to_string();
+            anyhow::ensure!(
+                !self.token.is_empty(),
+                "auth.token_file: {} is empty",
+                self.token_file
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `qd run`: every role as local processes.
@@ -368,8 +446,20 @@ impl Settings {
             .context("reading the configuration")?
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut settings = settings;
+        settings.auth.resolve()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// These settings with the token replaced by a mark of its length, for printing and
+    /// for files (`qd config`, `run-config.toml`).
+    pub fn redacted(&self) -> Settings {
+        let mut s = self.clone();
+        if !s.auth.token.is_empty() {
+            s.auth.token = format!("<redacted: {} bytes>", s.auth.token.len());
+        }
+        s
     }
 
     /// Checks values serde cannot; the error names the key.
@@ -515,6 +605,12 @@ impl Settings {
             c.backoff_initial_ms.to_string(),
         );
         check(
+            c.keepalive_s >= 1,
+            "client.keepalive_s",
+            "must be at least 1",
+            c.keepalive_s.to_string(),
+        );
+        check(
             c.connect_timeout_ms >= 1,
             "client.connect_timeout_ms",
             "must be ≥ 1",
@@ -564,6 +660,31 @@ impl Settings {
             "must be at least 1",
             e.max_new_tokens.to_string(),
         );
+        let lim = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", lim.max_connections as u64),
+            (
+                "limits.max_streams_per_connection",
+                u64::from(lim.max_streams_per_connection),
+            ),
+            ("limits.max_watchers", lim.max_watchers as u64),
+            ("limits.max_push_streams", lim.max_push_streams as u64),
+            (
+                "limits.max_push_streams_per_client",
+                lim.max_push_streams_per_client as u64,
+            ),
+            ("limits.idle_push_timeout_s", lim.idle_push_timeout_s),
+            ("limits.keepalive_s", lim.keepalive_s),
+            ("limits.request_timeout_s", lim.request_timeout_s),
+        ] {
+            check(v >= 1, key, "must be at least 1", v.to_string());
+        }
+        check(
+            lim.max_streams_per_connection >= 3,
+            "limits.max_streams_per_connection",
+            "must allow an actor's three calls (Register, WatchWeights, PushTrajectories)",
+            lim.max_streams_per_connection.to_string(),
+        );
         check(
             self.run.actors >= 1,
             "run.actors",
@@ -571,6 +692,15 @@ impl Settings {
             self.run.actors.to_string(),
         );
         let t = &self.auth;
+        check(
+            t.token.is_empty()
+                || (t.token.len() >= MIN_TOKEN_BYTES
+                    && !PLACEHOLDER_TOKENS.contains(&t.token.as_str())),
+            "auth.token",
+            "must be at least 16 bytes and not an example token (generate one: openssl rand -hex 32)",
+            // Never the token itself.
+            format!("{} bytes", t.token.len()),
+        );
         check(
             t.tls_cert.is_empty() == t.tls_key.is_empty(),
             "auth.tls_key",

@@ -3,10 +3,18 @@
 # already there: the prepared dataset, the pre-trained policy (an interrupted pre-training
 # resumes; a finished one returns at once), the diversity embedder and the judge.
 # Extra flags for each step: QD_PRETRAIN_ARGS, QD_EMBEDDER_ARGS, QD_JUDGE_ARGS
-# (e.g. QD_PRETRAIN_ARGS="--preset tiny --steps 50" for a quick trial).
+# (e.g. QD_PRETRAIN_ARGS="--preset tiny --steps 50" for a quick trial). With
+# QD_TOKEN_FILE set, a random service token is written there unless one already is.
 set -euo pipefail
 cd "${QD_STATE:-/var/lib/qd}"
 corpus=${QD_CORPUS:-/opt/qd/data/raw}
+
+# The service token (compose): generated once, readable by the qd user only.
+if [ -n "${QD_TOKEN_FILE:-}" ] && [ ! -s "$QD_TOKEN_FILE" ]; then
+  mkdir -p "$(dirname "$QD_TOKEN_FILE")"
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$QD_TOKEN_FILE")
+  echo "qd-bootstrap: generated the service token in $QD_TOKEN_FILE"
+fi
 
 if [ ! -f data/folk/dataset.json ]; then
   qd data prepare --raw "$corpus" --out data/folk

@@ -4,6 +4,7 @@
 //! ([`broadcast`]).
 
 pub mod broadcast;
+pub mod connections;
 pub mod loss;
 pub mod metrics;
 pub mod server;
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use common::settings::Settings;
 use common::shutdown::termination;
@@ -35,6 +35,7 @@ pub async fn run(
     ready_file: Option<&std::path::Path>,
 ) -> Result<Outcome> {
     let cfg = settings.learner.clone();
+    check_exposure(&settings)?;
     let device = model::device::use_device(model::device::parse_device(&cfg.device)?, cfg.threads)?;
     let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen, metrics::ALL).await?;
     let paths = settings.paths.clone();
@@ -60,6 +61,7 @@ pub async fn run(
         eos: vocabulary.eos,
         max_len: model_config.max_len as usize,
         max_trajectories: cfg.queue_capacity,
+        max_staleness: cfg.max_staleness,
         samples_per_prompt: 2,
     };
     anyhow::ensure!(
@@ -74,6 +76,7 @@ pub async fn run(
         cfg.chunk_bytes,
         cfg.max_message_bytes,
         cfg.max_steps,
+        settings.limits.clone(),
         queue_tx,
     ));
     let trainer = {
@@ -89,6 +92,11 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the gRPC server to {}", cfg.listen))?;
     let grpc_addr = listener.local_addr()?;
+    let incoming = connections::incoming(
+        listener,
+        settings.limits.max_connections,
+        Duration::from_secs(settings.limits.keepalive_s),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<qd_proto::learner_server::LearnerServer<Service>>()
@@ -102,7 +110,7 @@ pub async fn run(
     .max_decoding_message_size(cfg.max_message_bytes)
     .max_encoding_message_size(cfg.max_message_bytes);
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let mut builder = server::transport();
+    let mut builder = server::transport(&settings.limits);
     let tls = &settings.auth;
     if !tls.tls_cert.is_empty() {
         let read = |key: &str, path: &str| {
@@ -123,7 +131,7 @@ pub async fn run(
                 learner_service,
                 auth,
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop_rx.wait_for(|s| *s).await;
             }),
     );
@@ -189,4 +197,27 @@ pub async fn run(
         outcome.stopped
     );
     Ok(outcome)
+}
+
+/// Refuses to serve a reachable port without a token unless told to (`auth.insecure`).
+fn check_exposure(settings: &Settings) -> Result<()> {
+    let listen = &settings.learner.listen;
+    let loopback = listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if settings.auth.token.is_empty() && !loopback {
+        anyhow::ensure!(
+            settings.auth.insecure,
+            "refusing to serve {listen} without a token: set auth.token_file or \
+             QD__AUTH__TOKEN (openssl rand -hex 32), listen on 127.0.0.1, or set \
+             auth.insecure = true to let any client that reaches the port train and read \
+             the weights"
+        );
+        tracing::warn!(
+            listen,
+            "auth.insecure: serving without a token; any client that reaches the port can \
+             register, push trajectories and read the weights"
+        );
+    }
+    Ok(())
 }

@@ -29,13 +29,27 @@ pub const ACCEPTED: &str = "qd_learner_trajectories_accepted_total";
 pub const DROPPED: &str = "qd_learner_trajectories_dropped_total";
 pub const REFUSED: &str = "qd_learner_registrations_refused_total";
 pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
+pub const STREAMS_REFUSED: &str = "qd_learner_streams_refused_total";
+pub const CONNECTIONS: &str = "qd_learner_connections";
 
-/// Why trajectories are dropped: the trainer's three reasons, then validation's (every
-/// reason `validate::reject` gives; each is exported at 0 from the start).
-pub const DROP_REASONS: [&str; 13] = [
+/// Why a call or a connection is refused by the stream plane's rules and limits.
+pub const STREAM_REFUSALS: [&str; 6] = [
+    "unregistered",
+    "watcher_limit",
+    "push_limit",
+    "client_push_limit",
+    "idle",
+    "connection_limit",
+];
+
+/// Why trajectories are dropped: stale (at intake or in the queue), the trainer's
+/// non-finite steps, a message that does not decode, then validation's (every reason
+/// `validate::reject` gives; each is exported at 0 from the start).
+pub const DROP_REASONS: [&str; 14] = [
     "stale",
     "non_finite_loss",
     "non_finite_gradient",
+    "malformed",
     "duplicate",
     "empty",
     "oversize",
@@ -106,4 +120,10 @@ pub const ALL: &[Metric] = &[
         .labelled("reason", &DROP_REASONS),
     Metric::counter(REFUSED, "clients refused at Register"),
     Metric::counter(UNAUTHENTICATED, "calls without the right bearer token"),
+    Metric::counter(
+        STREAMS_REFUSED,
+        "calls and connections refused by the stream limits, by reason",
+    )
+    .labelled("reason", &STREAM_REFUSALS),
+    Metric::gauge(CONNECTIONS, "open TCP connections to the gRPC port"),
 ];

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use qd_proto::learner_server::Learner;
 use qd_proto::{
@@ -15,8 +16,9 @@ use qd_proto::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
+use common::settings::LimitSettings;
 use model::config::ModelConfig;
 
 use crate::broadcast::{self, Published};
@@ -50,10 +52,41 @@ pub struct Shared {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub stale: AtomicU64,
+    pub limits: LimitSettings,
+    /// The next client id `Register` issues (ids below it were issued).
     next_id: AtomicU64,
-    /// Clients with an open WatchWeights stream, by id: (role, name).
-    watchers: Mutex<HashMap<u64, (Role, String)>>,
+    next_stream: AtomicU64,
+    streams: Mutex<Streams>,
 }
+
+/// The open streams, by what the learner issued.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Open `WatchWeights` streams by stream number: (client id, role, name).
+    watchers: HashMap<u64, (u64, Role, String)>,
+    /// Open `PushTrajectories` streams per client id.
+    pushers: HashMap<u64, usize>,
+}
+
+/// Bytes of a client's string echoed back or logged; the rest is cut.
+const ECHO_BYTES: usize = 64;
+
+/// `s` cut to [`ECHO_BYTES`] (at a character boundary), marked when cut.
+pub fn clip(s: &str) -> String {
+    if s.len() <= ECHO_BYTES {
+        return s.to_string();
+    }
+    let mut end = ECHO_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+/// Longest `Register` fields accepted: names and hashes, and the model config's JSON.
+const MAX_NAME_BYTES: usize = 256;
+const MAX_HASH_BYTES: usize = 128;
+const MAX_CONFIG_JSON_BYTES: usize = 16 << 10;
 
 impl Shared {
     #[allow(clippy::too_many_arguments)]
@@ -64,6 +97,7 @@ impl Shared {
         chunk_bytes: usize,
         max_message_bytes: usize,
         max_steps: u64,
+        limits: LimitSettings,
         queue: mpsc::Sender<Queued>,
     ) -> Shared {
         Shared {
@@ -82,9 +116,32 @@ impl Shared {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            limits,
             next_id: AtomicU64::new(1),
-            watchers: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            streams: Mutex::new(Streams::default()),
         }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client id a call carries in `qd-actor-id`, if `Register` issued it.
+    fn issued_id<T>(&self, req: &Request<T>) -> Result<u64, Status> {
+        let raw = req
+            .metadata()
+            .get("qd-actor-id")
+            .and_then(|v| v.to_str().ok());
+        raw.and_then(|v| v.parse::<u64>().ok())
+            .filter(|&id| id >= 1 && id < self.next_id.load(Ordering::SeqCst))
+            .ok_or_else(|| {
+                refused("unregistered");
+                Status::permission_denied(format!(
+                    "qd-actor-id {} was not issued by this learner: call Register first",
+                    clip(raw.unwrap_or("(missing)"))
+                ))
+            })
     }
 
     /// Makes `p` the version every subscriber streams next.
@@ -95,10 +152,15 @@ impl Shared {
         self.published.send_replace(Some(Arc::new(p)));
     }
 
+    /// Open weight streams of actors and of evaluators.
     fn connected(&self) -> (usize, usize) {
-        let w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        let actors = w.values().filter(|(r, _)| *r == Role::Actor).count();
-        (actors, w.len() - actors)
+        let s = self.streams();
+        let actors = s
+            .watchers
+            .values()
+            .filter(|(_, r, _)| *r == Role::Actor)
+            .count();
+        (actors, s.watchers.len() - actors)
     }
 
     fn set_connected_gauges(&self) {
@@ -108,25 +170,45 @@ impl Shared {
     }
 }
 
-/// Removes a watcher when its stream ends, however it ends.
+/// Counts a call refused by a limit or a rule of the stream plane.
+fn refused(reason: &'static str) {
+    debug_assert!(m::STREAM_REFUSALS.contains(&reason), "{reason}");
+    metrics::counter!(m::STREAMS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Removes a weight stream when it ends, however it ends.
 #[derive(Debug)]
 pub struct WatchGuard {
     shared: Arc<Shared>,
-    id: u64,
+    stream: u64,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        let name = self
-            .shared
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
-        if let Some((role, name)) = name {
-            tracing::info!(id = self.id, name, role = ?role, "client disconnected");
+        let gone = self.shared.streams().watchers.remove(&self.stream);
+        if let Some((id, role, name)) = gone {
+            tracing::info!(id, name, role = ?role, "client disconnected");
         }
         self.shared.set_connected_gauges();
+    }
+}
+
+/// Releases a trajectory stream's slot when it ends.
+#[derive(Debug)]
+struct PushGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for PushGuard {
+    fn drop(&mut self) {
+        let mut s = self.shared.streams();
+        if let Some(n) = s.pushers.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                s.pushers.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -136,20 +218,13 @@ pub struct Service {
     pub shared: Arc<Shared>,
 }
 
-fn client_id<T>(req: &Request<T>) -> u64 {
-    req.metadata()
-        .get("qd-actor-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn client_name<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("qd-client-name")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    clip(
+        req.metadata()
+            .get("qd-client-name")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    )
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -162,6 +237,29 @@ impl Learner for Service {
     ) -> Result<Response<RegisterResponse>, Status> {
         let r = req.into_inner();
         let s = &self.shared;
+        for (field, len, max) in [
+            ("name", r.name.len(), MAX_NAME_BYTES),
+            ("vocab_hash", r.vocab_hash.len(), MAX_HASH_BYTES),
+            (
+                "model_config_hash",
+                r.model_config_hash.len(),
+                MAX_HASH_BYTES,
+            ),
+            (
+                "model_config_json",
+                r.model_config_json.len(),
+                MAX_CONFIG_JSON_BYTES,
+            ),
+        ] {
+            if len > max {
+                metrics::counter!(m::REFUSED).increment(1);
+                tracing::warn!(field, len, "refused a registration with an oversize field");
+                return Err(Status::invalid_argument(format!(
+                    "Register.{field} holds {len} bytes, at most {max} are accepted"
+                )));
+            }
+        }
+        let name = clip(&r.name);
         let mut differs = Vec::new();
         if r.protocol_version != qd_proto::PROTOCOL_VERSION {
             differs.push(format!(
@@ -179,7 +277,8 @@ impl Learner for Service {
         if r.vocab_hash != s.vocab_hash {
             differs.push(format!(
                 "vocabulary {} (learner {}): prepare the same dataset",
-                r.vocab_hash, s.vocab_hash
+                clip(&r.vocab_hash),
+                s.vocab_hash
             ));
         }
         let role = Role::try_from(r.role).unwrap_or(Role::Unspecified);
@@ -188,14 +287,14 @@ impl Learner for Service {
         }
         if !differs.is_empty() {
             metrics::counter!(m::REFUSED).increment(1);
-            tracing::warn!(name = r.name, "refused a client: {}", differs.join("; "));
+            tracing::warn!(name, "refused a client: {}", differs.join("; "));
             return Err(Status::failed_precondition(format!(
                 "incompatible with this learner: {}",
                 differs.join("; ")
             )));
         }
         let id = s.next_id.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(id, name = r.name, role = ?role, "client registered");
+        tracing::info!(id, name, role = ?role, "client registered");
         Ok(Response::new(RegisterResponse {
             actor_id: id,
             version: s.version.load(Ordering::SeqCst),
@@ -211,68 +310,37 @@ impl Learner for Service {
         &self,
         req: Request<Streaming<TrajectoryBatch>>,
     ) -> Result<Response<Self::PushTrajectoriesStream>, Status> {
-        let actor_id = client_id(&req);
-        let mut inbound = req.into_inner();
         let shared = self.shared.clone();
+        let actor_id = shared.issued_id(&req)?;
+        let guard = {
+            let mut st = shared.streams();
+            let lim = &shared.limits;
+            let total: usize = st.pushers.values().sum();
+            if total >= lim.max_push_streams {
+                refused("push_limit");
+                return Err(Status::resource_exhausted(format!(
+                    "the learner holds {total} trajectory streams, its limit (limits.max_push_streams)"
+                )));
+            }
+            let mine = st.pushers.entry(actor_id).or_insert(0);
+            if *mine >= lim.max_push_streams_per_client {
+                refused("client_push_limit");
+                return Err(Status::resource_exhausted(format!(
+                    "client {actor_id} already has {mine} trajectory streams open (limits.max_push_streams_per_client)"
+                )));
+            }
+            *mine += 1;
+            PushGuard {
+                shared: shared.clone(),
+                id: actor_id,
+            }
+        };
+        let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut last_sequence = None;
-            while let Some(msg) = inbound.next().await {
-                let batch = match msg {
-                    Ok(b) => b,
-                    Err(status) => {
-                        tracing::debug!(actor_id, %status, "trajectory stream ended");
-                        break;
-                    }
-                };
-                let current = shared.version.load(Ordering::SeqCst);
-                if let Err(r) = validate(&batch, &shared.rules, current, last_sequence) {
-                    let n = batch.trajectories.len().max(1) as u64;
-                    shared.rejected.fetch_add(n, Ordering::SeqCst);
-                    metrics::counter!(m::DROPPED, "reason" => r.reason).increment(n);
-                    tracing::warn!(
-                        actor_id,
-                        reason = r.reason,
-                        "rejected a batch: {}",
-                        r.message
-                    );
-                    let _ = tx.send(Err(Status::invalid_argument(r.message))).await;
-                    return;
-                }
-                last_sequence = Some(batch.sequence);
-                let n = batch.trajectories.len();
-                for t in batch.trajectories {
-                    let pair = Pair {
-                        prompt: t.prompt,
-                        samples: t
-                            .samples
-                            .into_iter()
-                            .map(|s| (s.tokens, s.logprobs))
-                            .collect(),
-                        reward: t.reward,
-                        version: batch.version,
-                    };
-                    // Waits while the queue is full: back-pressure to this stream only.
-                    if shared.queue.send(Queued { pair, actor_id }).await.is_err() {
-                        let _ = tx
-                            .send(Err(Status::unavailable("the learner is shutting down")))
-                            .await;
-                        return;
-                    }
-                    let depth = shared.queue_depth.fetch_add(1, Ordering::SeqCst) + 1;
-                    metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
-                }
-                shared.accepted.fetch_add(n as u64, Ordering::SeqCst);
-                metrics::counter!(m::ACCEPTED).increment(n as u64);
-                let ack = PushAck {
-                    sequence: batch.sequence,
-                    accepted: n as u32,
-                    queue_depth: shared.queue_depth.load(Ordering::SeqCst) as u32,
-                    learner_version: shared.version.load(Ordering::SeqCst),
-                };
-                if tx.send(Ok(ack)).await.is_err() {
-                    break;
-                }
+            let _guard = guard;
+            if let Err(status) = intake(&shared, actor_id, inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -284,23 +352,30 @@ impl Learner for Service {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchWeightsStream>, Status> {
-        let id = client_id(&req);
+        let shared = self.shared.clone();
+        let id = shared.issued_id(&req)?;
         let name = client_name(&req);
         let role = match req.metadata().get("qd-role").and_then(|v| v.to_str().ok()) {
             Some("evaluator") => Role::Evaluator,
             _ => Role::Actor,
         };
         let have = req.into_inner().have_version;
-        let shared = self.shared.clone();
-        shared
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (role, name));
+        let stream = shared.next_stream.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut st = shared.streams();
+            if st.watchers.len() >= shared.limits.max_watchers {
+                refused("watcher_limit");
+                return Err(Status::resource_exhausted(format!(
+                    "the learner holds {} weight streams, its limit (limits.max_watchers)",
+                    st.watchers.len()
+                )));
+            }
+            st.watchers.insert(stream, (id, role, name));
+        }
         shared.set_connected_gauges();
         let guard = WatchGuard {
             shared: shared.clone(),
-            id,
+            stream,
         };
         let published = shared.published.subscribe();
         let closing = shared.closing.subscribe();
@@ -326,12 +401,132 @@ impl Learner for Service {
     }
 }
 
-/// The gRPC server with qd's transport settings (HTTP/2 windows that let a weight chunk
-/// through at once).
-pub fn transport() -> tonic::transport::Server {
+/// Reads one trajectory stream into the queue until it ends; the error is the status the
+/// stream ends with.
+async fn intake(
+    shared: &Shared,
+    actor_id: u64,
+    mut inbound: Streaming<TrajectoryBatch>,
+    tx: &mpsc::Sender<Result<PushAck, Status>>,
+) -> Result<(), Status> {
+    let idle = Duration::from_secs(shared.limits.idle_push_timeout_s);
+    let mut last_sequence = None;
+    loop {
+        let msg = match tokio::time::timeout(idle, inbound.next()).await {
+            Err(_) => {
+                refused("idle");
+                return Err(Status::deadline_exceeded(format!(
+                    "no batch for {} s (limits.idle_push_timeout_s)",
+                    idle.as_secs()
+                )));
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(m)) => m,
+        };
+        let batch = match msg {
+            Ok(b) => b,
+            Err(status) => return Err(undecodable(actor_id, status)),
+        };
+        let current = shared.version.load(Ordering::SeqCst);
+        if let Err(r) = validate(&batch, &shared.rules, current, last_sequence) {
+            let n = batch.trajectories.len().max(1) as u64;
+            shared.rejected.fetch_add(n, Ordering::SeqCst);
+            metrics::counter!(m::DROPPED, "reason" => r.reason).increment(n);
+            tracing::warn!(
+                actor_id,
+                reason = r.reason,
+                "rejected a batch: {}",
+                r.message
+            );
+            return Err(Status::invalid_argument(r.message));
+        }
+        last_sequence = Some(batch.sequence);
+        let n = batch.trajectories.len();
+        // Too old to train on: refused here, before it takes a queue slot (the trainer
+        // drops what grows stale while queued).
+        let staleness = current - batch.version;
+        let accepted = if staleness > shared.rules.max_staleness {
+            shared.stale.fetch_add(n as u64, Ordering::SeqCst);
+            metrics::counter!(m::DROPPED, "reason" => "stale").increment(n as u64);
+            tracing::debug!(actor_id, staleness, "refused a stale batch");
+            0
+        } else {
+            for t in batch.trajectories {
+                let pair = Pair {
+                    prompt: t.prompt,
+                    samples: t
+                        .samples
+                        .into_iter()
+                        .map(|s| (s.tokens, s.logprobs))
+                        .collect(),
+                    reward: t.reward,
+                    version: batch.version,
+                };
+                // Counted before it is queued, so that the trainer's decrement never
+                // comes first.
+                let depth = shared.queue_depth.fetch_add(1, Ordering::SeqCst) + 1;
+                metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
+                // Waits while the queue is full: back-pressure to this stream only.
+                if shared.queue.send(Queued { pair, actor_id }).await.is_err() {
+                    shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Status::unavailable("the learner is shutting down"));
+                }
+            }
+            shared.accepted.fetch_add(n as u64, Ordering::SeqCst);
+            metrics::counter!(m::ACCEPTED).increment(n as u64);
+            n as u32
+        };
+        let ack = PushAck {
+            sequence: batch.sequence,
+            accepted,
+            queue_depth: shared.queue_depth.load(Ordering::SeqCst) as u32,
+            learner_version: shared.version.load(Ordering::SeqCst),
+        };
+        if tx.send(Ok(ack)).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The status a trajectory stream ends with when a message cannot be read: a message
+/// over the size limit or one that does not decode is the client's fault and said so
+/// (and counted); a connection that went away ends the stream quietly.
+fn undecodable(actor_id: u64, status: Status) -> Status {
+    let reason = match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => "oversize",
+        Code::Internal => "malformed",
+        _ => {
+            tracing::debug!(actor_id, %status, "trajectory stream ended");
+            return status;
+        }
+    };
+    metrics::counter!(m::DROPPED, "reason" => reason).increment(1);
+    tracing::warn!(
+        actor_id,
+        reason,
+        "refused an unreadable message: {}",
+        status.message()
+    );
+    let message = format!("unreadable TrajectoryBatch: {}", status.message());
+    if reason == "oversize" {
+        Status::out_of_range(message)
+    } else {
+        Status::invalid_argument(message)
+    }
+}
+
+/// The gRPC server with qd's transport settings: HTTP/2 windows that let a weight chunk
+/// through at once, the streams per connection, keepalive pings and the time limit of
+/// a call.
+pub fn transport(l: &LimitSettings) -> tonic::transport::Server {
+    let keepalive = Duration::from_secs(l.keepalive_s);
     tonic::transport::Server::builder()
         .initial_stream_window_size(qd_proto::STREAM_WINDOW)
         .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
+        .max_concurrent_streams(l.max_streams_per_connection)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive * 2))
+        .timeout(Duration::from_secs(l.request_timeout_s))
 }
 
 /// Refuses calls without `authorization: Bearer <token>` when a token is configured.

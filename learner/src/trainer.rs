@@ -135,6 +135,20 @@ fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
+/// The file holding the highest version this run folder's learner ever published.
+fn published_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("published-version")
+}
+
+/// The highest version published from `run_dir` (0 when none was, or the file is
+/// unreadable: then the checkpoints' versions are all there is).
+fn last_published(run_dir: &Path) -> u64 {
+    std::fs::read_to_string(published_file(run_dir))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Checkpoints in `run_dir`, newest first.
 pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoint_dir(run_dir))
@@ -153,36 +167,6 @@ pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, p)| p).collect()
-}
-
-/// Keeps the lines of the training log `path` whose step is at most `step` (and drops a
-/// line a crash cut short), rewriting the file atomically when anything goes.
-fn truncate_log(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let keep: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                .is_some_and(|s| s <= step)
-        })
-        .collect();
-    if keep.len() == text.lines().count() {
-        return Ok(());
-    }
-    tracing::info!(
-        path = %path.display(),
-        dropped = text.lines().count() - keep.len(),
-        "training log: dropping the lines after the checkpoint's step"
-    );
-    let mut out = keep.join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    model::fsutil::write_atomic(path, out.as_bytes())
 }
 
 impl Trainer {
@@ -257,12 +241,16 @@ impl Trainer {
                 tracing::info!(base = %base.display(), "starting from the base model");
             }
         }
+        // Versions published after the checkpoint (or before the checkpoints were
+        // removed) held other weights: the next one is above every number this run
+        // folder ever published.
+        version = version.max(last_published(run_dir));
         std::fs::create_dir_all(checkpoint_dir(run_dir))
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let log_path = run_dir.join("train.jsonl");
         // Steps after the checkpoint will be taken again: their lines go, so that each
         // step is logged once.
-        truncate_log(&log_path, step)?;
+        model::fsutil::retain_steps(&log_path, |s| s <= step)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -338,6 +326,12 @@ impl Trainer {
         self.check_finite()?;
         let t0 = Instant::now();
         self.version += 1;
+        // Recorded before anyone can hold it, so that a restart never reuses the number.
+        model::fsutil::write_atomic(
+            &published_file(&self.run_dir),
+            self.version.to_string().as_bytes(),
+        )
+        .context("recording the published version")?;
         let blob = serialize(&self.student_vs, None, self.stamp())?;
         self.shared
             .publish(Published::new(self.version, self.step, blob));
@@ -562,29 +556,5 @@ impl Trainer {
             checkpoint,
             student: self.run_dir.join("student.safetensors"),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate_log;
-
-    #[test]
-    fn a_resumed_log_keeps_each_step_once() {
-        let path = std::env::temp_dir().join(format!("qd-train-{}.jsonl", std::process::id()));
-        let lines = [
-            "{\"step\":1}",
-            "{\"step\":2}",
-            "{\"step\":3}",
-            "{\"step\":4}",
-            "{\"st",
-        ];
-        std::fs::write(&path, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
-        truncate_log(&path, 2).unwrap_or_else(|e| panic!("{e}"));
-        let kept = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(kept, "{\"step\":1}\n{\"step\":2}\n");
-        truncate_log(&path, 0).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "");
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -6,6 +6,11 @@ use std::collections::HashSet;
 
 use qd_proto::TrajectoryBatch;
 
+/// The lowest log-probability a sampled id can have: a float32 softmax gives an id
+/// below e^-104 (the smallest subnormal) probability 0, and an id of probability 0 is
+/// never drawn. A lower value was not recorded by a sampler.
+pub const MIN_LOGPROB: f32 = -104.0;
+
 /// What the learner knows to check a batch against.
 #[derive(Debug)]
 pub struct Rules {
@@ -18,6 +23,8 @@ pub struct Rules {
     pub max_len: usize,
     /// Most trajectories in one batch.
     pub max_trajectories: usize,
+    /// Batches more than this many versions behind the learner are refused at intake.
+    pub max_staleness: u64,
     pub samples_per_prompt: usize,
 }
 
@@ -147,11 +154,11 @@ pub fn validate(
             if let Some(lp) = s
                 .logprobs
                 .iter()
-                .find(|lp| !(lp.is_finite() && **lp <= 1e-4))
+                .find(|lp| !(MIN_LOGPROB..=1e-4).contains(*lp))
             {
                 return Err(reject(
                     "logprob",
-                    format!("{at}: log-probability {lp} is not a finite number ≤ 0"),
+                    format!("{at}: log-probability {lp} is not in [{MIN_LOGPROB}, 0]: no sampler draws that"),
                 ));
             }
         }
@@ -163,7 +170,7 @@ pub fn validate(
 mod tests {
     use qd_proto::{Sample, Trajectory, TrajectoryBatch};
 
-    use super::{validate, Rules};
+    use super::{validate, Rules, MIN_LOGPROB};
 
     /// Prompts `[4]` and `[5, 6]`; ids 10..20 and `<eos>` (2) allowed; context 8.
     fn rules() -> Rules {
@@ -176,6 +183,7 @@ mod tests {
             eos: 2,
             max_len: 8,
             max_trajectories: 2,
+            max_staleness: 4,
             samples_per_prompt: 2,
         }
     }
@@ -331,12 +339,13 @@ mod tests {
     }
 
     #[test]
-    fn log_probabilities_are_finite_and_at_most_zero() {
+    fn log_probabilities_are_what_a_sampler_can_record() {
         let set =
             |lp: f32| move |b: &mut TrajectoryBatch| b.trajectories[0].samples[1].logprobs[0] = lp;
         assert_eq!(reason(set(0.0)), None);
         assert_eq!(reason(set(-80.0)), None);
-        for bad in [0.01, f32::NAN, f32::NEG_INFINITY] {
+        assert_eq!(reason(set(MIN_LOGPROB)), None);
+        for bad in [0.01, f32::NAN, f32::NEG_INFINITY, -104.5, -3.4e38] {
             assert_eq!(reason(set(bad)), Some("logprob"), "{bad}");
         }
     }

@@ -8,6 +8,16 @@ use anyhow::{Context, Result};
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, then
 /// rename, so a reader sees the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with_mode(path, bytes, None)
+}
+
+/// [`write_atomic`] for a file only its owner may read (mode 0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with_mode(path, bytes, Some(0o600))
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -15,7 +25,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().context("no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        if let Some(m) = mode {
+            open.mode(m);
+        }
+        let mut f = open.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -28,4 +43,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keeps the lines of the JSON-lines log `path` whose `step` satisfies `keep` (and drops
+/// a line a crash cut short), rewriting the file atomically when anything goes. A
+/// resumed run calls it so that each step is logged once.
+pub fn retain_steps(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                .is_some_and(&keep)
+        })
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    tracing::info!(
+        path = %path.display(),
+        dropped = text.lines().count() - kept.len(),
+        "log: dropping the lines of steps that will be taken again"
+    );
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    write_atomic(path, out.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retain_steps;
+
+    #[test]
+    fn a_resumed_log_keeps_each_step_once() {
+        let dir = std::env::temp_dir().join(format!("qd-fsutil-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("train.jsonl");
+        let lines = [
+            "{\"step\":1}",
+            "{\"step\":2}",
+            "{\"step\":3}",
+            "{\"step\":4}",
+            "{\"st",
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+        retain_steps(&path, |s| s <= 2).unwrap_or_else(|e| panic!("{e}"));
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(kept, "{\"step\":1}\n{\"step\":2}\n");
+        // Nothing to drop: the file is left as it is.
+        retain_steps(&path, |s| s < 5).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), kept);
+        retain_steps(&path, |s| s < 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use actor::broadcast::Assembler;
-use actor::client::Credentials;
+use actor::client::{Credentials, Identity};
 use common::settings::Settings;
 use eval::bench::median;
 use folk::dataset::Dataset;
@@ -169,6 +169,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         eos: 2,
         max_len: 0,
         max_trajectories: 1,
+        max_staleness: 0,
         samples_per_prompt: 2,
     };
     let shared = Arc::new(Shared::new(
@@ -178,6 +179,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         settings.learner.chunk_bytes,
         settings.learner.max_message_bytes,
         0,
+        settings.limits.clone(),
         queue,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -187,7 +189,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     })
     .max_encoding_message_size(settings.learner.max_message_bytes);
     tokio::spawn(
-        learner::server::transport()
+        learner::server::transport(&settings.limits)
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -198,14 +200,19 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     };
     // One task per subscriber reports each version it has received whole.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let identity = Identity {
+        role: qd_proto::Role::Actor,
+        name: "bench".into(),
+        model_config: base.meta.config.clone(),
+        vocab_hash: ds.vocab.hash(),
+    };
     for _ in 0..n {
         let mut c =
             actor::client::connect(&client_settings, &Credentials::new(&Default::default())?)
                 .await?;
-        let mut stream = c
-            .watch_weights(WatchRequest { have_version: 0 })
-            .await?
-            .into_inner();
+        let id = identity.register(&mut c).await?.actor_id;
+        let req = identity.tag(tonic::Request::new(WatchRequest { have_version: 0 }), id);
+        let mut stream = c.watch_weights(req).await?.into_inner();
         let done = done_tx.clone();
         tokio::spawn(async move {
             let mut a = Assembler::default();

@@ -47,7 +47,7 @@ pub fn run(args: &ServiceArgs, flag: Option<LogFormat>) -> Result<()> {
 /// `qd config`: the effective configuration as JSON.
 pub fn config(args: &ServiceArgs) -> Result<()> {
     let settings = args.settings()?;
-    println!("{}", serde_json::to_string_pretty(&settings)?);
+    println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
     Ok(())
 }
 

@@ -50,9 +50,22 @@ validate() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# The token is the operator's: none is committed, and without one nothing renders. The
+# renderings below use a copy of deploy/k8s with a generated token.
+if git rev-parse --git-dir >/dev/null 2>&1 && git ls-files --error-unmatch deploy/k8s/base/auth.env >/dev/null 2>&1; then
+  fail "deploy/k8s/base/auth.env is committed: the token must be the operator's"
+fi
+mkdir -p "$tmp/k8s"
+cp -r deploy/k8s/base deploy/k8s/overlays "$tmp/k8s/"
+rm -f "$tmp/k8s/base/auth.env"
+if render "$tmp/k8s/base" >/dev/null 2>&1; then
+  fail "the base renders without auth.env: a deployment could start without a token"
+fi
+echo "QD__AUTH__TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$tmp/k8s/base/auth.env"
+
 for k in "${KUSTOMIZATIONS[@]}"; do
   out="$tmp/$(basename "$k").yaml"
-  render "$k" >"$out" || fail "$k does not render"
+  render "$tmp/${k#deploy/}" >"$out" || fail "$k does not render"
   n=$(grep -c '^kind:' "$out" || true)
   [ "$n" -gt 0 ] || fail "$k renders no objects"
   validate "$out" || fail "$k does not validate against the Kubernetes schemas"
@@ -97,6 +110,7 @@ EXPECTED = {
     ("Namespace", "qd"), ("PersistentVolumeClaim", "qd-state"), ("Job", "qd-bootstrap"),
     ("Service", "qd-learner"), ("StatefulSet", "qd-learner"), ("Deployment", "qd-actor"),
     ("Deployment", "qd-evaluator"), ("ConfigMap", "qd-config"), ("Secret", "qd-auth"),
+    ("NetworkPolicy", "qd-learner"), ("NetworkPolicy", "qd-workers"),
 }
 ROLES = {"qd-learner": "learner", "qd-actor": "actor", "qd-evaluator": "evaluator"}
 BOOTSTRAP_ARGS = ("QD_PRETRAIN_ARGS", "QD_EMBEDDER_ARGS", "QD_JUDGE_ARGS")
@@ -108,6 +122,25 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
     objects = {(d["kind"], re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"])
                 if d["kind"] in ("ConfigMap", "Secret") else d["metadata"]["name"]) for d in docs}
     check(objects == EXPECTED, f"{at} objects {sorted(objects)} != {sorted(EXPECTED)}")
+    # The learner's gRPC port is open to qd's pods only, every metrics port to the
+    # monitoring namespace only, and every pod of a workload is covered by a policy.
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    rules = [(pname, r) for pname, p in policies.items() for r in p.get("ingress", [])]
+    for pname, r in rules:
+        ports = {p["port"] for p in r["ports"]}
+        peers = r["from"]
+        if 50051 in ports:
+            check(ports == {50051} and peers == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "qd"}}}],
+                  f"{at} {pname}: gRPC must be open to qd's pods only, got {r}")
+        else:
+            check(ports <= {9100, 9101, 9102} and all(set(p) == {"namespaceSelector"} for p in peers),
+                  f"{at} {pname}: metrics ports must be open to the monitoring namespace only, got {r}")
+    for wname, w in workloads(docs).items():
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        covered = [pn for pn, p in policies.items()
+                   if all(labels.get(k) == v for k, v in p["podSelector"].get("matchLabels", {}).items())
+                   and all(labels.get(e["key"]) in e["values"] for e in p["podSelector"].get("matchExpressions", []))]
+        check(len(covered) == 1, f"{at} {wname}: covered by NetworkPolicies {covered}, expected exactly one")
     for d in docs:
         if d["kind"] != "Namespace":
             check(d["metadata"].get("namespace") == "qd", f"{at} {d['kind']}/{d['metadata']['name']} not in namespace qd")
@@ -246,7 +279,7 @@ echo "k8s: manifest checks passed (objects, references, probes, ports, GPU only 
 # The effective settings of each role as the pods would load them, when qd is built.
 qd=target/release/qd
 if [ -x "$qd" ]; then
-  "$VENV/bin/python" - "$tmp" "$qd" deploy/k8s/base/auth.env <<'PY' || fail "qd refuses the pods' settings (above)"
+  "$VENV/bin/python" - "$tmp" "$qd" "$tmp/k8s/base/auth.env" <<'PY' || fail "qd refuses the pods' settings (above)"
 import os, subprocess, sys
 from pathlib import Path
 

@@ -306,6 +306,31 @@ fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     r
 }
 
+/// [`with_token`], and the client id `Register` issued in `qd-actor-id`.
+fn as_client<T>(msg: T, token: Option<&str>, id: u64) -> tonic::Request<T> {
+    let mut r = with_token(msg, token);
+    r.metadata_mut()
+        .insert("qd-actor-id", id.to_string().parse().unwrap());
+    r
+}
+
+/// Registers as an actor of the learner's own model; the id the learner issued.
+fn register(rt: &tokio::runtime::Runtime, c: &mut Client, token: Option<&str>) -> u64 {
+    let s = status(rt, c, token);
+    let req = RegisterRequest {
+        protocol_version: qd_proto::PROTOCOL_VERSION,
+        model_config_hash: s.model_config_hash,
+        model_config_json: String::new(),
+        vocab_hash: s.vocab_hash,
+        role: Role::Actor as i32,
+        name: "test client".into(),
+    };
+    rt.block_on(c.register(with_token(req, token)))
+        .unwrap()
+        .into_inner()
+        .actor_id
+}
+
 fn status(
     rt: &tokio::runtime::Runtime,
     c: &mut Client,

@@ -10,16 +10,18 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// Sends one batch on a `PushTrajectories` stream; the learner's first answer.
+/// Sends one batch on a `PushTrajectories` stream as client `id`; the learner's first
+/// answer.
 fn push(
     rt: &tokio::runtime::Runtime,
     c: &mut Client,
     batch: TrajectoryBatch,
     token: Option<&str>,
+    id: u64,
 ) -> Result<Option<PushAck>, Status> {
     rt.block_on(async {
         let mut acks = c
-            .push_trajectories(with_token(tokio_stream::iter(vec![batch]), token))
+            .push_trajectories(as_client(tokio_stream::iter(vec![batch]), token, id))
             .await?
             .into_inner();
         acks.message().await
@@ -32,10 +34,11 @@ fn watch_first_version(
     rt: &tokio::runtime::Runtime,
     c: &mut Client,
     token: Option<&str>,
+    id: u64,
 ) -> Result<(WeightChunk, Weights), Status> {
     let watch = async {
         let mut chunks = c
-            .watch_weights(with_token(WatchRequest { have_version: 0 }, token))
+            .watch_weights(as_client(WatchRequest { have_version: 0 }, token, id))
             .await?
             .into_inner();
         let mut assembler = Assembler::default();
@@ -84,7 +87,7 @@ fn health(
 #[test]
 fn malformed_trajectories_and_missing_tokens_are_refused() {
     let f = Fixture::new();
-    let cfg = f.config("auth", "[auth]\ntoken = \"s3cret\"\n");
+    let cfg = f.config("auth", "[auth]\ntoken = \"s3cret-0123456789ab\"\n");
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
     let _actor = f.spawn(
@@ -95,8 +98,9 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     );
     let rt = runtime();
     let mut c = client(&rt, addr);
-    let token = Some("s3cret");
+    let token = Some("s3cret-0123456789ab");
     wait_for_step(&rt, &mut c, token, 2, &mut learner);
+    let id = register(&rt, &mut c, token);
 
     let ds = Dataset::load(&f.path("folk")).unwrap();
     let prompt = ds.split(Split::Train).next().unwrap().prompt.clone();
@@ -124,7 +128,12 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         .unwrap();
     let unauthenticated = || scrape(m, "qd_learner_unauthenticated_total").unwrap_or(0.0);
     let refused_before = unauthenticated();
-    let wrong = [None, Some("wrong"), Some("s3cre"), Some("s3cret2")];
+    let wrong = [
+        None,
+        Some("wrong"),
+        Some("s3cret-0123456789a"),
+        Some("s3cret-0123456789ab2"),
+    ];
     for t in wrong {
         let e = rt
             .block_on(c.status(with_token(StatusRequest {}, t)))
@@ -142,7 +151,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
             Code::Unauthenticated,
             "Register, token {t:?}: {e:?}"
         );
-        match watch_first_version(&rt, &mut c, t) {
+        match watch_first_version(&rt, &mut c, t, id) {
             Err(e) => assert_eq!(
                 e.code(),
                 Code::Unauthenticated,
@@ -154,7 +163,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
             ),
         }
         // A batch that is acknowledged with the token (below) is refused without it.
-        let e = push(&rt, &mut c, batch(good.clone(), 1), t).unwrap_err();
+        let e = push(&rt, &mut c, batch(good.clone(), 1), t, id).unwrap_err();
         assert_eq!(
             e.code(),
             Code::Unauthenticated,
@@ -166,7 +175,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
 
     // With the token, WatchWeights streams a whole version: in order from offset 0, with
     // its checksum, and the checkpoint inside is the learner's model.
-    let (first, w) = watch_first_version(&rt, &mut c, token).unwrap();
+    let (first, w) = watch_first_version(&rt, &mut c, token, id).unwrap();
     assert_eq!(first.offset, 0, "{first:?}");
     assert!(first.version >= 1 && !first.data.is_empty(), "{first:?}");
     assert_eq!(first.total_len, w.blob.len() as u64);
@@ -226,27 +235,80 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     let mut t = good.clone();
     t.samples.pop();
     cases.push(("one sample instead of two", batch(t, 1)));
+    let mut t = good.clone();
+    t.samples[0].logprobs[0] = -3.4e38;
+    cases.push(("a log-probability no sampler records", batch(t, 1)));
     for (what, b) in cases {
-        match push(&rt, &mut c, b, token) {
+        match push(&rt, &mut c, b, token, id) {
             Err(e) => assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}"),
             Ok(ack) => panic!("{what} was accepted: {ack:?}"),
         }
     }
-    // A well-formed batch from the same client is acknowledged.
-    let ack = push(&rt, &mut c, batch(good.clone(), 1), token)
+    // Streams need an id Register issued: none, 0 and one never issued are refused.
+    for bad in [None, Some(0), Some(id + 1_000)] {
+        let e = rt
+            .block_on(async {
+                let msg = tokio_stream::iter(vec![batch(good.clone(), 1)]);
+                match bad {
+                    None => c.push_trajectories(with_token(msg, token)).await,
+                    Some(b) => c.push_trajectories(as_client(msg, token, b)).await,
+                }
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "id {bad:?}: {e:?}");
+        if let Some(b) = bad {
+            let e = watch_first_version(&rt, &mut c, token, b).unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "id {b}: {e:?}");
+        }
+    }
+    // A well-formed batch of the current version from the same client is acknowledged.
+    let now = status(&rt, &mut c, token).version;
+    let ack = push(&rt, &mut c, batch(good.clone(), now), token, id)
         .unwrap()
         .unwrap();
     assert_eq!(ack.accepted, 1);
+    // One too old to train on is refused at intake (it never takes a queue slot), and
+    // the stream goes on.
+    let stale_before = status(&rt, &mut c, token).trajectories_stale;
+    let old = wait_until("the learner to be past max_staleness", || {
+        let s = status(&rt, &mut c, token);
+        (s.version > 1 + 4).then_some(s.version)
+    });
+    let (stale, fresh) = rt.block_on(async {
+        let mut acks = c
+            .push_trajectories(as_client(
+                tokio_stream::iter(vec![
+                    TrajectoryBatch {
+                        sequence: 1,
+                        ..batch(good.clone(), 1)
+                    },
+                    TrajectoryBatch {
+                        sequence: 2,
+                        ..batch(good.clone(), old)
+                    },
+                ]),
+                token,
+                id,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        (acks.message().await, acks.message().await)
+    });
+    assert_eq!(stale.unwrap().unwrap().accepted, 0);
+    assert_eq!(fresh.unwrap().unwrap().accepted, 1);
+    assert!(status(&rt, &mut c, token).trajectories_stale > stale_before);
     // The same batch twice on one stream: acknowledged once, the replay refused.
     let twice = TrajectoryBatch {
         sequence: 7,
-        ..batch(good.clone(), 1)
+        ..batch(good.clone(), status(&rt, &mut c, token).version)
     };
     let (first, second) = rt.block_on(async {
         let mut acks = c
-            .push_trajectories(with_token(
+            .push_trajectories(as_client(
                 tokio_stream::iter(vec![twice.clone(), twice]),
                 token,
+                id,
             ))
             .await
             .unwrap()
@@ -271,6 +333,8 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         "unknown_prompt",
         "oversize",
         "samples",
+        "logprob",
+        "stale",
     ] {
         let v = scrape(
             m,
@@ -381,7 +445,7 @@ fn tls_and_token_together() {
     let cfg = f.config(
         "tls",
         &format!(
-            "[auth]\ntoken = \"s3cret\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+            "[auth]\ntoken = \"s3cret-0123456789ab\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
             cert.display(),
             key.display(),
             ca.display()
@@ -398,7 +462,7 @@ fn tls_and_token_together() {
     // The actor connects over TLS with the token: the learner trains on its trajectories.
     let rt = runtime();
     let mut c = LearnerClient::new(tls_channel(&rt, addr.port(), &ca).unwrap());
-    let token = Some("s3cret");
+    let token = Some("s3cret-0123456789ab");
     wait_for_step(&rt, &mut c, token, 3, &mut learner);
 
     // Over TLS the token is still wanted: the handshake is not an authentication.
