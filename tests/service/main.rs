@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod limits;
 mod refusals;
 mod run;
 mod training;
