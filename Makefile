@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build test test-deploy lint demo paper bench mutants clean
+.PHONY: setup build test test-deploy lint demo paper bench soak mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -104,6 +104,16 @@ bench: setup | data/folk/dataset.json
 	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors
 	$(QD) bench learner --config configs/default.toml --set learner.beta=2
 	$(QD) bench service --config configs/default.toml
+
+## soak: the fault campaign (docs/reliability.md): 2,000 idle weight streams and 500
+## silent trajectory streams, 1,000 malformed messages, 10 actor and 20 learner SIGKILLs
+## against a learner and two actors on loopback (tiny models; minutes)
+soak: setup | data/folk/dataset.json
+	$(QD) pretrain --preset tiny --steps 30 --context 64 --batch-size 8 --out runs/soak/pretrain --no-progress
+	@test -f runs/soak/embedder.safetensors || $(QD) embedder train --steps 5 --out runs/soak/embedder.safetensors --no-progress
+	$(QD) bench faults --config configs/default.toml --set paths.base=runs/soak/pretrain/last.safetensors \
+	  --set paths.embedder=runs/soak/embedder.safetensors --set learner.batch_prompts=4 \
+	  --set actor.batch_prompts=4 --set actor.max_new_tokens=64 --set learner.threads=1 --set actor.threads=1
 
 ## mutants: the mutation score of the modules that hold the method and its safeguards
 ## (the loss, CFG guidance and sampling, merging, checkpoints, trajectory validation, the

@@ -416,6 +416,38 @@ pub enum BenchCommand {
     /// student's start; the batch is `learner.batch_prompts` training prompts × 2 samples
     /// drawn from it.
     Learner(BenchLearnerArgs),
+    /// The fault campaign against a learner and two actors on loopback (minutes): idle
+    /// and silent streams (memory, Status latency), generated malformed messages, actor
+    /// and learner SIGKILLs (resume, version identity, reconnect times, the training
+    /// log). The base model, dataset and embedder come from the config's paths.
+    Faults(BenchFaultsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFaultsArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// `WatchWeights` streams opened and never read.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_watchers: usize,
+    /// `PushTrajectories` streams opened and never written.
+    #[arg(long, default_value_t = 500)]
+    pub idle_pushes: usize,
+    /// Malformed messages sent, each on its own stream.
+    #[arg(long, default_value_t = 1000)]
+    pub malformed: usize,
+    /// Actor SIGKILLs (each actor restarted at once).
+    #[arg(long, default_value_t = 10)]
+    pub actor_kills: usize,
+    /// Learner SIGKILLs (each learner restarted on the same port).
+    #[arg(long, default_value_t = 20)]
+    pub learner_kills: usize,
+    /// Seeds the moments of the kills and the generated messages.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -321,7 +321,7 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> LimitSettings {
         LimitSettings {
-            max_connections: 256,
+            max_connections: 512,
             max_streams_per_connection: 16,
             max_watchers: 128,
             max_push_streams: 128,

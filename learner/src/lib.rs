@@ -79,6 +79,7 @@ pub async fn run(
         settings.limits.clone(),
         queue_tx,
     ));
+    tokio::spawn(server::release_memory(shared.clone()));
     let trainer = {
         let (cfg, shared) = (cfg.clone(), shared.clone());
         let (base, run_dir) = (paths.base.clone(), paths.run_dir.clone());

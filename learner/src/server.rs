@@ -57,6 +57,8 @@ pub struct Shared {
     next_id: AtomicU64,
     next_stream: AtomicU64,
     streams: Mutex<Streams>,
+    /// Set when a stream ends: the memory its buffers held can go back to the system.
+    pub streams_closed: std::sync::atomic::AtomicBool,
 }
 
 /// The open streams, by what the learner issued.
@@ -120,6 +122,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             streams: Mutex::new(Streams::default()),
+            streams_closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -186,6 +189,7 @@ pub struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         let gone = self.shared.streams().watchers.remove(&self.stream);
+        self.shared.streams_closed.store(true, Ordering::Relaxed);
         if let Some((id, role, name)) = gone {
             tracing::info!(id, name, role = ?role, "client disconnected");
         }
@@ -202,6 +206,7 @@ struct PushGuard {
 
 impl Drop for PushGuard {
     fn drop(&mut self) {
+        self.shared.streams_closed.store(true, Ordering::Relaxed);
         let mut s = self.shared.streams();
         if let Some(n) = s.pushers.get_mut(&self.id) {
             *n -= 1;
@@ -558,3 +563,29 @@ impl tonic::service::Interceptor for Auth {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// Hands the memory that closed streams' buffers held back to the system, at most every
+/// two seconds: glibc's allocator keeps freed memory otherwise, and a learner that a
+/// burst of streams grew would stay grown.
+pub async fn release_memory(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if shared.streams_closed.swap(false, Ordering::Relaxed) {
+            trim();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no
+    // pointers and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}

@@ -135,6 +135,26 @@ fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
+/// Removes what an atomic write killed midway left (`.<name>.<pid>.tmp`) in the run
+/// folder and its checkpoints: only one learner works in a run folder, so none is live.
+fn remove_stray_temp_files(run_dir: &Path) {
+    for dir in [run_dir.to_path_buf(), checkpoint_dir(run_dir)] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(path = %e.path().display(), "removed a write a crash interrupted")
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %e.path().display(), "could not remove a stray temporary file: {err}")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The file holding the highest version this run folder's learner ever published.
 fn published_file(run_dir: &Path) -> PathBuf {
     run_dir.join("published-version")
@@ -241,6 +261,7 @@ impl Trainer {
                 tracing::info!(base = %base.display(), "starting from the base model");
             }
         }
+        remove_stray_temp_files(run_dir);
         // Versions published after the checkpoint (or before the checkpoints were
         // removed) held other weights: the next one is above every number this run
         // folder ever published.

@@ -1,4 +1,4 @@
-//! `qd bench generate`, `qd bench learner` and `qd bench service`.
+//! `qd bench generate`, `qd bench learner`, `qd bench service` and `qd bench faults`.
 
 use std::path::PathBuf;
 
@@ -9,9 +9,10 @@ use folk::FolkTask;
 use model::checkpoint::{load_policy, save, ModelKind, Stamp};
 use model::task::Task;
 
+use crate::benchmarks::faults::{bench_faults, FaultsConfig};
 use crate::benchmarks::learner::{bench_step, StepBenchConfig};
 use crate::benchmarks::service::bench_service;
-use crate::cli::{BenchGenerateArgs, BenchLearnerArgs, BenchServiceArgs};
+use crate::cli::{BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchServiceArgs};
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -98,6 +99,24 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn faults(a: BenchFaultsArgs) -> Result<()> {
+    let cfg = FaultsConfig {
+        idle_watchers: a.idle_watchers,
+        idle_pushes: a.idle_pushes,
+        malformed: a.malformed,
+        actor_kills: a.actor_kills,
+        learner_kills: a.learner_kills,
+        seed: a.seed,
+    };
+    let r = bench_faults(a.service.config.as_deref(), &a.service.set, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&r)?);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod faults;
 mod limits;
 mod refusals;
 mod run;
