@@ -331,7 +331,7 @@ pub fn bench_faults(
     let mut report = FaultsReport::default();
 
     let endpoints = cluster.start_learner()?;
-    let mut actor_metrics = vec![cluster.start_actor(0)?, cluster.start_actor(1)?];
+    let mut actor_metrics = [cluster.start_actor(0)?, cluster.start_actor(1)?];
     let step_now = |rt: &tokio::runtime::Runtime| rt.block_on(status(addr)).map(|s| s.step);
     // Warm: the learner's memory has settled after some steps.
     wait("the first steps", Duration::from_secs(300), || {
