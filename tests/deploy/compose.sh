@@ -103,6 +103,13 @@ say "up: bootstrap, learner, 2 actors, evaluator, prometheus (project $project)"
 wait_for 'max(qd_learner_step)' 'x >= 5' "the learner steps and Prometheus scrapes it"
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 2' "Prometheus scrapes 2 actors"
 wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are connected"
+# With the token bootstrap generated: the learner listens beyond loopback only with one.
+# (the logs into a variable first: grep -q would close the pipe early, and pipefail
+# would see the SIGPIPE)
+learner_log=$("${compose[@]}" logs --no-color learner)
+grep -q "learner listening.* auth=true" <<<"$learner_log" \
+  || { say "the learner serves without a token"; exit 1; }
+say "the learner requires the token bootstrap generated, and the actors send it"
 
 # Every healthcheck (qd health over gRPC and HTTP, Prometheus's /-/healthy) passes.
 deadline=$((SECONDS + 120))
