@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from reference_generate import Policy, load_checkpoint
+from qd_model import load
 
 TEACHER_LOG_FLOOR = -30.0
 
@@ -138,13 +138,6 @@ def write_safetensors(path, tensors):
     h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-
-
-def load(path):
-    meta, tensors = load_checkpoint(path)
-    model = Policy(meta["config"])
-    model.load_state_dict(tensors, strict=True)
-    return model.eval()
 
 
 def main():

@@ -73,6 +73,10 @@ pub enum Command {
     /// Merge policy checkpoints: LERP of two (`--lambda`) or the uniform average of all
     /// (`--average`). The output is an ordinary checkpoint.
     Merge(MergeArgs),
+    /// Write a policy for PyTorch users: `model.safetensors` (the weights alone, PyTorch
+    /// names), `config.json`, `vocab.json` (the text of every id) and `qd_model.py` (the
+    /// architecture in plain PyTorch, with a loader; needs torch only).
+    Export(ModelExportArgs),
     /// Compare CFG, temperature, the β-sweep students and weight interpolation on the same
     /// held-out prompts and seeds: a CSV, plots, hypervolumes (each point cached).
     ///
@@ -541,6 +545,19 @@ pub struct MergeArgs {
     #[arg(long)]
     pub average: bool,
     /// The checkpoint to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelExportArgs {
+    /// A policy checkpoint (pre-training, a student, a merge).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset the checkpoint was trained on (its vocabulary).
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// The folder to write.
     #[arg(long)]
     pub out: PathBuf,
 }

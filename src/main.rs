@@ -50,6 +50,7 @@ fn main() -> Result<()> {
         Command::Evaluator(a) => service::evaluator(&a, log),
         Command::Run(a) => service::run(&a, log),
         Command::Config(a) => service::config(&a),
+        Command::Export(a) => models::export(a),
         Command::Merge(a) => models::merge(a),
         Command::Sweep(a) => sweep::sweep(a),
         Command::Health(a) => service::health(&a),

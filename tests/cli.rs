@@ -454,4 +454,63 @@ fn model_commands_end_to_end() {
     assert!(v["qd"]["pg"].as_f64().unwrap().abs() > 1e-6, "{v}");
     assert!(v["qd"]["distill"].as_f64().unwrap() > 1e-6, "{v}");
     assert!(v["qd"]["clip_fraction"].as_f64().unwrap() > 0.0, "{v}");
+
+    // An exported policy loads in PyTorch with torch alone and gives qd's logits.
+    let out = run(&[
+        "export",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &p("folk"),
+        "--out",
+        &p("exported"),
+    ]);
+    assert!(out.contains("wrote"), "{out}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("exported/config.json")).unwrap()).unwrap();
+    let vocab: Vec<String> =
+        serde_json::from_slice(&std::fs::read(p("exported/vocab.json")).unwrap()).unwrap();
+    let sep = config["sep"].as_u64().unwrap() as i64;
+    assert_eq!(vocab[sep as usize], "<sep>");
+    let ids: Vec<i64> = [4, 5, sep]
+        .into_iter()
+        .chain(
+            config["generatable"].as_array().unwrap()[..6]
+                .iter()
+                .map(|x| x.as_i64().unwrap()),
+        )
+        .collect();
+    let script = format!(
+        "import json, sys, torch\nsys.path.insert(0, {dir:?})\nimport qd_model\n\
+         m = qd_model.load({dir:?})\nids = torch.tensor([{ids:?}])\n\
+         with torch.no_grad():\n    l, _ = m(ids, torch.ones_like(ids, dtype=torch.bool), None)\n\
+         print(json.dumps(l[0].tolist()))\n",
+        dir = p("exported"),
+    );
+    let o = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&o.stdout).unwrap();
+    // No optimizer state travels with the weights.
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(p("exported/model.safetensors")).unwrap())
+            .contains("optimizer.")
+    );
+    let ds = folk::dataset::Dataset::load(Path::new(&p("folk"))).unwrap();
+    let (_vs, m, _) =
+        model::checkpoint::load_policy(Path::new(&ck), &ds.vocab.hash(), tch::Device::Cpu).unwrap();
+    let t = tch::Tensor::from_slice(&ids).unsqueeze(0);
+    let ours = tch::no_grad(|| m.forward(&t, &t.ones_like().to_kind(tch::Kind::Bool), None, false));
+    let ours: Vec<Vec<f64>> =
+        Vec::try_from(ours.squeeze_dim(0).to_kind(tch::Kind::Double)).unwrap();
+    assert_eq!((ours.len(), ours[0].len()), (theirs.len(), theirs[0].len()));
+    let diff = ours
+        .iter()
+        .flatten()
+        .zip(theirs.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "exported logits differ from qd's by {diff}");
 }

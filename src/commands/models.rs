@@ -1,4 +1,5 @@
-//! `qd sample`, `qd eval` and `qd merge`: using and combining policy checkpoints.
+//! `qd sample`, `qd eval`, `qd merge` and `qd export`: using, combining and shipping
+//! policy checkpoints.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use model::checkpoint::load_policy;
 use model::task::Task;
 
 use super::create_parent;
-use crate::cli::{EvalArgs, MergeArgs, SampleArgs};
+use crate::cli::{EvalArgs, MergeArgs, ModelExportArgs, SampleArgs};
 
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -99,5 +100,55 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     create_parent(&a.out)?;
     merge::write(&a.out, &cks[0], tensors, extra)?;
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// The PyTorch module `qd export` ships (the same file qd's PyTorch references use).
+const QD_MODEL_PY: &str = include_str!("../../scripts/qd_model.py");
+
+pub fn export(a: ModelExportArgs) -> Result<()> {
+    let ds = Dataset::load(&a.data)?;
+    let (vs, _model, ck) = load_policy(&a.checkpoint, &ds.vocab.hash(), tch::Device::Cpu)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // The weights alone: no optimizer state, whatever the checkpoint held.
+    model::checkpoint::save(
+        &a.out.join("model.safetensors"),
+        &vs,
+        None,
+        model::checkpoint::Stamp {
+            kind: model::checkpoint::ModelKind::Policy,
+            config: &ck.meta.config,
+            vocab_hash: &ck.meta.vocab_hash,
+            step: ck.meta.step,
+            version: ck.meta.version,
+            extra: serde_json::json!({"exported_from": a.checkpoint.display().to_string()}),
+        },
+    )?;
+    let vocabulary = folk::task::vocabulary(&ds.vocab);
+    let config = serde_json::json!({
+        "model": ck.meta.config,
+        "vocab_hash": ck.meta.vocab_hash,
+        "pad": vocabulary.pad,
+        "sep": vocabulary.sep,
+        "eos": vocabulary.eos,
+        "generatable": vocabulary.allowed,
+        "input": "[prompt word ids] <sep> [tune ids]; the logits at each position predict the next id",
+    });
+    let vocab: Vec<String> = (0..ds.vocab.len() as u32)
+        .map(|id| ds.vocab.text(id))
+        .collect();
+    for (name, bytes) in [
+        ("config.json", serde_json::to_vec_pretty(&config)?),
+        ("vocab.json", serde_json::to_vec_pretty(&vocab)?),
+        ("qd_model.py", QD_MODEL_PY.as_bytes().to_vec()),
+    ] {
+        model::fsutil::write_atomic(&a.out.join(name), &bytes)?;
+    }
+    println!(
+        "wrote {}: model.safetensors, config.json, vocab.json, qd_model.py \
+         (python -c 'import qd_model; m = qd_model.load(\"{}\")')",
+        a.out.display(),
+        a.out.display()
+    );
     Ok(())
 }
