@@ -444,6 +444,11 @@ fn model_commands_end_to_end() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let x = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("no {key}: {v}"));
     assert!(x("loss_diff") < 1e-4, "the losses disagree: {v}");
+    assert!(
+        (x("qd_gflops") - x("step_gflop") / x("qd_step_seconds")).abs() < 1e-9 * x("qd_gflops")
+            && (x("share_of_peak") - x("qd_gflops") / x("gemm_peak_gflops")).abs() < 1e-9,
+        "{v}"
+    );
     assert!(x("grad_rel_diff") < 1e-4, "the gradients disagree: {v}");
     assert!(x("param_diff_over_lr") < 1e-2, "the updates disagree: {v}");
     assert!(

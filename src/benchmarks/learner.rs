@@ -48,6 +48,16 @@ pub struct StepBenchReport {
     pub reps: usize,
     pub threads: i32,
     pub qd_step_seconds: f64,
+    /// Floating-point operations of one step, counted from the shapes (the teacher's two
+    /// forward passes, the student's forward and backward at twice the forward; matrix
+    /// products and attention only, over the padded rows the step computes).
+    pub step_gflop: f64,
+    /// `step_gflop / qd_step_seconds`.
+    pub qd_gflops: f64,
+    /// This machine's float32 matrix-product rate with the same threads (median of
+    /// 1024×1024 products), and the step's share of it.
+    pub gemm_peak_gflops: f64,
+    pub share_of_peak: f64,
     pub torch_step_seconds: Option<f64>,
     /// PyTorch's step time over qd's (above 1: qd is faster).
     pub qd_speedup: Option<f64>,
@@ -114,6 +124,58 @@ fn batch(
             version: 0,
         })
         .collect())
+}
+
+/// Forward FLOPs of `rows` right-padded rows of `t` positions: the matrix products of
+/// every block (q, k, v and the projection: 4d² per position; the MLP: 2·d·d_ff),
+/// attention (scores and the weighted sum over the positions before: 2·t·d per position
+/// on average), and the head (d·V); each multiply-add counts 2.
+fn forward_flop(c: &model::config::ModelConfig, rows: usize, t: usize) -> f64 {
+    let (d, ff, v, l) = (
+        c.d_model as f64,
+        c.d_ff as f64,
+        c.vocab_size as f64,
+        c.n_layers as f64,
+    );
+    let per_position = l * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 2.0 * t as f64 * d) + 2.0 * d * v;
+    rows as f64 * t as f64 * per_position
+}
+
+/// One learner step's FLOPs on `pairs`: the teacher's conditional and unconditional
+/// forwards, the student's forward and its backward (twice a forward).
+fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair]) -> f64 {
+    let rows = 2 * pairs.len();
+    let longest = |prompt: bool| {
+        pairs
+            .iter()
+            .flat_map(|p| {
+                p.samples
+                    .iter()
+                    .map(move |(y, _)| y.len() + 1 + if prompt { p.prompt.len() } else { 0 })
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let (tc, tu) = (longest(true), longest(false));
+    4.0 * forward_flop(c, rows, tc) + forward_flop(c, rows, tu)
+}
+
+/// Median GFLOP/s of float32 1024×1024 matrix products with the current threads.
+fn gemm_peak_gflops() -> f64 {
+    let n = 1024;
+    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let _ = a.matmul(&b); // warm-up
+    let rates: Vec<f64> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            let c = a.matmul(&b);
+            let s = start.elapsed().as_secs_f64();
+            drop(c);
+            2.0 * (n as f64).powi(3) / s / 1e9
+        })
+        .collect();
+    median(rates)
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
@@ -209,13 +271,20 @@ pub fn bench_step(
         .flat_map(|p| &p.samples)
         .map(|(t, _)| t.len())
         .sum();
+    let qd_step_seconds = median(seconds);
+    let step_gflop = step_flop(&student.config, &pairs) / 1e9;
+    let gemm_peak_gflops = gemm_peak_gflops();
     let mut report = StepBenchReport {
         prompts: pairs.len(),
         samples: 2 * pairs.len(),
         tokens,
         reps: cfg.reps,
         threads: tch::get_num_threads(),
-        qd_step_seconds: median(seconds),
+        qd_step_seconds,
+        step_gflop,
+        qd_gflops: step_gflop / qd_step_seconds,
+        gemm_peak_gflops,
+        share_of_peak: step_gflop / qd_step_seconds / gemm_peak_gflops,
         torch_step_seconds: None,
         qd_speedup: None,
         qd: first,
@@ -332,6 +401,7 @@ impl StepBenchReport {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
         format!(
             "learner step: {} prompts, {} samples, {} generated tokens, {} threads, median of {} steps\n\
+             {:.2} GFLOP a step: qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
              {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n\
@@ -341,6 +411,10 @@ impl StepBenchReport {
             self.tokens,
             self.threads,
             self.reps,
+            self.step_gflop,
+            self.qd_gflops,
+            100.0 * self.share_of_peak,
+            self.gemm_peak_gflops,
             "qd step (s)",
             format!("{:.4}", self.qd_step_seconds),
             "PyTorch eager step (s)",
