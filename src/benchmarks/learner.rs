@@ -22,7 +22,7 @@ use model::task::{Split, Task};
 use model::transformer::Transformer;
 
 use eval::bench::median;
-use learner::loss::{loss, Generatable, LossConfig, LossStats, Pair};
+use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair};
 use learner::trainer::{train_step, Step};
 
 /// What to measure.
@@ -48,6 +48,10 @@ pub struct StepBenchReport {
     pub reps: usize,
     pub threads: i32,
     pub qd_step_seconds: f64,
+    /// Where qd's step goes (medians of separately timed repetitions): the teacher's
+    /// two passes, the student's forward and the loss, the backward pass, clipping and
+    /// AdamW.
+    pub breakdown: Breakdown,
     /// Floating-point operations of one step, counted from the shapes (the teacher's two
     /// forward passes, the student's forward and backward at twice the forward; matrix
     /// products and attention only, over the padded rows the step computes).
@@ -75,6 +79,15 @@ pub struct StepBenchReport {
     /// update is about lr·sign(g), and the sign of a gradient within float noise of 0 is
     /// noise).
     pub param_diff_over_lr: Option<f64>,
+}
+
+/// Seconds of each part of qd's step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Breakdown {
+    pub teacher: f64,
+    pub student_forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
 }
 
 /// A fixed batch: two samples of each of the first `prompts` training prompts, drawn
@@ -272,6 +285,31 @@ pub fn bench_step(
         .map(|(t, _)| t.len())
         .sum();
     let qd_step_seconds = median(seconds);
+    let mut parts: [Vec<f64>; 4] = Default::default();
+    for _ in 0..cfg.reps {
+        opt.zero_grad();
+        let t = Instant::now();
+        let _ = teacher_logprobs(&teacher, &pairs, &g, &loss_cfg);
+        let teacher_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let out = loss(&student, &teacher, &pairs, &g, baseline, &loss_cfg)?;
+        parts[0].push(teacher_s);
+        parts[1].push((t.elapsed().as_secs_f64() - teacher_s).max(0.0));
+        let t = Instant::now();
+        out.total.backward();
+        parts[2].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        opt.clip_grad_norm(l.grad_clip);
+        opt.step(l.lr);
+        parts[3].push(t.elapsed().as_secs_f64());
+    }
+    let [teacher_s, student_s, backward_s, optimizer_s] = parts.map(median);
+    let breakdown = Breakdown {
+        teacher: teacher_s,
+        student_forward: student_s,
+        backward: backward_s,
+        optimizer: optimizer_s,
+    };
     let step_gflop = step_flop(&student.config, &pairs) / 1e9;
     let gemm_peak_gflops = gemm_peak_gflops();
     let mut report = StepBenchReport {
@@ -281,6 +319,7 @@ pub fn bench_step(
         reps: cfg.reps,
         threads: tch::get_num_threads(),
         qd_step_seconds,
+        breakdown,
         step_gflop,
         qd_gflops: step_gflop / qd_step_seconds,
         gemm_peak_gflops,
@@ -402,6 +441,7 @@ impl StepBenchReport {
         format!(
             "learner step: {} prompts, {} samples, {} generated tokens, {} threads, median of {} steps\n\
              {:.2} GFLOP a step: qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             qd's step: teacher {:.4} s, student forward and loss {:.4} s, backward {:.4} s, clipping and AdamW {:.4} s\n\
              {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n\
@@ -415,6 +455,10 @@ impl StepBenchReport {
             self.qd_gflops,
             100.0 * self.share_of_peak,
             self.gemm_peak_gflops,
+            self.breakdown.teacher,
+            self.breakdown.student_forward,
+            self.breakdown.backward,
+            self.breakdown.optimizer,
             "qd step (s)",
             format!("{:.4}", self.qd_step_seconds),
             "PyTorch eager step (s)",
