@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build test test-deploy lint demo paper bench soak mutants clean
+.PHONY: setup build install test test-deploy lint demo paper bench soak mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -19,6 +19,16 @@ setup:
 
 build:
 	$(CARGO) build --release --locked
+
+## install: `qd` on the PATH: a link in $(BINDIR) (default ~/.local/bin) to this build
+## (the binary finds libtorch in the project's venv, so the checkout stays where it is)
+BINDIR ?= $(HOME)/.local/bin
+install: setup
+	@mkdir -p $(BINDIR)
+	@ln -sf $(CURDIR)/$(QD) $(BINDIR)/qd
+	@echo "qd → $(BINDIR)/qd"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; \
+	  *) echo "$(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"";; esac
 
 ## test: formatting, lints and every test (unit, property, end-to-end), then the
 ## deployment's: Kubernetes manifests, Prometheus rules and dashboard, containers
@@ -45,7 +55,7 @@ BASE := runs/pretrain/last.safetensors
 STUDENT := runs/rl/default/student.safetensors
 MERGED := runs/merged/default-base-0.5.safetensors
 DEMO_PROMPTS := "a lively irish reel in d major" "a slow scottish air in g minor" "a german love song in 3/4"
-demo: setup
+demo: install
 	$(QD) data prepare
 	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
 	$(QD) run --config configs/default.toml
