@@ -25,11 +25,8 @@ const OPTIMIZER_PREFIX: &str = "optimizer.";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The file could not be read at all (missing, no permission).
-    #[error("reading checkpoint {path}: {source}")]
-    Unreadable {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading checkpoint {path}: {io}{}", missing_hint(io))]
+    Unreadable { path: String, io: std::io::Error },
     /// The bytes are not a whole, verified qd checkpoint (truncated, damaged, another
     /// format).
     #[error("{what} is not a valid qd checkpoint: {why}")]
@@ -54,6 +51,17 @@ impl CheckpointError {
             self,
             CheckpointError::Unreadable { .. } | CheckpointError::Corrupt { .. }
         )
+    }
+}
+
+/// For a checkpoint that is not there: the commands that write one.
+fn missing_hint(io: &std::io::Error) -> &'static str {
+    if io.kind() == std::io::ErrorKind::NotFound {
+        " (`qd pretrain` writes the base policy, runs/pretrain/last.safetensors; `qd embedder \
+         train` and `qd judge train` the embedder and the judge; `qd run` or `qd learner` a \
+         student, <run_dir>/student.safetensors; `qd merge` a merge; `make demo` all of them)"
+    } else {
+        ""
     }
 }
 
@@ -170,9 +178,9 @@ pub fn serialize(vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> 
 impl Checkpoint {
     /// Reads and verifies a checkpoint (structure, metadata, checksum).
     pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Unreadable {
+        let bytes = std::fs::read(path).map_err(|io| CheckpointError::Unreadable {
             path: path.display().to_string(),
-            source,
+            io,
         })?;
         Checkpoint::from_bytes(&bytes, &path.display().to_string())
     }

@@ -59,4 +59,6 @@ fn refusals_say_whether_the_file_or_the_model_is_at_fault() {
     let e = Checkpoint::read_for(&dir.path().join("missing"), ModelKind::Policy, "v1").unwrap_err();
     assert!(matches!(e, CheckpointError::Unreadable { .. }), "{e:?}");
     assert!(e.is_damaged());
+    // A missing file says which commands write one.
+    assert!(e.to_string().contains("qd pretrain"), "{e}");
 }
