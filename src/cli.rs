@@ -400,6 +400,9 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }

@@ -142,6 +142,7 @@ async fn learner_and_actor_train_a_second_task_over_grpc() {
             ..SamplingConfig::default()
         },
         seed: 0,
+        progress: false,
     };
     let r = evaluate(
         &policy,

@@ -65,6 +65,7 @@ fn evaluations(
             ..SamplingConfig::default()
         },
         seed: e.seed,
+        progress: false,
     };
     let mut last: Option<u64> = None;
     let mut last_step: Option<u64> = None;

@@ -25,6 +25,8 @@ pub struct EvalConfig {
     pub batch: usize,
     pub sampling: SamplingConfig,
     pub seed: u64,
+    /// A progress bar over the samples drawn.
+    pub progress: bool,
 }
 
 /// The numbers `qd eval` reports.
@@ -106,10 +108,20 @@ pub fn evaluate(
         .collect();
     let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
     let start = Instant::now();
+    let bar = model::train::progress_bar(cfg.progress, rows.len() as u64, 0);
+    if let Some(b) = &bar {
+        b.set_message("samples");
+    }
     for chunk in rows.chunks(cfg.batch.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|(p, _)| prompts[*p].ids.clone()).collect();
         let seeds: Vec<u64> = chunk.iter().map(|(_, s)| *s).collect();
         tokens.extend(sample(policy, &ids, &seeds, v, &cfg.sampling)?.tokens);
+        if let Some(b) = &bar {
+            b.inc(chunk.len() as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     let seconds = start.elapsed().as_secs_f64();
     let generated: usize = tokens.iter().map(Vec::len).sum();

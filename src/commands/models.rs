@@ -61,6 +61,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         batch: a.batch,
         sampling,
         seed: a.seed,
+        progress: !a.no_progress && !a.json,
     };
     let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
     if a.json {

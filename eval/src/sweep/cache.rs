@@ -204,6 +204,8 @@ impl<'a> Evaluator<'a> {
                     batch: self.cfg.batch,
                     sampling,
                     seed: self.cfg.seed,
+                    // The sweep's own bar counts the points.
+                    progress: false,
                 };
                 let r = evaluate(&policy, self.task, self.embedder, self.judge, &eval)?;
                 self.evaluated += 1;
