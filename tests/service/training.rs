@@ -257,7 +257,20 @@ fn a_killed_learner_resumes_and_actors_reconnect_by_themselves() {
     let addr = f.learner_addr(&mut learner);
     actor.signal(nix::sys::signal::Signal::SIGCONT);
     let mut c = client(&rt, addr);
-    let s = wait_for_step(&rt, &mut c, None, meta.step + 4, &mut learner);
+    let start = Instant::now();
+    let s = loop {
+        let s = status(&rt, &mut c, None);
+        if s.step >= meta.step + 4 {
+            break s;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no training after the restart: {s:?}\n--- learner\n{}\n--- actor\n{}",
+            learner.log(),
+            actor.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(s.actors_connected >= 1);
     assert_eq!(
         s.trajectories_rejected, 0,
