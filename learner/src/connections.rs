@@ -102,7 +102,7 @@ pub fn incoming(
                 }
             };
             let Ok(slot) = open.clone().try_acquire_owned() else {
-                metrics::counter!(m::STREAMS_REFUSED, "reason" => "connection_limit").increment(1);
+                crate::server::refused("connection_limit");
                 tracing::warn!(%peer, max, "refused a connection: limits.max_connections reached");
                 continue;
             };

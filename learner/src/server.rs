@@ -173,8 +173,8 @@ impl Shared {
     }
 }
 
-/// Counts a call refused by a limit or a rule of the stream plane.
-fn refused(reason: &'static str) {
+/// Counts a call or a connection refused by a limit or a rule of the stream plane.
+pub(crate) fn refused(reason: &'static str) {
     debug_assert!(m::STREAM_REFUSALS.contains(&reason), "{reason}");
     metrics::counter!(m::STREAMS_REFUSED, "reason" => reason).increment(1);
 }

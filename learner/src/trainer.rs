@@ -139,16 +139,13 @@ fn checkpoint_dir(run_dir: &Path) -> PathBuf {
 /// folder and its checkpoints: only one learner works in a run folder, so none is live.
 fn remove_stray_temp_files(run_dir: &Path) {
     for dir in [run_dir.to_path_buf(), checkpoint_dir(run_dir)] {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                match std::fs::remove_file(e.path()) {
-                    Ok(()) => {
-                        tracing::info!(path = %e.path().display(), "removed a write a crash interrupted")
-                    }
-                    Err(err) => {
-                        tracing::warn!(path = %e.path().display(), "could not remove a stray temporary file: {err}")
-                    }
+        for (path, _) in model::fsutil::temp_files(&dir) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a write a crash interrupted")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), "could not remove a stray temporary file: {err}")
                 }
             }
         }

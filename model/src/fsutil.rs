@@ -5,6 +5,25 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// How the temporary file of an atomic write ends (`.<name>.<pid>.tmp`).
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The temporary files of atomic writes in `dir` (what a write killed midway leaves),
+/// with the pid of the process that wrote each.
+pub fn temp_files(dir: &Path) -> Vec<(std::path::PathBuf, Option<u32>)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let stem = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
+            let pid = stem.rsplit_once('.').and_then(|(_, p)| p.parse().ok());
+            Some((e.path(), pid))
+        })
+        .collect()
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, then
 /// rename, so a reader sees the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -23,7 +42,7 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().context("no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
     let result = (|| {
         let mut open = std::fs::OpenOptions::new();
         open.write(true).create(true).truncate(true);
@@ -101,6 +120,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), kept);
         retain_steps(&path, |s| s < 1).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "");
+        // Every write went through a temporary file and left none; one a killed write
+        // left is found, with its writer's pid.
+        assert!(super::temp_files(&dir).is_empty());
+        let stray = dir.join(".train.jsonl.4242.tmp");
+        std::fs::write(&stray, b"{").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(super::temp_files(&dir), vec![(stray, Some(4242))]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -79,6 +79,8 @@ pub struct MalformedReport {
     pub refused: usize,
     /// Acknowledged, or ended without a status: each one is a defect.
     pub accepted: usize,
+    /// Distinct ways of breaking a valid batch among those sent (of 16).
+    pub kinds_of_broken_batch: usize,
     /// Refusals by status code.
     pub codes: std::collections::BTreeMap<String, usize>,
     pub steps_per_s_before: f64,
@@ -123,8 +125,7 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -446,12 +447,10 @@ pub fn bench_faults(
 /// Temporary files in the run folder or its checkpoints that no live process (`live`,
 /// the learner's pid) is writing.
 fn temp_files(run_dir: &Path, live: Option<u32>) -> usize {
-    let mine = live.map(|pid| format!(".{pid}.tmp"));
     [run_dir.to_path_buf(), run_dir.join("checkpoints")]
         .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".tmp") && mine.as_ref().is_none_or(|m| !n.ends_with(m.as_str())))
+        .flat_map(|d| model::fsutil::temp_files(d))
+        .filter(|(_, pid)| live.is_none() || *pid != live)
         .count()
 }
 
@@ -673,7 +672,7 @@ async fn malformed(
         (status(addr).await?.step - steps_before) as f64 / before.elapsed().as_secs_f64();
     let start = Instant::now();
     let steps_start = status(addr).await?.step;
-    let mut seen = HashSet::new();
+    let mut kinds = HashSet::new();
     for k in 0..n {
         let outcome = match k % 10 {
             // The same (valid) batch twice on one stream: the second is the bad one.
@@ -702,7 +701,7 @@ async fn malformed(
             2 => push_bytes(addr, id, rng).await,
             _ => {
                 let (what, b) = broken(&good, rng.gen_range(0..16), rng);
-                seen.insert(what);
+                kinds.insert(what);
                 match c
                     .push_trajectories(tagged(tokio_stream::iter(vec![b]), id))
                     .await
@@ -720,6 +719,7 @@ async fn malformed(
             Ok(_) => r.accepted += 1,
         }
     }
+    r.kinds_of_broken_batch = kinds.len();
     r.steps_per_s_during =
         (status(addr).await?.step - steps_start) as f64 / start.elapsed().as_secs_f64();
     Ok(r)
