@@ -78,17 +78,23 @@ demo: install
 	@echo "           samples/corpus/ (held-out tunes of the corpus)"
 	@echo "  models   base $(BASE) with CFG γ = 3; β = 0 student $(STUDENT); merged $(MERGED) (λ = 0.5 toward the base)"
 
-## paper: the β sweep (configs/beta-{0,50,100,200}.toml) trained through the service
-## from one base model, then `qd sweep` over it: the paper's figures and tables in
-## runs/sweep/, copied to docs/figures/. Every step is cached: trained models and finished
-## runs are kept, and the sweep evaluates only the points whose inputs changed.
+## paper: the β sweep (configs/beta-{0,50,100,200}.toml), each β trained through the
+## service with $(words $(SEEDS)) seeds from one base model, then `qd sweep` over every run
+## on $(PAPER_PROMPTS) held-out prompts: the paper's figures and tables in runs/sweep/,
+## copied to docs/figures/. Every step is cached: trained models and finished runs are
+## kept, and the sweep evaluates only the points whose inputs changed.
 BETAS := 0 50 100 200
+SEEDS := 0 1 2
+PAPER_PROMPTS := 200
+PAPER_RUNS := $(foreach b,$(BETAS),$(foreach s,$(SEEDS),runs/rl/beta-$(b)-seed-$(s)))
 paper: setup
 	@$(MAKE) --no-print-directory data/folk/dataset.json
 	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
-	@for b in $(BETAS); do echo "$(QD) run --config configs/beta-$$b.toml"; \
-	  $(QD) run --config configs/beta-$$b.toml || exit 1; done
-	$(QD) sweep --runs $(BETAS:%=runs/rl/beta-%) --out runs/sweep
+	@for b in $(BETAS); do for s in $(SEEDS); do \
+	  run="$(QD) run --config configs/beta-$$b.toml --set paths.run_dir=runs/rl/beta-$$b-seed-$$s \
+	    --set learner.seed=$$s --set actor.seed=$$((100 * s + 1))"; \
+	  echo "$$run"; $$run || exit 1; done; done
+	$(QD) sweep --runs $(PAPER_RUNS) --prompts $(PAPER_PROMPTS) --out runs/sweep
 	@mkdir -p docs/figures
 	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md docs/figures/
 	@echo "figures and tables: docs/figures/summary.md"

@@ -94,14 +94,16 @@ class Step:
         self.uncond = rows(pairs, False, sep, pad)
         self.teacher, self.groups = teacher, groups
         index_of = {a: i for i, a in enumerate(req["allowed"])}
-        seq_of, target, behaviour, adv = [], [], [], []
-        for p in pairs:
+        seq_of, target, behaviour, adv, pair_of = [], [], [], [], []
+        for i, p in enumerate(pairs):
             for s in p["samples"]:
+                pair_of.append(i)
                 seq_of += [len(behaviour)] * len(s["tokens"])
                 target += [index_of[t] for t in s["tokens"]]
                 behaviour.append(sum(float(x) for x in s["logprobs"]))
                 adv.append(p["reward"] - req["baseline"])
         self.seq_of, self.target = torch.tensor(seq_of), torch.tensor(target)
+        self.pair_of = torch.tensor(pair_of)
         self.behaviour = torch.tensor(behaviour, dtype=torch.float32)
         self.adv = torch.tensor(adv, dtype=torch.float32)
         self.n_prompts = len(pairs)
@@ -121,7 +123,10 @@ class Step:
         per_token = ls.gather(1, self.target.unsqueeze(1)).squeeze(1)
         logp_seq = torch.zeros(len(self.behaviour)).index_add(0, self.seq_of, per_token)
         distill = divergence(ls, lt, cfg["divergence"], cfg["jsd_alpha"]).sum() / self.n_prompts
-        weight = (logp_seq.detach() - self.behaviour).exp().clamp_max(cfg["rho_bar"])
+        # The pair's weight, min(ρ̄, ρ₁·ρ₂), on both of its samples.
+        log_ratio = logp_seq.detach() - self.behaviour
+        pair_log_ratio = torch.zeros(self.n_prompts).index_add(0, self.pair_of, log_ratio)
+        weight = pair_log_ratio.exp().clamp_max(cfg["rho_bar"])[self.pair_of]
         pg = -(self.adv * weight * logp_seq).sum() / self.n_prompts
         return distill + cfg["beta"] * pg, distill, pg
 

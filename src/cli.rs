@@ -55,6 +55,14 @@ pub enum Command {
     Sample(SampleArgs),
     /// Quality and diversity of a checkpoint on the held-out test prompts.
     Eval(EvalArgs),
+    /// Side by side: two operating points (a checkpoint and how it is sampled) draw for
+    /// the same held-out prompts with the same seeds; per prompt, which side the judge
+    /// prefers and which side's samples are more diverse, as win rates with 95% intervals.
+    ///
+    /// A and B are `PATH[@key=value,…]`, keys cfg (γ), scope (all, content),
+    /// plausibility, temperature, top_k; e.g. `qd compare runs/merged/m.safetensors
+    /// runs/pretrain/last.safetensors@cfg=3`.
+    Compare(CompareArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -201,7 +209,9 @@ pub struct PretrainArgs {
     pub until: Option<u64>,
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// Training sequences are cut to this many tokens.
+    /// Training sequences are cut to this many tokens, and the model gets this many
+    /// positions (at most the preset's: tiny 320, small 512, base 1100), so that sampling
+    /// never reaches a position pre-training did not train.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
     pub context: u32,
     /// Peak learning rate.
@@ -390,6 +400,42 @@ pub struct EvalArgs {
     pub prompts: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Rows per sampling batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Side A: `PATH[@cfg=γ,scope=all|content,plausibility=p,temperature=T,top_k=k]`.
+    pub a: eval::compare::Side,
+    /// Side B, the same form.
+    pub b: eval::compare::Side,
+    #[arg(long, default_value = "runs/embedder.safetensors")]
+    pub embedder: PathBuf,
+    #[arg(long, default_value = "runs/judge.safetensors")]
+    pub judge: PathBuf,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    /// Held-out test prompts (the first ones of the split).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..))]
+    pub prompts: u32,
+    /// Samples per prompt on each side (a pair, as the reward and the raters saw them).
+    #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub k: u32,
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// Rows per sampling batch.

@@ -41,6 +41,7 @@ fn main() -> Result<()> {
         Command::Judge(JudgeCommand::Train(a)) => train::judge(a),
         Command::Sample(a) => models::sample(a),
         Command::Eval(a) => models::eval(a),
+        Command::Compare(a) => models::compare(a),
         Command::Bench(BenchCommand::Generate(a)) => bench::generate(a),
         Command::Bench(BenchCommand::Service(a)) => bench::service(a),
         Command::Bench(BenchCommand::Learner(a)) => bench::learner(a),

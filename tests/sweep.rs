@@ -29,9 +29,28 @@ fn qd_ok(args: &[&str]) -> String {
 }
 
 /// A "run folder" whose student is the base model plus seeded noise, with training logs.
-/// `beta: Some(b)` records β in the student's metadata, as the learner does; `None`
-/// leaves it to `run-config.toml`, as `qd run` writes it.
+/// `beta: Some(b)` records β, training seed 0 and the default teacher (CFG γ = 3, scope
+/// all) in the student's metadata, as the learner does; `None` leaves them to
+/// `run-config.toml`, as `qd run` writes it.
 fn run_dir(dir: &Path, base: &Path, seed: i64, beta: Option<f64>, config_beta: f64) -> PathBuf {
+    stamped_run(
+        dir,
+        base,
+        seed,
+        beta.map(|b| serde_json::json!({ "beta": b, "seed": 0, "cfg_gamma": 3.0, "cfg_scope": "all", "cfg_plausibility": 0.0 })),
+        &format!("[learner]\nbeta = {config_beta:?}\n"),
+    )
+}
+
+/// A run folder whose student carries `extra` as its metadata (none: `Null`) and whose
+/// `run-config.toml` is `config`.
+fn stamped_run(
+    dir: &Path,
+    base: &Path,
+    seed: i64,
+    extra: Option<serde_json::Value>,
+    config: &str,
+) -> PathBuf {
     let ck = Checkpoint::read(base).unwrap();
     tch::manual_seed(seed);
     let tensors = ck
@@ -39,16 +58,9 @@ fn run_dir(dir: &Path, base: &Path, seed: i64, beta: Option<f64>, config_beta: f
         .map(|(n, t)| (n.to_string(), t + t.randn_like() * 0.05))
         .collect();
     std::fs::create_dir_all(dir).unwrap();
-    let extra = match beta {
-        Some(b) => serde_json::json!({ "beta": b }),
-        None => serde_json::Value::Null,
-    };
+    let extra = extra.unwrap_or(serde_json::Value::Null);
     merge::write(&dir.join("student.safetensors"), &ck, tensors, extra).unwrap();
-    std::fs::write(
-        dir.join("run-config.toml"),
-        format!("[learner]\nbeta = {config_beta:?}\n"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("run-config.toml"), config).unwrap();
     let train: String = (1..=12)
         .map(|s| format!("{{\"step\":{s},\"kl\":{}}}\n", 0.3 - 0.01 * s as f64))
         .collect();
@@ -70,7 +82,8 @@ fn run_dir(dir: &Path, base: &Path, seed: i64, beta: Option<f64>, config_beta: f
 
 type Rows = HashMap<(String, String), Vec<String>>;
 
-/// `sweep.csv` as (family, param) → the remaining fields, and the header.
+/// `sweep.csv` as (family, param) → the remaining fields but the last (the run's seed,
+/// empty outside the `beta` family), and the header.
 fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -85,7 +98,9 @@ fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
     for l in lines {
         let f: Vec<String> = l.split(',').map(str::to_string).collect();
         assert_eq!(f.len(), header.len(), "{l}");
-        rows.insert((f[0].clone(), f[1].clone()), f[2..].to_vec());
+        assert_eq!(header.last().map(String::as_str), Some("seed"));
+        assert_eq!(f.last().unwrap().is_empty(), f[0] != "beta", "{l}");
+        rows.insert((f[0].clone(), f[1].clone()), f[2..f.len() - 1].to_vec());
         n += 1;
     }
     (header, rows, n)
@@ -195,11 +210,17 @@ fn sweep_families_cache_and_figures() {
         "15 points: 9 evaluated, 6 cached",
         "{first}"
     );
-    assert!(first.contains("| family | parameter | quality"), "{first}");
+    assert!(
+        first.contains("| family | parameter | seed | quality"),
+        "{first}"
+    );
     assert!(first.contains("Best CFG point"), "{first}");
     let csv = Path::new(&out).join("sweep.csv");
     let (header, rows, n) = read_csv(&csv);
-    assert_eq!(&header[..4], ["family", "param", "quality", "adherence"]);
+    assert_eq!(
+        &header[..5],
+        ["family", "param", "quality", "quality_lo", "quality_hi"]
+    );
     assert_eq!(n, 15);
     let expected = [
         ("beta", "0"),
@@ -234,25 +255,38 @@ fn sweep_families_cache_and_figures() {
         .unwrap()
     };
     for (end, model) in [
-        ("lerp-0.json", "beta-0.json"),
-        ("lerp-1.json", "beta-50.json"),
-        ("lerp-base-0.json", "beta-0.json"),
+        ("lerp-0.json", "beta-0-seed-0.json"),
+        ("lerp-1.json", "beta-50-seed-0.json"),
+        ("lerp-base-0.json", "beta-0-seed-0.json"),
         ("lerp-base-1.json", "cfg-1.json"),
     ] {
         let (a, b) = (point(end), point(model));
         assert_eq!(a["key"], b["key"], "{end} vs {model}");
         assert_ne!(a["model"], b["model"], "{end} vs {model}");
     }
-    assert_ne!(point("lerp-0.25.json")["key"], point("beta-0.json")["key"]);
+    assert_ne!(
+        point("lerp-0.25.json")["key"],
+        point("beta-0-seed-0.json")["key"]
+    );
+    // The CFG family is sampled as the runs' teacher was.
+    assert_eq!(point("cfg-3.json")["sampling"]["cfg_scope"], "all");
+    assert_eq!(point("cfg-3.json")["sampling"]["cfg_gamma"], 3.0);
     assert_eq!(row("lerp", "0"), row("beta", "0"));
     assert_eq!(row("lerp", "1"), row("beta", "50"));
     assert_eq!(row("lerp-base", "0"), row("beta", "0"));
     assert_eq!(row("lerp-base", "1"), row("cfg", "1"));
     assert_eq!(row("temperature-beta0", "1"), row("beta", "0"));
     assert_ne!(row("lerp", "0.25"), row("beta", "0"));
+    // Every row's mean lies within its 95% interval.
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap() - 2;
     for r in rows.values() {
         let quality: f64 = r[0].parse().unwrap();
         assert!((0.0..=1.0).contains(&quality), "{r:?}");
+        for m in ["quality", "embed_diversity", "edit_diversity"] {
+            let [v, lo, hi] = [m, &format!("{m}_lo"), &format!("{m}_hi")]
+                .map(|c| r[col(c)].parse::<f64>().unwrap());
+            assert!(lo <= v && v <= hi, "{m}: {v} not in [{lo}, {hi}]");
+        }
     }
 
     for name in ["front", "lerp", "training"] {
@@ -277,8 +311,7 @@ fn sweep_families_cache_and_figures() {
     assert_eq!(summary["best_cfg"]["family"], "cfg");
     // Each family's hypervolume is the one of its rows in sweep.csv (the first two
     // columns are the key of `rows`), computed here again.
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (q, d) = (col("quality") - 2, col("embed_diversity") - 2);
+    let (q, d) = (col("quality"), col("embed_diversity"));
     for front in summary["fronts"].as_array().unwrap() {
         let family = front["family"].as_str().unwrap();
         let points: Vec<eval::front::Point> = rows
@@ -423,8 +456,156 @@ fn sweep_with_only_the_beta_zero_run() {
         "--out",
         &p("sweep"),
     ]);
-    assert_eq!(counts(&out), "6 points: 2 evaluated, 4 cached", "{out}");
+    // --cfg 1 and the teacher's γ = 3, which the CFG family always holds.
+    assert_eq!(counts(&out), "7 points: 3 evaluated, 4 cached", "{out}");
     let (_, rows, _) = read_csv(&dir.join("sweep/sweep.csv"));
     assert!(rows.keys().all(|k| k.0 != "lerp" && k.0 != "average"));
     assert!(dir.join("sweep/front.png").exists() && dir.join("sweep/lerp.png").exists());
+}
+
+/// Several seeds per β: one row per run, each β's mean and interval over its runs, the
+/// CFG family drawn as the runs' teacher (here content-scoped, γ = 2, with the
+/// plausibility constraint) with the teacher's γ added to the grid, and the paired
+/// comparisons; runs distilled from different teachers are refused.
+#[test]
+fn sweep_of_repeated_runs_follows_their_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, base) = tiny_models(dir, 2);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let teacher = |beta: f64, seed: u64, scope: &str| {
+        Some(serde_json::json!({
+            "beta": beta, "seed": seed, "cfg_gamma": 2.0, "cfg_scope": scope, "cfg_plausibility": 0.1
+        }))
+    };
+    let mut runs = Vec::new();
+    for (i, (beta, seed)) in [(0.0, 0), (0.0, 1), (50.0, 0), (50.0, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        runs.push(stamped_run(
+            &dir.join(format!("rl/beta-{beta}-seed-{seed}")),
+            &base,
+            10 + i as i64,
+            teacher(beta, seed, "content"),
+            "",
+        ));
+    }
+    let sweep = |runs: &[PathBuf]| {
+        let mut args: Vec<String> = vec!["sweep".into(), "--runs".into()];
+        args.extend(runs.iter().map(|r| r.to_str().unwrap().to_string()));
+        for a in [
+            "--base",
+            base.to_str().unwrap(),
+            "--embedder",
+            &p("emb.safetensors"),
+            "--judge",
+            &p("judge.safetensors"),
+            "--data",
+            data.to_str().unwrap(),
+            "--prompts",
+            "3",
+            "--samples",
+            "2",
+            "--cfg",
+            "1",
+            "--temperatures",
+            "1",
+            "--lambdas",
+            "0,1",
+            "--max-new-tokens",
+            "10",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+            &p("sweep"),
+        ] {
+            args.push(a.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        qd(&args)
+    };
+    let o = sweep(&runs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("3 held-out"), "{out}");
+    assert!(
+        out.contains("CFG γ = 2, scope content, plausibility 0.1"),
+        "{out}"
+    );
+    assert!(out.contains("The β runs, over their seeds"), "{out}");
+    let (_, _, n) = read_csv(&dir.join("sweep/sweep.csv"));
+    // 4 runs, CFG γ ∈ {1, 2} (the teacher's γ added), 2 temperatures, LERP and LERP-base
+    // at λ ∈ {0, 1}, the average.
+    assert_eq!(n, 13, "{out}");
+    let point = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep/points").join(name)).unwrap())
+            .unwrap()
+    };
+    let cfg2 = point("cfg-2.json");
+    assert_eq!(cfg2["sampling"]["cfg_scope"], "content");
+    assert_eq!(cfg2["sampling"]["cfg_plausibility"], 0.1);
+    assert_eq!(
+        point("cfg-1.json")["sampling"]["cfg_gamma"],
+        serde_json::Value::Null
+    );
+    assert_eq!(point("beta-0-seed-1.json")["seed"], 1);
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["teacher"]["scope"], "content");
+    let betas = summary["betas"].as_array().unwrap();
+    assert_eq!(betas.len(), 2);
+    for b in betas {
+        assert_eq!(b["runs"], 2, "{b}");
+        let (m, lo, hi) = (
+            b["embed_diversity"].as_f64().unwrap(),
+            b["embed_diversity_runs"]["lo"].as_f64().unwrap(),
+            b["embed_diversity_runs"]["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= m && m <= hi, "{b}");
+    }
+    let effects: Vec<&str> = summary["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            "teacher (γ = 2) − unguided base",
+            "β = 0 student − teacher",
+            "β = 50 − β = 0"
+        ]
+    );
+    let diffs = summary["front_differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 4, "{diffs:?}");
+    for d in diffs {
+        let e = &d["difference"];
+        let (v, lo, hi) = (
+            e["estimate"].as_f64().unwrap(),
+            e["interval"]["lo"].as_f64().unwrap(),
+            e["interval"]["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= v && v <= hi, "{d}");
+    }
+
+    // A run distilled from another teacher is not compared with these.
+    let other = stamped_run(
+        &dir.join("rl/beta-100"),
+        &base,
+        20,
+        teacher(100.0, 0, "all"),
+        "",
+    );
+    let o = sweep(&[runs[0].clone(), other]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("a sweep compares runs of one teacher") && e.contains("scope all"),
+        "{e}"
+    );
 }

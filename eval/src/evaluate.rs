@@ -3,6 +3,10 @@
 //! edit diversity (normalised Levenshtein between the same pairs, which gaming the
 //! embedder cannot move), the same two across different prompts (the upper bound), and
 //! generation speed. Prompts and seeds are fixed, so numbers from different calls compare.
+//!
+//! Every mean comes with its 95% interval (bootstrap over prompts), and the report keeps
+//! the per-prompt values, so that two reports on the same prompts and seeds can be
+//! compared with a paired interval (`crate::stats::paired_difference`).
 
 use std::time::Instant;
 
@@ -10,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use anyhow::{ensure, Result};
+
+use crate::stats::{mean, mean_interval, Interval};
 use model::sampling::{sample, SamplingConfig};
 use model::task::{pair_diversity, Embedder, Judge, Split, Task};
 use model::transformer::Transformer;
@@ -52,6 +58,49 @@ pub struct EvalReport {
     pub mean_length: f64,
     /// Share of samples that ended with `<eos>` within the token budget.
     pub finished: f64,
+    /// 95% intervals of the means above (bootstrap over prompts).
+    pub intervals: Intervals,
+    /// The per-prompt values the means and intervals are made of.
+    pub per_prompt: PerPrompt,
+}
+
+/// Prompt `i`'s value of each metric: the mean over its samples (quality and its
+/// factors) or over its pairs of samples (diversity). The report's means are their means.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerPrompt {
+    pub quality: Vec<f64>,
+    pub adherence: Vec<f64>,
+    pub validity: Vec<f64>,
+    pub embed_diversity: Vec<f64>,
+    pub edit_diversity: Vec<f64>,
+}
+
+/// 95% intervals of a report's means.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Intervals {
+    pub quality: Interval,
+    pub adherence: Interval,
+    pub validity: Interval,
+    pub embed_diversity: Interval,
+    pub edit_diversity: Interval,
+}
+
+impl PerPrompt {
+    /// The intervals of the means of these values.
+    pub fn intervals(&self) -> Intervals {
+        Intervals {
+            quality: mean_interval(&self.quality),
+            adherence: mean_interval(&self.adherence),
+            validity: mean_interval(&self.validity),
+            embed_diversity: mean_interval(&self.embed_diversity),
+            edit_diversity: mean_interval(&self.edit_diversity),
+        }
+    }
+}
+
+/// The means of consecutive groups of `size` values.
+fn group_means(values: &[f64], size: usize) -> Vec<f64> {
+    values.chunks(size.max(1)).map(mean).collect()
 }
 
 /// Levenshtein distance divided by the longer length (0 for two empty sequences).
@@ -71,14 +120,6 @@ pub fn edit_distance(a: &[u32], b: &[u32]) -> f64 {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()] as f64 / a.len().max(b.len()) as f64
-}
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
 }
 
 /// Evaluates a policy on the task's test prompts.
@@ -171,41 +212,50 @@ pub fn evaluate(
             }
         }
     }
-    let embed_div = |pairs: &[(usize, usize)]| -> Result<f64> {
+    let embed_div = |pairs: &[(usize, usize)]| -> Result<Vec<f64>> {
         if pairs.is_empty() {
-            return Ok(f64::NAN);
+            return Ok(Vec::new());
         }
         let idx = |f: fn(&(usize, usize)) -> usize| {
             Tensor::from_slice(&pairs.iter().map(|p| f(p) as i64).collect::<Vec<_>>())
                 .to_device(z.device())
         };
-        Ok(mean(&pair_diversity(
+        pair_diversity(
             &z.index_select(0, &idx(|p| p.0)),
             &z.index_select(0, &idx(|p| p.1)),
-        )?))
-    };
-    let edit_div = |pairs: &[(usize, usize)]| {
-        mean(
-            &pairs
-                .iter()
-                .map(|&(a, b)| edit_distance(&tunes[a], &tunes[b]))
-                .collect::<Vec<_>>(),
         )
+    };
+    let edit_div = |pairs: &[(usize, usize)]| -> Vec<f64> {
+        pairs
+            .iter()
+            .map(|&(a, b)| edit_distance(&tunes[a], &tunes[b]))
+            .collect()
+    };
+    // Samples and pairs come grouped by prompt: k samples, k(k−1)/2 pairs each.
+    let pairs = k * (k - 1) / 2;
+    let per_prompt = PerPrompt {
+        quality: group_means(&scores.iter().map(|s| s.quality()).collect::<Vec<_>>(), k),
+        adherence: group_means(&scores.iter().map(|s| s.adherence).collect::<Vec<_>>(), k),
+        validity: group_means(&scores.iter().map(|s| s.validity).collect::<Vec<_>>(), k),
+        embed_diversity: group_means(&embed_div(&within)?, pairs),
+        edit_diversity: group_means(&edit_div(&within), pairs),
     };
     Ok(EvalReport {
         prompts: n,
         samples: tunes.len(),
-        quality: mean(&scores.iter().map(|s| s.quality()).collect::<Vec<_>>()),
-        adherence: mean(&scores.iter().map(|s| s.adherence).collect::<Vec<_>>()),
-        validity: mean(&scores.iter().map(|s| s.validity).collect::<Vec<_>>()),
+        quality: mean(&per_prompt.quality),
+        adherence: mean(&per_prompt.adherence),
+        validity: mean(&per_prompt.validity),
         quality_of_real_tunes,
-        embed_diversity: embed_div(&within)?,
-        edit_diversity: edit_div(&within),
-        embed_diversity_across: embed_div(&across)?,
-        edit_diversity_across: edit_div(&across),
+        embed_diversity: mean(&per_prompt.embed_diversity),
+        edit_diversity: mean(&per_prompt.edit_diversity),
+        embed_diversity_across: mean(&embed_div(&across)?),
+        edit_diversity_across: mean(&edit_div(&across)),
         tokens_per_s: generated as f64 / seconds.max(1e-9),
         mean_length: generated as f64 / tokens.len().max(1) as f64,
         finished,
+        intervals: per_prompt.intervals(),
+        per_prompt,
     })
 }
 
@@ -213,22 +263,27 @@ impl EvalReport {
     /// The report as a table.
     pub fn table(&self) -> String {
         format!(
-            "prompts {} × {} samples\n\
-             quality                 {:.4}   (real held-out tunes {:.4})\n\
-             = adherence × validity  {:.4} × {:.4} (means)\n\
-             embedding diversity     {:.4}   (across prompts {:.4})\n\
-             edit diversity          {:.4}   (across prompts {:.4})\n\
+            "prompts {} × {} samples (95% intervals: bootstrap over prompts)\n\
+             quality                 {:.4} {}   (real held-out tunes {:.4})\n\
+             = adherence × validity  {:.4} {} × {:.4} {} (means)\n\
+             embedding diversity     {:.4} {}   (across prompts {:.4})\n\
+             edit diversity          {:.4} {}   (across prompts {:.4})\n\
              mean length             {:.1} tokens, {:.1}% ended with <eos>\n\
              generation              {:.0} tokens/s\n",
             self.prompts,
             self.samples / self.prompts.max(1),
             self.quality,
+            self.intervals.quality.text(4),
             self.quality_of_real_tunes,
             self.adherence,
+            self.intervals.adherence.text(3),
             self.validity,
+            self.intervals.validity.text(3),
             self.embed_diversity,
+            self.intervals.embed_diversity.text(4),
             self.embed_diversity_across,
             self.edit_diversity,
+            self.intervals.edit_diversity.text(4),
             self.edit_diversity_across,
             self.mean_length,
             100.0 * self.finished,

@@ -4,11 +4,15 @@
 //! - [`evaluate`]: quality and diversity of a policy on held-out prompts (`qd eval`, the
 //!   evaluator role);
 //! - [`front`]: quality–diversity fronts and their hypervolume;
+//! - [`compare`]: `qd compare A B`, two operating points side by side, per prompt;
+//! - [`stats`]: 95% intervals (bootstrap over prompts, paired; t over runs);
 //! - [`sweep`]: `qd sweep`, every family of operating points on shared prompts and seeds,
 //!   cached, with tables and figures;
 //! - [`bench`]: generation throughput with and without CFG, against PyTorch.
 
 pub mod bench;
+pub mod compare;
 pub mod evaluate;
 pub mod front;
+pub mod stats;
 pub mod sweep;

@@ -16,7 +16,7 @@ use crate::caption::caption;
 use crate::dataset::{Dataset, Split};
 use model::batch::{lm_batch, lm_loss};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
-use model::config::Preset;
+use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
 use model::train::{progress_bar, Schedule};
 use model::transformer::Transformer;
@@ -33,7 +33,8 @@ pub struct PretrainConfig {
     /// Stop after this step for now (a later run with the same settings continues).
     pub until: Option<u64>,
     pub batch_size: usize,
-    /// Training sequences are cut to this many tokens (prompt, `<sep>`, tune, `<eos>`).
+    /// Training sequences are cut to this many tokens (prompt, `<sep>`, tune, `<eos>`),
+    /// and the model has this many positions (at most the preset's).
     pub context: usize,
     pub lr: f64,
     pub warmup: u64,
@@ -57,6 +58,15 @@ pub struct PretrainReport {
     /// Loss on the validation split at the last evaluation (NaN without validation tunes).
     pub val_loss: f64,
     pub seconds: f64,
+}
+
+/// The preset's architecture with exactly `context` learned positions (at most the
+/// preset's): every position a sampler or the learner can reach was trained, so nothing
+/// is ever generated from an untrained position embedding.
+pub fn model_config(preset: Preset, vocab_size: usize, context: usize) -> ModelConfig {
+    let mut c = preset.config(vocab_size);
+    c.max_len = c.max_len.min(context as i64);
+    c
 }
 
 /// The mean validation loss over the whole validation split (captions as stored).
@@ -86,7 +96,7 @@ fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device
 pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let ds = Dataset::load(&cfg.data)?;
     let train = ds.train_records(&cfg.data)?;
-    let model_cfg = cfg.preset.config(ds.vocab.len());
+    let model_cfg = model_config(cfg.preset, ds.vocab.len(), cfg.context);
     model_cfg.validate().map_err(anyhow::Error::msg)?;
     let vocab_hash = ds.vocab.hash();
     tch::manual_seed(cfg.seed as i64);
@@ -122,7 +132,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         steps: cfg.steps,
     };
     let start = Instant::now();
-    let max_len = cfg.context.min(model_cfg.max_len as usize) - 1;
+    let max_len = model_cfg.max_len as usize - 1;
     let vocabulary = crate::task::vocabulary(&ds.vocab);
     let mut tokens_seen = 0usize;
     let mut val = f64::NAN;

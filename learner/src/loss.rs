@@ -3,9 +3,11 @@
 //! * `L_distill`: per generated token, the divergence between the student `π_θ(·|x,y<t)`
 //!   and the frozen teacher with CFG, `softmax(ℓ(·|∅) + γ·(ℓ(·|x) − ℓ(·|∅)))`, over the
 //!   ids a sample may hold; summed over tokens, averaged over prompts.
-//! * `L_pg`: REINFORCE on the pair's diversity reward, `−(r − b)·Σ_s w_s·log π_θ(y_s|x)`
-//!   with the truncated importance weight `w_s = min(ρ̄, π_θ(y_s)/μ(y_s))` (detached)
-//!   correcting for the behaviour policy `μ` that sampled it; averaged over prompts.
+//! * `L_pg`: REINFORCE on the pair's diversity reward, `−(r − b)·w·Σ_s log π_θ(y_s|x)`
+//!   with the pair's truncated importance weight `w = min(ρ̄, Π_s π_θ(y_s)/μ(y_s))`
+//!   (detached) correcting for the behaviour policy `μ` that sampled it: the reward is a
+//!   function of the whole pair, so the pair's joint ratio weighs both of its terms;
+//!   averaged over prompts.
 
 use tch::{Device, Kind, Tensor};
 
@@ -64,7 +66,7 @@ pub struct LossStats {
     pub reward_mean: f64,
     pub reward_std: f64,
     pub baseline: f64,
-    /// Share of samples whose importance ratio exceeded `ρ̄` (by more than 0.1%).
+    /// Share of pairs whose importance ratio exceeded `ρ̄` (by more than 0.1%).
     pub clip_fraction: f64,
     pub tokens: usize,
 }
@@ -269,15 +271,24 @@ pub fn loss(
     let d = divergence(&ls, &lt, cfg.divergence, cfg.jsd_alpha);
     let distill = d.sum(Kind::Float) / n_prompts;
 
-    // The truncated importance weights.
+    // The pairs' truncated importance weights: each pair's ratio is the product of its
+    // samples' ratios, and both samples take it.
     let log_ratio = logp_seq.detach()
         - Tensor::from_slice(&behaviour)
             .to_kind(Kind::Float)
             .to(device);
-    let ratio = log_ratio.exp();
-    let weight = ratio.clamp_max(cfg.rho_bar);
+    let pair_of: Vec<i64> = pairs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| std::iter::repeat_n(i as i64, p.samples.len()))
+        .collect();
+    let pair_of = Tensor::from_slice(&pair_of).to(device);
+    let pair_ratio = Tensor::zeros([pairs.len() as i64], (Kind::Float, device))
+        .index_add(0, &pair_of, &log_ratio)
+        .exp();
+    let weight = pair_ratio.clamp_max(cfg.rho_bar).index_select(0, &pair_of);
     let clip_fraction = f64::try_from(
-        ratio
+        pair_ratio
             .gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE))
             .to_kind(Kind::Float)
             .mean(Kind::Float),

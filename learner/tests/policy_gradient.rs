@@ -4,8 +4,9 @@
 //!
 //! * `L_pg = −(1/P)·Σ_pairs Σ_samples w_s·(r_pair − b)·log π_θ(y_s|x)`, `log π_θ(y|x)` the
 //!   sum of the generated tokens' log-probabilities over the generatable ids, `P` the
-//!   number of prompts, `w_s = min(ρ̄, π_θ(y_s)/μ(y_s))` with `μ(y_s)` the product of the
-//!   recorded behaviour probabilities; `clip_fraction` is the share of samples whose ratio
+//!   number of prompts, `w_s` the pair's weight `min(ρ̄, Π_pair π_θ(y)/μ(y))` (the same for
+//!   both samples of a pair: the reward is the pair's) with `μ(y)` the product of the
+//!   recorded behaviour probabilities; `clip_fraction` is the share of pairs whose ratio
 //!   exceeds `ρ̄` (beyond a 0.1% float tolerance);
 //! * the gradient of `β·L_pg` is the gradient of that expression with `w` held constant
 //!   (detached), so `β = k` and `β = 0` differ by exactly `k·L_pg` in the loss and by
@@ -143,9 +144,12 @@ fn advantages() -> Vec<f64> {
         .collect()
 }
 
-/// The truncated importance weights `min(ρ̄, exp(log ratio))`.
+/// The truncated importance weight of each sample: its pair's `min(ρ̄, ρ₁·ρ₂)`.
 fn weights(rho_bar: f64) -> Vec<f64> {
-    LOG_RATIOS.iter().map(|l| l.exp().min(rho_bar)).collect()
+    LOG_RATIOS
+        .chunks(2)
+        .flat_map(|pair| [(pair[0] + pair[1]).exp().min(rho_bar); 2])
+        .collect()
 }
 
 /// `L_pg` by hand from the samples' log-probabilities.
@@ -187,9 +191,21 @@ fn the_pg_term_and_clip_fraction_follow_the_truncated_importance_weights() {
         expected_pg(&logp, 100.0),
         1e-2
     ));
-    // Ratios 2, 0.5, 1, 4, 0.25, 2: ρ̄ = 1 clips three (the ratio of exactly 1 is not
-    // clipped), ρ̄ = 3 one, ρ̄ = 10 none.
-    for (rho_bar, clipped) in [(1.0, 3.0), (3.0, 1.0), (10.0, 0.0)] {
+    // Sample ratios 2, 0.5 | 1, 4 | 0.25, 2: pair ratios 1, 4, 0.5. ρ̄ = 1 clips one pair
+    // (the ratio of exactly 1 is not clipped), ρ̄ = 3 one, ρ̄ = 10 none. Per-sample
+    // weights would give another L_pg at every ρ̄ (the first pair: 2 and 0.5, not 1 and 1).
+    assert!(!close(
+        expected_pg(&logp, 10.0),
+        -LOG_RATIOS
+            .iter()
+            .zip(advantages())
+            .zip(&logp)
+            .map(|((r, a), l)| r.exp() * a * l)
+            .sum::<f64>()
+            / PROMPTS.len() as f64,
+        1e-2
+    ));
+    for (rho_bar, clipped) in [(1.0, 1.0), (3.0, 1.0), (10.0, 0.0)] {
         let l = loss(
             &student,
             &teacher,
@@ -206,8 +222,8 @@ fn the_pg_term_and_clip_fraction_follow_the_truncated_importance_weights() {
             l.stats.pg
         );
         assert!(
-            (l.stats.clip_fraction - clipped / 6.0).abs() < 1e-6,
-            "ρ̄ = {rho_bar}: clip fraction {} vs {clipped}/6",
+            (l.stats.clip_fraction - clipped / 3.0).abs() < 1e-6,
+            "ρ̄ = {rho_bar}: clip fraction {} vs {clipped}/3",
             l.stats.clip_fraction
         );
         assert_eq!(l.stats.baseline, BASELINE);

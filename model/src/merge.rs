@@ -65,8 +65,8 @@ pub fn lerp(a: &Checkpoint, b: &Checkpoint, lambda: f64) -> Result<Vec<(String, 
 }
 
 /// The uniform average, as a running mean (so N identical inputs give that input exactly).
-pub fn average(cks: &[Checkpoint]) -> Result<Vec<(String, Tensor)>> {
-    let Some(first) = cks.first() else {
+pub fn average<C: std::borrow::Borrow<Checkpoint>>(cks: &[C]) -> Result<Vec<(String, Tensor)>> {
+    let Some(first) = cks.first().map(C::borrow) else {
         bail!("nothing to average");
     };
     let mut mean: Vec<(String, Tensor)> = first
@@ -74,7 +74,7 @@ pub fn average(cks: &[Checkpoint]) -> Result<Vec<(String, Tensor)>> {
         .map(|(n, t)| (n.to_string(), t.copy()))
         .collect();
     for (k, ck) in cks.iter().enumerate().skip(1) {
-        let other: std::collections::HashMap<&str, &Tensor> = ck.tensors().collect();
+        let other: std::collections::HashMap<&str, &Tensor> = ck.borrow().tensors().collect();
         for (name, m) in &mut mean {
             let t = other
                 .get(name.as_str())

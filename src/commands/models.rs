@@ -1,5 +1,5 @@
-//! `qd sample`, `qd eval`, `qd merge` and `qd export`: using, combining and shipping
-//! policy checkpoints.
+//! `qd sample`, `qd eval`, `qd compare`, `qd merge` and `qd export`: using, comparing,
+//! combining and shipping policy checkpoints.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use model::checkpoint::load_policy;
 use model::task::Task;
 
 use super::create_parent;
-use crate::cli::{EvalArgs, MergeArgs, ModelExportArgs, SampleArgs};
+use crate::cli::{CompareArgs, EvalArgs, MergeArgs, ModelExportArgs, SampleArgs};
 
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -68,6 +68,45 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn compare(a: CompareArgs) -> Result<()> {
+    let device = a.compute.apply()?;
+    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let embedder = task.embedder(device)?;
+    let judge = task.judge(device)?;
+    let mut reports = Vec::new();
+    for (name, side) in [("A", &a.a), ("B", &a.b)] {
+        let (_p, policy, _ck) = load_policy(&side.checkpoint, &task.vocab_hash(), device)
+            .with_context(|| format!("side {name}"))?;
+        let cfg = EvalConfig {
+            k: a.k as usize,
+            prompts: Some(a.prompts as usize),
+            batch: a.batch,
+            sampling: side.sampling(a.max_new_tokens),
+            seed: a.seed,
+            progress: !a.no_progress && !a.json,
+        };
+        if !a.json {
+            eprintln!("{name}: {side}");
+        }
+        reports.push(evaluate(
+            &policy,
+            &task,
+            embedder.as_ref(),
+            judge.as_ref(),
+            &cfg,
+        )?);
+    }
+    let rb = reports.pop().context("side B was not evaluated")?;
+    let ra = reports.pop().context("side A was not evaluated")?;
+    let c = eval::compare::Comparison::new(a.a, a.b, ra, rb)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&c)?);
+    } else {
+        print!("{}", c.table());
     }
     Ok(())
 }

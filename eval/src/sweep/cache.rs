@@ -24,18 +24,22 @@ use model::transformer::Transformer;
 
 use crate::evaluate::{evaluate, EvalConfig, EvalReport};
 
-use super::{Family, Row, SweepConfig};
+use super::{Family, Point, Row, SweepConfig};
 
 /// Bumped when what a cached report means changes.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// A cached point (`out/points/<family>-<param>.json`).
 #[derive(Debug, Serialize, Deserialize)]
 struct PointFile {
     family: Family,
     param: f64,
+    #[serde(default)]
+    seed: Option<u64>,
     key: String,
     model: String,
+    /// How the policy was sampled.
+    sampling: serde_json::Value,
     report: EvalReport,
 }
 
@@ -43,7 +47,7 @@ struct PointFile {
 pub(super) enum Weights<'a> {
     Checkpoint(&'a Checkpoint),
     Lerp(&'a Checkpoint, &'a Checkpoint, f64),
-    Average(&'a [Checkpoint]),
+    Average(Vec<&'a Checkpoint>),
 }
 
 impl Weights<'_> {
@@ -94,19 +98,24 @@ pub fn weights_fingerprint(config: &ModelConfig, tensors: &[(String, Tensor)]) -
     Ok(hex(h.finalize()))
 }
 
-/// The key of one point: its evaluation context, weights and sampling.
-fn point_key(context: &str, weights: &str, s: &SamplingConfig) -> String {
-    let sampling = serde_json::json!({
+/// The sampling settings as the cache records and keys them.
+fn sampling_json(s: &SamplingConfig) -> serde_json::Value {
+    serde_json::json!({
         "temperature": s.temperature,
         "top_k": s.top_k,
         "cfg_gamma": s.cfg_gamma,
         "cfg_plausibility": s.cfg_plausibility,
+        "cfg_scope": s.cfg_scope,
         "max_new_tokens": s.max_new_tokens,
-    });
+    })
+}
+
+/// The key of one point: its evaluation context, weights and sampling.
+fn point_key(context: &str, weights: &str, s: &SamplingConfig) -> String {
     let mut h = Sha256::new();
     h.update(context.as_bytes());
     h.update(weights.as_bytes());
-    h.update(sampling.to_string().as_bytes());
+    h.update(sampling_json(s).to_string().as_bytes());
     hex(h.finalize())
 }
 
@@ -171,13 +180,20 @@ impl<'a> Evaluator<'a> {
     /// Evaluates one point, or takes its report from the cache.
     pub(super) fn point(
         &mut self,
-        family: Family,
-        param: f64,
+        point: Point,
         model: String,
         weights: Weights<'_>,
         sampling: SamplingConfig,
     ) -> Result<()> {
-        let label = format!("{} {}", family.name(), family.param_text(param));
+        let Point {
+            family,
+            param,
+            seed,
+        } = point;
+        let mut label = format!("{} {}", family.name(), family.param_text(param));
+        if let Some(s) = seed {
+            label.push_str(&format!(" seed {s}"));
+        }
         if let Some(b) = &self.bar {
             b.set_message(label.clone());
         }
@@ -202,7 +218,7 @@ impl<'a> Evaluator<'a> {
                     k: self.cfg.samples,
                     prompts: Some(self.cfg.prompts),
                     batch: self.cfg.batch,
-                    sampling,
+                    sampling: sampling.clone(),
                     seed: self.cfg.seed,
                     // The sweep's own bar counts the points.
                     progress: false,
@@ -223,21 +239,20 @@ impl<'a> Evaluator<'a> {
         let file = PointFile {
             family,
             param,
+            seed,
             key,
             model,
+            sampling: sampling_json(&sampling),
             report: report.clone(),
         };
         write_atomic(
-            &self
-                .cfg
-                .out
-                .join("points")
-                .join(format!("{}-{param}.json", family.name())),
+            &self.cfg.out.join("points").join(point.file_name()),
             serde_json::to_string_pretty(&file)?.as_bytes(),
         )?;
         self.rows.push(Row {
             family,
             param,
+            seed,
             report,
         });
         if let Some(b) = &self.bar {
@@ -325,5 +340,10 @@ mod tests {
         assert_eq!(point_key("c", &fa, &s), point_key("c", &fa, &s));
         assert_ne!(point_key("c", &fa, &s), point_key("c", &fa, &g));
         assert_ne!(point_key("c", &fa, &s), point_key("d", &fa, &s));
+        let content = SamplingConfig {
+            cfg_scope: model::sampling::CfgScope::Content,
+            ..g.clone()
+        };
+        assert_ne!(point_key("c", &fa, &g), point_key("c", &fa, &content));
     }
 }

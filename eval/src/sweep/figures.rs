@@ -43,7 +43,12 @@ fn training_panels(runs: &[RunInfo]) -> Option<Vec<plot::Panel>> {
     let mut diversity = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let color = plot::color(i);
-        let label = format!("β = {}", run.beta);
+        let repeated = runs.iter().filter(|r| r.beta == run.beta).count() > 1;
+        let label = if repeated {
+            format!("β = {} seed {}", run.beta, run.seed)
+        } else {
+            format!("β = {}", run.beta)
+        };
         let get = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
         let mut k: Vec<(f64, f64)> = json_lines(&run.dir.join("train.jsonl"))
             .iter()
@@ -94,8 +99,8 @@ fn training_panels(runs: &[RunInfo]) -> Option<Vec<plot::Panel>> {
     ])
 }
 
-/// A family as a line through its points in parameter order; `ends`: its first and last
-/// points are labelled with their parameter.
+/// A family as a line through its points in parameter order (the runs of one β: their
+/// mean); `ends`: its first and last points are labelled with their parameter.
 fn family_series(
     rows: &[Row],
     f: Family,
@@ -103,15 +108,20 @@ fn family_series(
     x: fn(&Row) -> f64,
     ends: bool,
 ) -> Option<plot::Series> {
-    let mut pts: Vec<&Row> = rows.iter().filter(|r| r.family == f).collect();
-    pts.sort_by(|a, b| a.param.total_cmp(&b.param));
+    let mut rows: Vec<&Row> = rows.iter().filter(|r| r.family == f).collect();
+    rows.sort_by(|a, b| a.param.total_cmp(&b.param));
+    let mut pts: Vec<(f64, (f64, f64))> = Vec::new();
+    for group in rows.chunk_by(|a, b| a.param == b.param) {
+        let n = group.len() as f64;
+        let mean = |g: &dyn Fn(&Row) -> f64| group.iter().map(|r| g(r)).sum::<f64>() / n;
+        pts.push((group[0].param, (mean(&x), mean(&|r| y(&r.report)))));
+    }
     let color = plot::color(Family::ALL.iter().position(|g| *g == f).unwrap_or(0));
-    let at = |r: &Row| (x(r), y(&r.report));
     let mut line =
-        plot::Series::line(f.describe(), color, pts.iter().map(|r| at(r)).collect()).markers();
+        plot::Series::line(f.describe(), color, pts.iter().map(|p| p.1).collect()).markers();
     if ends && pts.len() > 1 {
-        for r in [pts[0], pts[pts.len() - 1]] {
-            line = line.note(at(r), f.param_text(r.param));
+        for (param, at) in [pts[0], pts[pts.len() - 1]] {
+            line = line.note(at, f.param_text(param));
         }
     }
     (!pts.is_empty()).then_some(line)

@@ -38,11 +38,10 @@ use tch::Device;
 use common::settings::Settings;
 use model::checkpoint::{Checkpoint, ModelKind};
 use model::fsutil::write_atomic;
-use model::sampling::SamplingConfig;
+use model::sampling::{CfgScope, SamplingConfig};
 use model::task::{Split, Task};
 
 use crate::evaluate::EvalReport;
-use crate::front::Point;
 
 use cache::{Evaluator, Weights};
 use figures::write_plots;
@@ -138,24 +137,63 @@ impl Family {
 pub struct Row {
     pub family: Family,
     pub param: f64,
+    /// The training seed of a `beta` row's run (several runs may share a β).
+    pub seed: Option<u64>,
     pub report: EvalReport,
 }
 
 impl Row {
     /// The point on the (quality, embedding diversity) plane.
-    pub fn point(&self) -> Point {
-        Point {
+    pub fn point(&self) -> crate::front::Point {
+        crate::front::Point {
             quality: self.report.quality,
             diversity: self.report.embed_diversity,
         }
     }
 }
 
-/// One β run of the sweep.
+/// One run of the β sweep.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunInfo {
     pub dir: PathBuf,
     pub beta: f64,
+    /// The learner's seed (runs of one β differ by it).
+    pub seed: u64,
+    pub teacher: Teacher,
+}
+
+/// The CFG teacher a run was distilled from (the learner stamps it on the student).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Teacher {
+    pub gamma: f64,
+    pub scope: CfgScope,
+    /// The plausibility constraint (0: none).
+    pub plausibility: f64,
+}
+
+impl Teacher {
+    /// How the base model is sampled as this teacher at strength `gamma` (γ = 1: no
+    /// guidance, plain conditional sampling).
+    pub fn sampling(&self, gamma: f64, max_new_tokens: usize) -> SamplingConfig {
+        SamplingConfig {
+            cfg_gamma: (gamma != 1.0).then_some(gamma),
+            cfg_plausibility: (gamma != 1.0 && self.plausibility > 0.0)
+                .then_some(self.plausibility),
+            cfg_scope: self.scope,
+            max_new_tokens,
+            ..SamplingConfig::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CFG γ = {}, scope {}", self.gamma, self.scope)?;
+        if self.plausibility > 0.0 {
+            write!(f, ", plausibility {}", self.plausibility)?;
+        }
+        Ok(())
+    }
 }
 
 /// Sorts and de-duplicates a grid after checking every value.
@@ -178,23 +216,42 @@ pub fn default_lambdas(fine: bool) -> Vec<f64> {
     (0..=n).map(|i| f64::from(i) / f64::from(n)).collect()
 }
 
-/// β of a run: the learner records it in the student's metadata; `qd run` also leaves
-/// its effective settings in `run-config.toml`.
-fn run_beta(dir: &Path, ck: &Checkpoint) -> Result<f64> {
-    if let Some(b) = ck
-        .meta
-        .extra
-        .get("beta")
-        .and_then(serde_json::Value::as_f64)
-    {
-        return Ok(b);
+/// β, seed and teacher of a run: the learner records them in the student's metadata;
+/// `qd run` also leaves its effective settings in `run-config.toml` (older students).
+fn run_info(dir: &Path, ck: &Checkpoint) -> Result<RunInfo> {
+    let extra = &ck.meta.extra;
+    let num = |k: &str| extra.get(k).and_then(serde_json::Value::as_f64);
+    let stamped = (|| {
+        Some(RunInfo {
+            dir: dir.to_path_buf(),
+            beta: num("beta")?,
+            seed: extra.get("seed")?.as_u64()?,
+            teacher: Teacher {
+                gamma: num("cfg_gamma")?,
+                scope: serde_json::from_value(extra.get("cfg_scope")?.clone()).ok()?,
+                plausibility: num("cfg_plausibility")?,
+            },
+        })
+    })();
+    if let Some(run) = stamped {
+        return Ok(run);
     }
     let config = dir.join("run-config.toml");
     if config.exists() {
-        return Ok(Settings::load_from(Some(&config), &[], &[])?.learner.beta);
+        let l = Settings::load_from(Some(&config), &[], &[])?.learner;
+        return Ok(RunInfo {
+            dir: dir.to_path_buf(),
+            beta: l.beta,
+            seed: l.seed,
+            teacher: Teacher {
+                gamma: l.cfg_gamma,
+                scope: l.cfg_scope,
+                plausibility: l.cfg_plausibility,
+            },
+        });
     }
     bail!(
-        "{} does not say its β: its student has no `beta` in its metadata and there is no run-config.toml",
+        "{} does not say its β and teacher: its student's metadata lacks them and there is no run-config.toml",
         dir.display()
     )
 }
@@ -229,29 +286,37 @@ fn read_runs(
                     cfg.base.display()
                 )
             })?;
-        let beta = run_beta(dir, &ck)?;
+        let run = run_info(dir, &ck)?;
+        let beta = run.beta;
         if !beta.is_finite() || beta < 0.0 {
             bail!("{}: β = {beta} is not a non-negative number", dir.display());
         }
         if let Some((other, _)) = runs
             .iter()
-            .find(|(r, _): &&(RunInfo, Checkpoint)| r.beta == beta)
+            .find(|(r, _): &&(RunInfo, Checkpoint)| r.beta == beta && r.seed == run.seed)
         {
             bail!(
-                "{} and {} both have β = {beta}: give one run per β",
+                "{} and {} both have β = {beta} and seed {}: repeated runs of a β need different seeds",
                 other.dir.display(),
-                dir.display()
+                dir.display(),
+                run.seed
             );
         }
-        runs.push((
-            RunInfo {
-                dir: dir.clone(),
-                beta,
-            },
-            ck,
-        ));
+        if let Some((other, _)) = runs
+            .iter()
+            .find(|(r, _): &&(RunInfo, Checkpoint)| r.teacher != run.teacher)
+        {
+            bail!(
+                "{} was distilled from {} but {} from {}: a sweep compares runs of one teacher",
+                other.dir.display(),
+                other.teacher,
+                dir.display(),
+                run.teacher
+            );
+        }
+        runs.push((run, ck));
     }
-    runs.sort_by(|a, b| a.0.beta.total_cmp(&b.0.beta));
+    runs.sort_by(|a, b| a.0.beta.total_cmp(&b.0.beta).then(a.0.seed.cmp(&b.0.seed)));
     if runs.first().is_none_or(|(r, _)| r.beta != 0.0) {
         bail!(
             "no run with β = 0 among --runs ({}): the LERP families start from the pure distillation model",
@@ -267,7 +332,7 @@ fn read_runs(
 
 /// Runs the sweep and writes its outputs into `cfg.out`.
 pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
-    let gammas = grid(
+    let mut gammas = grid(
         "--cfg",
         &cfg.gammas,
         |g| g.is_finite() && g >= 0.0,
@@ -300,12 +365,25 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     let base = Checkpoint::read_for(&cfg.base, ModelKind::Policy, &task.vocab_hash())
         .with_context(|| format!("reading the base model {}", cfg.base.display()))?;
     let (runs, students) = read_runs(cfg, task, &base)?;
+    // The CFG family is drawn as the runs' teacher was, and always holds the teacher and
+    // the unguided base (γ = 1).
+    let teacher = runs[0].teacher;
+    for g in [1.0, teacher.gamma] {
+        if !gammas.contains(&g) {
+            gammas.push(g);
+        }
+    }
+    gammas.sort_by(f64::total_cmp);
     let embedder = task.embedder(cfg.device)?;
     let judge = task.judge(cfg.device)?;
     std::fs::create_dir_all(cfg.out.join("points"))
         .with_context(|| format!("creating {}", cfg.out.join("points").display()))?;
 
-    let has_diverse = runs.len() > 1;
+    // Each β's first run (lowest seed) stands for it in the merged families.
+    let first_of_beta: Vec<usize> = (0..runs.len())
+        .filter(|&i| i == 0 || runs[i - 1].beta != runs[i].beta)
+        .collect();
+    let has_diverse = first_of_beta.len() > 1;
     let total = runs.len()
         + gammas.len()
         + 2 * temperatures.len()
@@ -322,37 +400,40 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
 
     for (run, ck) in runs.iter().zip(&students) {
         ev.point(
-            Family::Beta,
-            run.beta,
+            Point::run(run.beta, run.seed),
             student_name(run),
             Weights::Checkpoint(ck),
             plain(1.0),
         )?;
     }
-    // The diverse end: the most diverse β > 0 student (ties: the larger β).
-    let most_diverse = (1..runs.len()).max_by(|&a, &b| {
-        let d = |i: usize| ev.rows()[i].report.embed_diversity;
-        d(a).total_cmp(&d(b))
+    // The diverse end: the β > 0 whose runs have the highest mean embedding diversity
+    // (ties: the larger β), by its first run.
+    let mean_diversity = |beta: f64| {
+        let d: Vec<f64> = ev
+            .rows()
+            .iter()
+            .filter(|r| r.family == Family::Beta && r.param == beta)
+            .map(|r| r.report.embed_diversity)
+            .collect();
+        d.iter().sum::<f64>() / d.len().max(1) as f64
+    };
+    let most_diverse = first_of_beta[1..].iter().copied().max_by(|&a, &b| {
+        mean_diversity(runs[a].beta)
+            .total_cmp(&mean_diversity(runs[b].beta))
             .then(runs[a].beta.total_cmp(&runs[b].beta))
     });
     let (zero, zero_ck) = (&runs[0], &students[0]);
     for &g in &gammas {
-        let sampling = SamplingConfig {
-            cfg_gamma: (g != 1.0).then_some(g),
-            ..plain(1.0)
-        };
         ev.point(
-            Family::Cfg,
-            g,
+            Point::of(Family::Cfg, g),
             base_name.clone(),
             Weights::Checkpoint(&base),
-            sampling,
+            teacher.sampling(g, cfg.max_new_tokens),
         )?;
     }
     for &t in &temperatures {
         ev.point(
-            Family::TemperatureBase,
-            t,
+            Point::of(Family::TemperatureBase, t),
             base_name.clone(),
             Weights::Checkpoint(&base),
             plain(t),
@@ -360,8 +441,7 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     }
     for &t in &temperatures {
         ev.point(
-            Family::TemperatureBeta0,
-            t,
+            Point::of(Family::TemperatureBeta0, t),
             student_name(zero),
             Weights::Checkpoint(zero_ck),
             plain(t),
@@ -376,8 +456,7 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
                 student_name(diverse)
             );
             ev.point(
-                Family::Lerp,
-                l,
+                Point::of(Family::Lerp, l),
                 model,
                 Weights::Lerp(zero_ck, diverse_ck, l),
                 plain(1.0),
@@ -387,23 +466,26 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     for &l in &lambdas {
         let model = format!("lerp {} → {base_name}, λ = {l}", student_name(zero));
         ev.point(
-            Family::LerpBase,
-            l,
+            Point::of(Family::LerpBase, l),
             model,
             Weights::Lerp(zero_ck, &base, l),
             plain(1.0),
         )?;
     }
     if has_diverse {
+        let firsts: Vec<&Checkpoint> = first_of_beta.iter().map(|&i| &students[i]).collect();
         let model = format!(
             "average of {}",
-            runs.iter().map(student_name).collect::<Vec<_>>().join(", ")
+            first_of_beta
+                .iter()
+                .map(|&i| student_name(&runs[i]))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         ev.point(
-            Family::Average,
-            runs.len() as f64,
+            Point::of(Family::Average, first_of_beta.len() as f64),
             model,
-            Weights::Average(&students),
+            Weights::Average(firsts),
             plain(1.0),
         )?;
     }
@@ -419,6 +501,40 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     )?;
     write_atomic(&cfg.out.join("summary.md"), summary.markdown().as_bytes())?;
     Ok(summary)
+}
+
+/// Which operating point a row is: its family, parameter and (for a run) seed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Point {
+    pub family: Family,
+    pub param: f64,
+    pub seed: Option<u64>,
+}
+
+impl Point {
+    fn of(family: Family, param: f64) -> Point {
+        Point {
+            family,
+            param,
+            seed: None,
+        }
+    }
+
+    fn run(beta: f64, seed: u64) -> Point {
+        Point {
+            family: Family::Beta,
+            param: beta,
+            seed: Some(seed),
+        }
+    }
+
+    /// The cached point's file name: `<family>-<param>[-seed-<seed>].json`.
+    pub(super) fn file_name(&self) -> String {
+        match self.seed {
+            Some(s) => format!("{}-{}-seed-{s}.json", self.family.name(), self.param),
+            None => format!("{}-{}.json", self.family.name(), self.param),
+        }
+    }
 }
 
 #[cfg(test)]

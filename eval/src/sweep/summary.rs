@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::evaluate::EvalReport;
 use crate::front::{dominates, hypervolume, Point};
+use crate::stats::{bootstrap, mean, paired_difference, t_interval, Difference, Interval};
 
-use super::{Family, Row, RunInfo, SweepConfig};
+use super::{Family, Row, RunInfo, SweepConfig, Teacher};
 
 /// The reference point of every hypervolume: quality 0, embedding diversity 0 (both
 /// metrics are non-negative, so every point counts).
@@ -24,6 +25,40 @@ pub struct FamilyFront {
     pub family: Family,
     pub points: usize,
     pub hypervolume: f64,
+    /// 95% interval (bootstrap over prompts: every point's means recomputed on the same
+    /// resampled prompts).
+    pub interval: Interval,
+}
+
+/// The runs of one β: each metric's mean over the runs and its 95% t interval over them
+/// (the spread of training, seed to seed).
+#[derive(Clone, Debug, Serialize)]
+pub struct BetaRuns {
+    pub beta: f64,
+    pub runs: usize,
+    pub quality: f64,
+    pub quality_runs: Interval,
+    pub embed_diversity: f64,
+    pub embed_diversity_runs: Interval,
+    pub edit_diversity: f64,
+    pub edit_diversity_runs: Interval,
+}
+
+/// A paired comparison of two operating points on the same prompts and seeds: `to`
+/// minus `from`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Effect {
+    pub what: String,
+    pub quality: Difference,
+    pub embed_diversity: Difference,
+}
+
+/// One family's hypervolume minus another's, with the paired interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct FrontDifference {
+    pub family: Family,
+    pub against: Family,
+    pub difference: Difference,
 }
 
 /// Where a LERP family lies against the straight line between its end points.
@@ -67,10 +102,19 @@ pub struct Summary {
     pub seed: u64,
     pub base: PathBuf,
     pub runs: Vec<RunInfo>,
+    /// The teacher every run was distilled from (and the CFG family's sampling).
+    pub teacher: Option<Teacher>,
     /// The diverse end of the `lerp` family.
     pub most_diverse: Option<RunInfo>,
+    /// Per β, over its runs.
+    pub betas: Vec<BetaRuns>,
+    /// The paper's comparisons, paired over prompts.
+    pub effects: Vec<Effect>,
     pub reference: Point,
     pub fronts: Vec<FamilyFront>,
+    /// The merged families' hypervolumes against the CFG family's and the base model's
+    /// temperature family's.
+    pub front_differences: Vec<FrontDifference>,
     /// The CFG point of highest quality.
     pub best_cfg: Option<Named>,
     /// Every other point that dominates it.
@@ -84,6 +128,118 @@ pub struct Summary {
     pub rows: Vec<Row>,
 }
 
+/// The point of `r` with its means taken over the prompts `idx` (a bootstrap resample).
+fn resampled(r: &Row, idx: &[usize]) -> Point {
+    let m = |v: &[f64]| mean(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
+    Point {
+        quality: m(&r.report.per_prompt.quality),
+        diversity: m(&r.report.per_prompt.embed_diversity),
+    }
+}
+
+/// The hypervolume of `family`'s rows with every point computed on the prompts `idx`.
+fn family_hypervolume(rows: &[Row], family: Family, idx: &[usize]) -> f64 {
+    let pts: Vec<Point> = rows
+        .iter()
+        .filter(|r| r.family == family)
+        .map(|r| resampled(r, idx))
+        .collect();
+    hypervolume(&pts, REFERENCE)
+}
+
+/// How many prompts every row's per-prompt values cover (0 when they disagree).
+fn shared_prompts(rows: &[Row]) -> usize {
+    let n = rows
+        .first()
+        .map_or(0, |r| r.report.per_prompt.quality.len());
+    let same = rows.iter().all(|r| {
+        let p = &r.report.per_prompt;
+        p.quality.len() == n && p.embed_diversity.len() == n
+    });
+    if same {
+        n
+    } else {
+        0
+    }
+}
+
+/// Per β: the mean and t interval over its runs.
+fn beta_runs(rows: &[Row]) -> Vec<BetaRuns> {
+    let mut betas: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.family == Family::Beta)
+        .map(|r| r.param)
+        .collect();
+    betas.dedup();
+    betas
+        .into_iter()
+        .map(|beta| {
+            let of: Vec<&EvalReport> = rows
+                .iter()
+                .filter(|r| r.family == Family::Beta && r.param == beta)
+                .map(|r| &r.report)
+                .collect();
+            let get = |f: fn(&EvalReport) -> f64| of.iter().map(|r| f(r)).collect::<Vec<f64>>();
+            let (q, d, e) = (
+                get(|r| r.quality),
+                get(|r| r.embed_diversity),
+                get(|r| r.edit_diversity),
+            );
+            BetaRuns {
+                beta,
+                runs: of.len(),
+                quality: mean(&q),
+                quality_runs: t_interval(&q),
+                embed_diversity: mean(&d),
+                embed_diversity_runs: t_interval(&d),
+                edit_diversity: mean(&e),
+                edit_diversity_runs: t_interval(&e),
+            }
+        })
+        .collect()
+}
+
+/// The paper's paired comparisons: the teacher against the unguided base model, the
+/// β = 0 student against the teacher, and each β's first run against β = 0's.
+fn effects(rows: &[Row], teacher: Option<Teacher>) -> Vec<Effect> {
+    let find = |f: Family, p: f64| rows.iter().find(|r| r.family == f && r.param == p);
+    let effect = |what: String, from: &Row, to: &Row| Effect {
+        what,
+        quality: paired_difference(
+            &from.report.per_prompt.quality,
+            &to.report.per_prompt.quality,
+        ),
+        embed_diversity: paired_difference(
+            &from.report.per_prompt.embed_diversity,
+            &to.report.per_prompt.embed_diversity,
+        ),
+    };
+    let mut out = Vec::new();
+    let base = find(Family::Cfg, 1.0);
+    let guided = teacher.and_then(|t| find(Family::Cfg, t.gamma).filter(|_| t.gamma != 1.0));
+    if let (Some(b), Some(t)) = (base, guided) {
+        out.push(effect(
+            format!("teacher (γ = {}) − unguided base", t.param),
+            b,
+            t,
+        ));
+    }
+    let zero = find(Family::Beta, 0.0);
+    if let (Some(t), Some(z)) = (guided, zero) {
+        out.push(effect("β = 0 student − teacher".into(), t, z));
+    }
+    if let Some(z) = zero {
+        let mut seen = vec![0.0];
+        for r in rows.iter().filter(|r| r.family == Family::Beta) {
+            if !seen.contains(&r.param) {
+                seen.push(r.param);
+                out.push(effect(format!("β = {} − β = 0", r.param), z, r));
+            }
+        }
+    }
+    out
+}
+
 /// Fronts, the best CFG point, what dominates it, and LERP against its chord.
 pub(super) fn summarize(
     cfg: &SweepConfig,
@@ -94,15 +250,40 @@ pub(super) fn summarize(
     cached: usize,
 ) -> Summary {
     let of = |f: Family| rows.iter().filter(move |r| r.family == f);
-    let fronts = Family::ALL
+    let n = shared_prompts(&rows);
+    let present: Vec<Family> = Family::ALL
         .iter()
-        .filter(|f| of(**f).next().is_some())
+        .copied()
+        .filter(|f| of(*f).next().is_some())
+        .collect();
+    let fronts = present
+        .iter()
         .map(|&family| {
             let pts: Vec<Point> = of(family).map(Row::point).collect();
             FamilyFront {
                 family,
                 points: pts.len(),
                 hypervolume: hypervolume(&pts, REFERENCE),
+                interval: bootstrap(n, |idx| family_hypervolume(&rows, family, idx)),
+            }
+        })
+        .collect();
+    let front_differences = [Family::Lerp, Family::LerpBase]
+        .into_iter()
+        .flat_map(|a| [(a, Family::Cfg), (a, Family::TemperatureBase)])
+        .filter(|(a, b)| present.contains(a) && present.contains(b))
+        .map(|(family, against)| {
+            let all: Vec<usize> = (0..n).collect();
+            let diff = |idx: &[usize]| {
+                family_hypervolume(&rows, family, idx) - family_hypervolume(&rows, against, idx)
+            };
+            FrontDifference {
+                family,
+                against,
+                difference: Difference {
+                    estimate: if n > 0 { diff(&all) } else { f64::NAN },
+                    interval: bootstrap(n, diff),
+                },
             }
         })
         .collect();
@@ -127,15 +308,20 @@ pub(super) fn summarize(
         .into_iter()
         .filter_map(|f| chord(f, &rows))
         .collect();
+    let teacher = runs.first().map(|r| r.teacher);
     Summary {
         prompts: rows.first().map_or(cfg.prompts, |r| r.report.prompts),
         samples: cfg.samples,
         seed: cfg.seed,
         base: cfg.base.clone(),
         runs,
+        teacher,
         most_diverse,
+        betas: beta_runs(&rows),
+        effects: effects(&rows, teacher),
         reference: REFERENCE,
         fronts,
+        front_differences,
         best_cfg: best_cfg.map(Named::of),
         dominating_best_cfg,
         chords,
@@ -178,28 +364,37 @@ pub fn chord(family: Family, rows: &[Row]) -> Option<Chord> {
 
 pub(super) fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "family,param,quality,adherence,validity,embed_diversity,edit_diversity,\
-         embed_diversity_across,edit_diversity_across,tokens_per_s,mean_length,finished,prompts,samples\n",
+        "family,param,quality,quality_lo,quality_hi,adherence,validity,\
+         embed_diversity,embed_diversity_lo,embed_diversity_hi,edit_diversity,edit_diversity_lo,edit_diversity_hi,\
+         embed_diversity_across,edit_diversity_across,tokens_per_s,mean_length,finished,prompts,samples,seed\n",
     );
     for r in rows {
         let p = &r.report;
+        let i = &p.intervals;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.family.name(),
             r.param,
             p.quality,
+            i.quality.lo,
+            i.quality.hi,
             p.adherence,
             p.validity,
             p.embed_diversity,
+            i.embed_diversity.lo,
+            i.embed_diversity.hi,
             p.edit_diversity,
+            i.edit_diversity.lo,
+            i.edit_diversity.hi,
             p.embed_diversity_across,
             p.edit_diversity_across,
             p.tokens_per_s,
             p.mean_length,
             p.finished,
             p.prompts,
-            p.samples
+            p.samples,
+            r.seed.map_or(String::new(), |s| s.to_string())
         );
     }
     s
@@ -240,24 +435,71 @@ impl Summary {
             };
             let _ = writeln!(s, "![{alt}]({name})\n");
         }
+        if let Some(t) = &self.teacher {
+            let _ = writeln!(
+                s,
+                "Teacher of every run, and the CFG family's sampling: {t}. Intervals are 95%: \
+                 `[lo, hi]` by bootstrap over prompts (paired where two points share prompts \
+                 and seeds), over runs by Student's t.\n"
+            );
+        }
         s.push_str(
-            "| family | parameter | quality | adherence | validity | embedding diversity | edit diversity | tokens/s |\n\
-             |---|---|---|---|---|---|---|---|\n",
+            "| family | parameter | seed | quality | adherence | validity | embedding diversity | edit diversity | tokens/s |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for r in &self.rows {
             let p = &r.report;
+            let i = &p.intervals;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+                "| {} | {} | {} | {:.4} {} | {:.3} | {:.3} | {:.3} {} | {:.3} | {:.0} |",
                 r.family.describe(),
                 r.family.param_text(r.param),
+                r.seed.map_or(String::new(), |s| s.to_string()),
                 p.quality,
+                i.quality.text(4),
                 p.adherence,
                 p.validity,
                 p.embed_diversity,
+                i.embed_diversity.text(3),
                 p.edit_diversity,
                 p.tokens_per_s
             );
+        }
+        if self.betas.iter().any(|b| b.runs > 1) {
+            s.push_str(
+                "\nThe β runs, over their seeds (mean [95% t interval over runs]):\n\n\
+                 | β | runs | quality | embedding diversity | edit diversity |\n|---|---|---|---|---|\n",
+            );
+            for b in &self.betas {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.4} {} | {:.3} {} | {:.3} {} |",
+                    b.beta,
+                    b.runs,
+                    b.quality,
+                    b.quality_runs.text(4),
+                    b.embed_diversity,
+                    b.embed_diversity_runs.text(3),
+                    b.edit_diversity,
+                    b.edit_diversity_runs.text(3)
+                );
+            }
+        }
+        if !self.effects.is_empty() {
+            s.push_str(
+                "\nPaired differences on the same prompts and seeds (estimate [95% interval]):\n\n\
+                 | comparison | quality | embedding diversity |\n|---|---|---|\n",
+            );
+            for e in &self.effects {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} |",
+                    e.what,
+                    e.quality.text(4),
+                    e.embed_diversity.text(3)
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -268,10 +510,20 @@ impl Summary {
         for f in &self.fronts {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.4} |",
+                "| {} | {} | {:.4} {} |",
                 f.family.describe(),
                 f.points,
-                f.hypervolume
+                f.hypervolume,
+                f.interval.text(4)
+            );
+        }
+        for d in &self.front_differences {
+            let _ = writeln!(
+                s,
+                "\nHypervolume of {} − {}: {}.",
+                d.family.describe(),
+                d.against.describe(),
+                d.difference.text(4)
             );
         }
         match &self.best_cfg {
@@ -329,12 +581,14 @@ mod tests {
 
     use super::*;
 
+    use crate::evaluate::PerPrompt;
     use tch::Device;
 
     fn row(family: Family, param: f64, quality: f64, diversity: f64) -> Row {
         Row {
             family,
             param,
+            seed: None,
             report: EvalReport {
                 prompts: 2,
                 samples: 4,
@@ -349,6 +603,14 @@ mod tests {
                 tokens_per_s: 100.0,
                 mean_length: 10.0,
                 finished: 1.0,
+                intervals: PerPrompt::default().intervals(),
+                per_prompt: PerPrompt {
+                    quality: vec![quality; 2],
+                    adherence: vec![0.5; 2],
+                    validity: vec![0.5; 2],
+                    embed_diversity: vec![diversity; 2],
+                    edit_diversity: vec![diversity; 2],
+                },
             },
         }
     }
