@@ -246,6 +246,10 @@ fn model_commands_end_to_end() {
     ]
     .concat());
     assert!(out.contains("pre-trained 3 steps"), "{out}");
+    // The model has exactly the positions pre-training trained (the tiny preset has 320).
+    let trained =
+        model::checkpoint::Checkpoint::read(Path::new(&p("pt/last.safetensors"))).unwrap();
+    assert_eq!(trained.meta.config.max_len, 64);
     let out = run(&[
         &["embedder", "train", "--out", &p("emb.safetensors")],
         &small[..],
@@ -373,6 +377,88 @@ fn model_commands_end_to_end() {
     for key in ["embed_diversity", "embed_diversity_across"] {
         assert!((0.0..=2.0).contains(&x(key)), "{key} = {}: {v}", x(key));
     }
+    // Each mean is the mean of its per-prompt values and lies in its 95% interval.
+    for key in [
+        "quality",
+        "adherence",
+        "validity",
+        "embed_diversity",
+        "edit_diversity",
+    ] {
+        let per: Vec<f64> = v["per_prompt"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(per.len(), 3, "{key}");
+        assert!(
+            (per.iter().sum::<f64>() / 3.0 - x(key)).abs() < 1e-9,
+            "{key}"
+        );
+        let i = &v["intervals"][key];
+        let (lo, hi) = (i["lo"].as_f64().unwrap(), i["hi"].as_f64().unwrap());
+        assert!(
+            lo <= x(key) && x(key) <= hi,
+            "{key}: {} not in [{lo}, {hi}]",
+            x(key)
+        );
+    }
+
+    // Side by side: a point against itself ties everywhere; against CFG the shares add
+    // up. Samples never run past the 64 trained positions, whatever the budget.
+    let compare = |a: &str, b: &str| -> serde_json::Value {
+        let out = run(&[
+            "compare",
+            a,
+            b,
+            "--embedder",
+            &p("emb.safetensors"),
+            "--judge",
+            &p("judge.safetensors"),
+            "--data",
+            &p("folk"),
+            "--prompts",
+            "4",
+            "--max-new-tokens",
+            "200",
+            "--threads",
+            "1",
+            "--json",
+        ]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let same = compare(&ck, &ck);
+    for criterion in ["quality", "diversity"] {
+        let w = &same[criterion];
+        assert_eq!(
+            (w["ties"].as_f64(), w["a_preferred"].as_f64()),
+            (Some(1.0), Some(0.5)),
+            "{same}"
+        );
+    }
+    assert_eq!(same["quality_difference"]["estimate"].as_f64(), Some(0.0));
+    let guided = compare(&ck, &format!("{ck}@cfg=3,scope=content"));
+    assert_eq!(guided["b"]["cfg_scope"], "content");
+    for criterion in ["quality", "diversity"] {
+        let w = &guided[criterion];
+        let sum: f64 = ["a_wins", "ties", "b_wins"]
+            .iter()
+            .map(|k| w[k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-12, "{guided}");
+    }
+    for side in ["a_report", "b_report"] {
+        let mean_length = guided[side]["mean_length"].as_f64().unwrap();
+        assert!(mean_length <= 63.0, "{side}: {mean_length}");
+    }
+    let o = qd(&["compare", &ck, &format!("{ck}@cfg=3,gamma=2")]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown setting \"gamma\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let out = run(&[
         "bench",

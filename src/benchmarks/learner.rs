@@ -92,7 +92,7 @@ pub struct Breakdown {
 
 /// A fixed batch: two samples of each of the first `prompts` training prompts, drawn
 /// from `model`, with rewards that vary by pair and behaviour log-probabilities offset so
-/// that half the samples look stale (their importance weight clipped at ρ̄ = 1) and half
+/// that half the pairs look stale (their importance weight clipped at ρ̄ = 1) and half
 /// look fresher than the student (weight below 1).
 fn batch(
     model: &Transformer,
@@ -123,7 +123,7 @@ fn batch(
         .enumerate()
         .map(|(i, (t, mut lp))| {
             if let Some(first) = lp.first_mut() {
-                *first += if i % 2 == 0 { 0.5 } else { -0.5 };
+                *first += if (i / 2) % 2 == 0 { 0.5 } else { -0.5 };
             }
             (t, lp)
         });
