@@ -143,6 +143,15 @@ fn shift_port(listen: &str, by: u16) -> String {
 
 /// Runs every role until the learner stops; returns when all have.
 pub async fn run(settings: Settings) -> Result<()> {
+    let (a, l) = (&settings.actor, &settings.learner);
+    anyhow::ensure!(
+        !a.synchronous || l.batch_prompts == settings.run.actors * a.batch_prompts,
+        "actor.synchronous needs learner.batch_prompts ({}) = run.actors ({}) × actor.batch_prompts ({}): \
+         each step then trains on one batch of every actor",
+        l.batch_prompts,
+        settings.run.actors,
+        a.batch_prompts
+    );
     let run_dir = settings.paths.run_dir.clone();
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let endpoints = run_dir.join("endpoints.json");

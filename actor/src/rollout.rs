@@ -2,7 +2,7 @@
 //! shuffled order, samples two outputs per prompt from the current student (no CFG,
 //! temperature 1), scores each pair's diversity with the task's frozen embedder, and
 //! hands the batch to the connection, tagged with the policy version and the behaviour
-//! log-probs.
+//! log-probs. With `actor.synchronous`, one batch per published version.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,6 +95,8 @@ fn rollouts(
         max_new_tokens: a.max_new_tokens,
         ..SamplingConfig::default()
     };
+    // The version the last batch was sampled with (synchronous mode waits for a newer).
+    let mut last_version = 0;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -102,7 +104,7 @@ fn rollouts(
         // Weights change only here, between rollouts.
         let latest = weights.borrow_and_update().clone();
         student.update(latest.as_ref())?;
-        if student.version == 0 {
+        if student.version == 0 || (a.synchronous && student.version <= last_version) {
             if !wait_for_weights(&rt, &mut weights, &mut stop) {
                 return Ok(());
             }
@@ -119,9 +121,13 @@ fn rollouts(
             Some(p) => p.forget(),
             None => return Ok(()),
         }
-        // Newer weights may have arrived while waiting.
-        let latest = weights.borrow_and_update().clone();
-        student.update(latest.as_ref())?;
+        // Newer weights may have arrived while waiting (not in synchronous mode: the
+        // batch is the one of the version it waited for).
+        if !a.synchronous {
+            let latest = weights.borrow_and_update().clone();
+            student.update(latest.as_ref())?;
+        }
+        last_version = student.version;
         let t0 = Instant::now();
         let mut rows = Vec::with_capacity(2 * a.batch_prompts);
         for _ in 0..a.batch_prompts {

@@ -216,6 +216,11 @@ pub struct ActorSettings {
     /// Seeds prompt order and sampling, mixed with the actor's name (replicas of one
     /// config roll out different data).
     pub seed: u64,
+    /// Roll out once per published version: after each batch, wait for the learner's
+    /// next version. With `learner.batch_prompts` = actors × `actor.batch_prompts`, every
+    /// step trains on one batch of each actor sampled from the current weights, and a
+    /// seeded run is reproducible bit for bit (for debugging and tests; slower).
+    pub synchronous: bool,
 }
 
 impl Default for ActorSettings {
@@ -228,6 +233,7 @@ impl Default for ActorSettings {
             threads: 0,
             device: "cpu".into(),
             seed: 1,
+            synchronous: false,
         }
     }
 }

@@ -420,6 +420,13 @@ impl Trainer {
             staleness_sum += staleness as f64;
             pairs.push(item.pair);
         }
+        // A canonical order (by content), so that the same pairs arriving in another
+        // order give the same step bit for bit (synchronous runs are reproducible).
+        pairs.sort_by(|a, b| {
+            (&a.prompt, a.version, &a.samples[..])
+                .partial_cmp(&(&b.prompt, b.version, &b.samples[..]))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         let mean = staleness_sum / pairs.len().max(1) as f64;
         Some((pairs, mean))
     }
