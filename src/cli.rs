@@ -1,4 +1,8 @@
 //! The command line: every clap definition. The `///` comments are the `--help` texts.
+//!
+//! One file on purpose (it is longer than the others): every command's flags sit side by
+//! side, so that shared flag groups (`SamplingArgs`, `ComputeArgs`, `ServiceArgs`) and
+//! the defaults of commands that must agree (paths, budgets) are read and changed together.
 
 use std::path::PathBuf;
 

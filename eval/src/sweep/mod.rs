@@ -26,6 +26,7 @@
 
 mod cache;
 mod figures;
+mod markdown;
 mod plot;
 mod summary;
 
@@ -45,7 +46,8 @@ use crate::evaluate::EvalReport;
 
 use cache::{Evaluator, Weights};
 use figures::write_plots;
-use summary::{csv, summarize};
+use markdown::csv;
+use summary::summarize;
 
 pub use cache::weights_fingerprint;
 pub use summary::{chord, Chord, FamilyFront, Named, Summary, REFERENCE};

@@ -1,0 +1,220 @@
+//! The sweep's tables: `sweep.csv` (one row per operating point, with its intervals) and
+//! `summary.md` (the tables and findings, with their intervals).
+
+use std::fmt::Write as _;
+
+use super::summary::Summary;
+use super::{Family, Row};
+
+pub(super) fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "family,param,quality,quality_lo,quality_hi,adherence,validity,\
+         embed_diversity,embed_diversity_lo,embed_diversity_hi,edit_diversity,edit_diversity_lo,edit_diversity_hi,\
+         embed_diversity_across,edit_diversity_across,tokens_per_s,mean_length,finished,prompts,samples,seed\n",
+    );
+    for r in rows {
+        let p = &r.report;
+        let i = &p.intervals;
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.family.name(),
+            r.param,
+            p.quality,
+            i.quality.lo,
+            i.quality.hi,
+            p.adherence,
+            p.validity,
+            p.embed_diversity,
+            i.embed_diversity.lo,
+            i.embed_diversity.hi,
+            p.edit_diversity,
+            i.edit_diversity.lo,
+            i.edit_diversity.hi,
+            p.embed_diversity_across,
+            p.edit_diversity_across,
+            p.tokens_per_s,
+            p.mean_length,
+            p.finished,
+            p.prompts,
+            p.samples,
+            r.seed.map_or(String::new(), |s| s.to_string())
+        );
+    }
+    s
+}
+
+impl Summary {
+    /// The tables and findings as markdown (what `docs/results.md` takes).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let betas: Vec<String> = self.runs.iter().map(|r| r.beta.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "{} held-out test prompts × {} samples, seed {}, the same for every row; base model `{}`; \
+             β runs {}{}.\n",
+            self.prompts,
+            self.samples,
+            self.seed,
+            self.base.display(),
+            betas.join(", "),
+            match &self.most_diverse {
+                Some(r) => format!(
+                    "; the diverse end of LERP is β = {} (the most diverse student)",
+                    r.beta
+                ),
+                None => String::new(),
+            }
+        );
+        for png in &self.plots {
+            let name = png
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into());
+            let alt = match name.as_str() {
+                "front.png" => "Quality against diversity, each family a line",
+                "lerp.png" => {
+                    "Quality and diversity against λ, and the straight lines between the ends"
+                }
+                _ => "KL, held-out quality and diversity against the learner step",
+            };
+            let _ = writeln!(s, "![{alt}]({name})\n");
+        }
+        if let Some(t) = &self.teacher {
+            let _ = writeln!(
+                s,
+                "Teacher of every run, and the CFG family's sampling: {t}. Intervals are 95%: \
+                 `[lo, hi]` by bootstrap over prompts (paired where two points share prompts \
+                 and seeds), over runs by Student's t.\n"
+            );
+        }
+        s.push_str(
+            "| family | parameter | seed | quality | adherence | validity | embedding diversity | edit diversity | tokens/s |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let p = &r.report;
+            let i = &p.intervals;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.4} {} | {:.3} | {:.3} | {:.3} {} | {:.3} | {:.0} |",
+                r.family.describe(),
+                r.family.param_text(r.param),
+                r.seed.map_or(String::new(), |s| s.to_string()),
+                p.quality,
+                i.quality.text(4),
+                p.adherence,
+                p.validity,
+                p.embed_diversity,
+                i.embed_diversity.text(3),
+                p.edit_diversity,
+                p.tokens_per_s
+            );
+        }
+        if self.betas.iter().any(|b| b.runs > 1) {
+            s.push_str(
+                "\nThe β runs, over their seeds (mean [95% t interval over runs]):\n\n\
+                 | β | runs | quality | embedding diversity | edit diversity |\n|---|---|---|---|---|\n",
+            );
+            for b in &self.betas {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.4} {} | {:.3} {} | {:.3} {} |",
+                    b.beta,
+                    b.runs,
+                    b.quality,
+                    b.quality_runs.text(4),
+                    b.embed_diversity,
+                    b.embed_diversity_runs.text(3),
+                    b.edit_diversity,
+                    b.edit_diversity_runs.text(3)
+                );
+            }
+        }
+        if !self.effects.is_empty() {
+            s.push_str(
+                "\nPaired differences on the same prompts and seeds (estimate [95% interval]):\n\n\
+                 | comparison | quality | embedding diversity |\n|---|---|---|\n",
+            );
+            for e in &self.effects {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} |",
+                    e.what,
+                    e.quality.text(4),
+                    e.embed_diversity.text(3)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nHypervolume of each family's points in (quality, embedding diversity) against the \
+             reference point (quality {}, diversity {}):\n\n| family | points | hypervolume |\n|---|---|---|",
+            self.reference.quality, self.reference.diversity
+        );
+        for f in &self.fronts {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.4} {} |",
+                f.family.describe(),
+                f.points,
+                f.hypervolume,
+                f.interval.text(4)
+            );
+        }
+        for d in &self.front_differences {
+            let _ = writeln!(
+                s,
+                "\nHypervolume of {} − {}: {}.",
+                d.family.describe(),
+                d.against.describe(),
+                d.difference.text(4)
+            );
+        }
+        match &self.best_cfg {
+            Some(b) => {
+                let _ = write!(
+                    s,
+                    "\nBest CFG point: {} (quality {:.4}, embedding diversity {:.3}). ",
+                    Family::Cfg.param_text(b.param),
+                    b.quality,
+                    b.embed_diversity
+                );
+                if self.dominating_best_cfg.is_empty() {
+                    s.push_str("No other point dominates it.\n");
+                } else {
+                    let names: Vec<String> = self
+                        .dominating_best_cfg
+                        .iter()
+                        .map(|n| format!("{} {}", n.family.name(), n.family.param_text(n.param)))
+                        .collect();
+                    let lerp = self
+                        .dominating_best_cfg
+                        .iter()
+                        .filter(|n| matches!(n.family, Family::Lerp | Family::LerpBase))
+                        .count();
+                    let _ = writeln!(
+                        s,
+                        "Points that dominate it ({lerp} of them LERP): {}.",
+                        names.join(", ")
+                    );
+                }
+            }
+            None => s.push_str("\nNo CFG point was evaluated.\n"),
+        }
+        for c in &self.chords {
+            let _ = writeln!(
+                s,
+                "\n{}: quality above the straight line between its ends at {} of {} interior λ \
+                 (largest gain {:+.4}); embedding diversity above it at {} of {} (largest gain {:+.3}).",
+                c.family.describe(),
+                c.quality_above,
+                c.interior,
+                c.max_quality_gain,
+                c.diversity_above,
+                c.interior,
+                c.max_diversity_gain
+            );
+        }
+        s
+    }
+}
