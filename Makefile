@@ -64,7 +64,7 @@ demo: install
 	$(QD) data export --split test -n 2 --out samples/corpus > /dev/null
 	@for p in $(DEMO_PROMPTS); do \
 	  d=samples/$$(echo "$$p" | tr ' /' '-_'); echo "tunes for \"$$p\" → $$d/"; \
-	  $(QD) sample "$$p" -n 2 --cfg 3 --out $$d/base-cfg3 > /dev/null && \
+	  $(QD) sample "$$p" -n 2 --cfg 3 --cfg-scope content --cfg-plausibility 0.1 --out $$d/base-cfg3 > /dev/null && \
 	  $(QD) sample "$$p" -n 2 --checkpoint $(STUDENT) --out $$d/beta0 > /dev/null && \
 	  $(QD) sample "$$p" -n 2 --checkpoint $(MERGED) --out $$d/merged > /dev/null || exit 1; \
 	done
@@ -81,11 +81,16 @@ demo: install
 ## paper: the β sweep (configs/beta-{0,50,100,200}.toml), each β trained through the
 ## service with $(words $(SEEDS)) seeds from one base model, then `qd sweep` over every run
 ## on $(PAPER_PROMPTS) held-out prompts: the paper's figures and tables in runs/sweep/,
-## copied to docs/figures/. Every step is cached: trained models and finished runs are
-## kept, and the sweep evaluates only the points whose inputs changed.
+## copied to docs/figures/; then the side-by-side test (`qd compare`) of the merged model
+## LERP(β = 0, β = 200, λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step
+## is cached but the comparison: trained models and finished runs are kept, and the sweep
+## evaluates only the points whose inputs changed.
 BETAS := 0 50 100 200
 SEEDS := 0 1 2
 PAPER_PROMPTS := 200
+# The runs' teacher, as `qd compare` writes an operating point (the side-by-side test of
+# the merged model against it).
+TEACHER := cfg=3,scope=content,plausibility=0.1
 PAPER_RUNS := $(foreach b,$(BETAS),$(foreach s,$(SEEDS),runs/rl/beta-$(b)-seed-$(s)))
 paper: setup
 	@$(MAKE) --no-print-directory data/folk/dataset.json
@@ -95,8 +100,13 @@ paper: setup
 	    --set learner.seed=$$s --set actor.seed=$$((100 * s + 1))"; \
 	  echo "$$run"; $$run || exit 1; done; done
 	$(QD) sweep --runs $(PAPER_RUNS) --prompts $(PAPER_PROMPTS) --out runs/sweep
+	$(QD) merge runs/rl/beta-0-seed-0/student.safetensors runs/rl/beta-200-seed-0/student.safetensors \
+	  --lambda 0.5 --out runs/merged/paper-lerp.safetensors
+	$(QD) compare runs/merged/paper-lerp.safetensors $(BASE)@$(TEACHER) --prompts $(PAPER_PROMPTS) \
+	  --no-progress | tee runs/sweep/compare.txt
 	@mkdir -p docs/figures
-	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md docs/figures/
+	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md \
+	  runs/sweep/compare.txt docs/figures/
 	@echo "figures and tables: docs/figures/summary.md"
 
 data/folk/dataset.json: | setup
