@@ -100,6 +100,9 @@ pub struct LearnerSettings {
     /// What the teacher's guidance re-weighs: `all` ids (standard CFG) or only the
     /// `content` (which pitch, key, meter; the default). See `qd eval --cfg-scope`.
     pub cfg_scope: CfgScope,
+    /// The distillation divergence. The default, JSD, is bounded: with the reverse KL the
+    /// teacher's excluded ids (log-prob −30) cost up to 30 nats per unit of student mass,
+    /// and the default teacher's students collapsed within 25 steps (docs/results.md).
     pub divergence: Divergence,
     /// Student weight in the JSD mixture.
     pub jsd_alpha: f64,
@@ -145,7 +148,7 @@ impl Default for LearnerSettings {
             cfg_gamma: 3.0,
             cfg_plausibility: 0.1,
             cfg_scope: CfgScope::Content,
-            divergence: Divergence::ReverseKl,
+            divergence: Divergence::Jsd,
             jsd_alpha: 0.5,
             baseline: Baseline::BatchMean,
             ema_decay: 0.9,
