@@ -177,13 +177,20 @@ impl Teacher {
     /// How the base model is sampled as this teacher at strength `gamma` (γ = 1: no
     /// guidance, plain conditional sampling).
     pub fn sampling(&self, gamma: f64, max_new_tokens: usize) -> SamplingConfig {
-        SamplingConfig {
-            cfg_gamma: (gamma != 1.0).then_some(gamma),
-            cfg_plausibility: (gamma != 1.0 && self.plausibility > 0.0)
-                .then_some(self.plausibility),
-            cfg_scope: self.scope,
+        let plain = SamplingConfig {
             max_new_tokens,
             ..SamplingConfig::default()
+        };
+        if gamma == 1.0 {
+            // Exactly the plain setting (scope and plausibility apply to guidance only),
+            // so that the unguided point shares its evaluation with the base at T = 1.
+            return plain;
+        }
+        SamplingConfig {
+            cfg_gamma: Some(gamma),
+            cfg_plausibility: (self.plausibility > 0.0).then_some(self.plausibility),
+            cfg_scope: self.scope,
+            ..plain
         }
     }
 }
