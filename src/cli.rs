@@ -383,12 +383,10 @@ pub struct SampleArgs {
 }
 
 // `eval` has always described --cfg in fewer words than `sample`: keep its help text.
+/// What `qd eval` and `qd compare` share: the scorers, the token budget, batching, seed
+/// and output.
 #[derive(Debug, Args)]
-#[command(mut_arg("cfg_gamma", |a| a.help("Classifier-free guidance strength γ (omit for none)")))]
-pub struct EvalArgs {
-    /// Policy checkpoint.
-    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
-    pub checkpoint: PathBuf,
+pub struct ScoringArgs {
     #[arg(long, default_value = "runs/embedder.safetensors")]
     pub embedder: PathBuf,
     #[arg(long, default_value = "runs/judge.safetensors")]
@@ -396,14 +394,6 @@ pub struct EvalArgs {
     /// The prepared dataset.
     #[arg(long, default_value = "data/folk")]
     pub data: PathBuf,
-    /// Samples per prompt.
-    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
-    pub k: u32,
-    /// Use only the first N test prompts (default: all).
-    #[arg(long)]
-    pub prompts: Option<usize>,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// Rows per sampling batch.
@@ -422,39 +412,37 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("cfg_gamma", |a| a.help("Classifier-free guidance strength γ (omit for none)")))]
+pub struct EvalArgs {
+    /// Policy checkpoint.
+    #[arg(long, default_value = "runs/pretrain/last.safetensors")]
+    pub checkpoint: PathBuf,
+    /// Samples per prompt.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub k: u32,
+    /// Use only the first N test prompts (default: all).
+    #[arg(long)]
+    pub prompts: Option<usize>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct CompareArgs {
     /// Side A: `PATH[@cfg=γ,scope=all|content,plausibility=p,temperature=T,top_k=k]`.
     pub a: eval::compare::Side,
     /// Side B, the same form.
     pub b: eval::compare::Side,
-    #[arg(long, default_value = "runs/embedder.safetensors")]
-    pub embedder: PathBuf,
-    #[arg(long, default_value = "runs/judge.safetensors")]
-    pub judge: PathBuf,
-    /// The prepared dataset.
-    #[arg(long, default_value = "data/folk")]
-    pub data: PathBuf,
     /// Held-out test prompts (the first ones of the split).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..))]
     pub prompts: u32,
     /// Samples per prompt on each side (a pair, as the reward and the raters saw them).
     #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub k: u32,
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
-    /// Rows per sampling batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
     #[command(flatten)]
-    pub compute: ComputeArgs,
+    pub scoring: ScoringArgs,
 }
 
 #[derive(Debug, Subcommand)]

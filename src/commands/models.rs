@@ -49,22 +49,22 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let device = a.compute.apply()?;
-    let sampling = a.sampling.config(a.max_new_tokens)?;
-    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let device = a.scoring.compute.apply()?;
+    let sampling = a.sampling.config(a.scoring.max_new_tokens)?;
+    let task = FolkTask::open(&a.scoring.data, &a.scoring.embedder, &a.scoring.judge)?;
     let (_p, policy, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
     let embedder = task.embedder(device)?;
     let judge = task.judge(device)?;
     let cfg = EvalConfig {
         k: a.k as usize,
         prompts: a.prompts,
-        batch: a.batch,
+        batch: a.scoring.batch,
         sampling,
-        seed: a.seed,
-        progress: !a.no_progress && !a.json,
+        seed: a.scoring.seed,
+        progress: !a.scoring.no_progress && !a.scoring.json,
     };
     let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
-    if a.json {
+    if a.scoring.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         print!("{}", r.table());
@@ -73,8 +73,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 }
 
 pub fn compare(a: CompareArgs) -> Result<()> {
-    let device = a.compute.apply()?;
-    let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
+    let device = a.scoring.compute.apply()?;
+    let task = FolkTask::open(&a.scoring.data, &a.scoring.embedder, &a.scoring.judge)?;
     let embedder = task.embedder(device)?;
     let judge = task.judge(device)?;
     let mut reports = Vec::new();
@@ -84,12 +84,12 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         let cfg = EvalConfig {
             k: a.k as usize,
             prompts: Some(a.prompts as usize),
-            batch: a.batch,
-            sampling: side.sampling(a.max_new_tokens),
-            seed: a.seed,
-            progress: !a.no_progress && !a.json,
+            batch: a.scoring.batch,
+            sampling: side.sampling(a.scoring.max_new_tokens),
+            seed: a.scoring.seed,
+            progress: !a.scoring.no_progress && !a.scoring.json,
         };
-        if !a.json {
+        if !a.scoring.json {
             eprintln!("{name}: {side}");
         }
         reports.push(evaluate(
@@ -103,7 +103,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let rb = reports.pop().context("side B was not evaluated")?;
     let ra = reports.pop().context("side A was not evaluated")?;
     let c = eval::compare::Comparison::new(a.a, a.b, ra, rb)?;
-    if a.json {
+    if a.scoring.json {
         println!("{}", serde_json::to_string(&c)?);
     } else {
         print!("{}", c.table());
