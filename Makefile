@@ -78,14 +78,14 @@ demo: install
 	@echo "           samples/corpus/ (held-out tunes of the corpus)"
 	@echo "  models   base $(BASE) with CFG γ = 3; β = 0 student $(STUDENT); merged $(MERGED) (λ = 0.5 toward the base)"
 
-## paper: the β sweep (configs/beta-{0,50,100,200}.toml), each β trained through the
+## paper: the β sweep (configs/beta-{0,1,2,4}.toml), each β trained through the
 ## service with $(words $(SEEDS)) seeds from one base model, then `qd sweep` over every run
 ## on $(PAPER_PROMPTS) held-out prompts: the paper's figures and tables in runs/sweep/,
 ## copied to docs/figures/; then the side-by-side test (`qd compare`) of the merged model
-## LERP(β = 0, β = 200, λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step
+## LERP(β = 0, the largest β, λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step
 ## is cached but the comparison: trained models and finished runs are kept, and the sweep
 ## evaluates only the points whose inputs changed.
-BETAS := 0 50 100 200
+BETAS := 0 1 2 4
 SEEDS := 0 1 2
 PAPER_PROMPTS := 200
 # The runs' teacher, as `qd compare` writes an operating point (the side-by-side test of
@@ -95,12 +95,12 @@ PAPER_RUNS := $(foreach b,$(BETAS),$(foreach s,$(SEEDS),runs/rl/beta-$(b)-seed-$
 paper: setup
 	@$(MAKE) --no-print-directory data/folk/dataset.json
 	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
-	@for b in $(BETAS); do for s in $(SEEDS); do \
+	@for s in $(SEEDS); do for b in $(BETAS); do \
 	  run="$(QD) run --config configs/beta-$$b.toml --set paths.run_dir=runs/rl/beta-$$b-seed-$$s \
 	    --set learner.seed=$$s --set actor.seed=$$((100 * s + 1))"; \
 	  echo "$$run"; $$run || exit 1; done; done
 	$(QD) sweep --runs $(PAPER_RUNS) --prompts $(PAPER_PROMPTS) --out runs/sweep
-	$(QD) merge runs/rl/beta-0-seed-0/student.safetensors runs/rl/beta-200-seed-0/student.safetensors \
+	$(QD) merge runs/rl/beta-0-seed-0/student.safetensors runs/rl/beta-$(lastword $(BETAS))-seed-0/student.safetensors \
 	  --lambda 0.5 --out runs/merged/paper-lerp.safetensors
 	$(QD) compare runs/merged/paper-lerp.safetensors $(BASE)@$(TEACHER) --prompts $(PAPER_PROMPTS) \
 	  --no-progress | tee runs/sweep/compare.txt

@@ -131,6 +131,6 @@ fn shipped_configs_validate() {
         n >= 6,
         "configs/ holds the default, GPU and β-sweep configs"
     );
-    let b = Settings::load_from(Some(&dir.join("beta-100.toml")), &[], &[]).unwrap();
-    assert_eq!(b.learner.beta, 100.0);
+    let b = Settings::load_from(Some(&dir.join("beta-2.toml")), &[], &[]).unwrap();
+    assert_eq!(b.learner.beta, 2.0);
 }
