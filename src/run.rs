@@ -1,8 +1,10 @@
 //! `qd run`: the learner, N actors and the evaluator as separate local processes of this
 //! binary, on loopback, with one configuration. Logs are prefixed with the role; the
 //! machine's cores are divided between the roles; Ctrl-C or SIGTERM stops them all (the
-//! learner first, so that it writes its checkpoint), as does the learner reaching its
-//! step budget. An actor or the evaluator that dies is started again.
+//! learner first, so that it writes its checkpoint). At the step budget the learner tells
+//! the others the run has finished: the actors stop, the evaluator scores the final
+//! version and stops, and `qd run` returns once all have. An actor or the evaluator that
+//! fails is started again.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -17,6 +19,10 @@ use common::telemetry::Endpoints;
 
 /// Restarts of one actor or evaluator after which `qd run` leaves it down.
 const MAX_RESTARTS: u32 = 5;
+
+/// How long the actors and the evaluator have to stop by themselves once the learner has
+/// finished the run (the evaluator scores the final version first) before they are told.
+const FINISH_WAIT: Duration = Duration::from_secs(600);
 
 /// A started role.
 struct Role {
@@ -153,6 +159,17 @@ pub async fn run(settings: Settings) -> Result<()> {
         a.batch_prompts
     );
     let run_dir = settings.paths.run_dir.clone();
+    let max_steps = settings.learner.max_steps;
+    if let Some(step) = learner::trainer::resumable_step(&run_dir).filter(|&s| max_steps > 0 && s >= max_steps) {
+        tracing::info!(
+            run_dir = %run_dir.display(),
+            step,
+            max_steps,
+            "the run has finished already: nothing to train (raise learner.max_steps to train on)"
+        );
+        print_outputs(&run_dir);
+        return Ok(());
+    }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let endpoints = run_dir.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
@@ -233,8 +250,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         )?);
     }
 
-    // Supervise: an actor or the evaluator that exits while the learner runs is started
-    // again (at most MAX_RESTARTS times each).
+    // Supervise: an actor or the evaluator that fails while the learner runs is started
+    // again (at most MAX_RESTARTS times each); one that exits 0 was told the run finished.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let learner_status = loop {
         tokio::select! {
@@ -243,7 +260,10 @@ pub async fn run(settings: Settings) -> Result<()> {
             _ = tick.tick() => {
                 for r in roles[1..].iter_mut().filter(|r| !r.given_up) {
                     let Ok(Some(status)) = r.child.try_wait() else { continue };
-                    if r.restarts >= MAX_RESTARTS {
+                    if status.success() {
+                        tracing::info!(role = r.name, "stopped: the run finished");
+                        r.given_up = true;
+                    } else if r.restarts >= MAX_RESTARTS {
                         tracing::error!(role = r.name, %status, "exited again; left down after {MAX_RESTARTS} restarts");
                         r.given_up = true;
                     } else {
@@ -259,14 +279,45 @@ pub async fn run(settings: Settings) -> Result<()> {
         None => {
             tracing::info!("stopping every role");
             terminate(&roles[0]);
-            roles[0].child.wait().await?
+            let s = roles[0].child.wait().await?;
+            stop_all(&mut roles[1..]).await;
+            s
         }
     };
+    if learner_status.success() {
+        // The learner has told the others the run finished: they stop by themselves.
+        let running: Vec<&mut Role> = roles[1..].iter_mut().filter(|r| !r.given_up).collect();
+        let names: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
+        tracing::info!(waiting_for = ?names, "the learner has finished; waiting for the others to stop");
+        let waited = tokio::time::timeout(FINISH_WAIT, async {
+            for r in running {
+                match r.child.wait().await {
+                    Ok(status) if status.success() => {
+                        tracing::info!(role = r.name, "stopped: the run finished")
+                    }
+                    Ok(status) => tracing::warn!(role = r.name, %status, "stopped with an error"),
+                    Err(e) => tracing::warn!(role = r.name, "{e}"),
+                }
+            }
+        });
+        tokio::select! {
+            w = waited => if w.is_err() {
+                tracing::warn!("some roles did not stop within {} s of the end; stopping them", FINISH_WAIT.as_secs());
+            },
+            _ = common::shutdown::termination() => {}
+        }
+    }
     stop_all(&mut roles[1..]).await;
     if !learner_status.success() {
         bail!("the learner stopped with {learner_status}");
     }
-    let latest = learner::trainer::checkpoints(&run_dir).into_iter().next();
+    print_outputs(&run_dir);
+    Ok(())
+}
+
+/// Where a run left its student, checkpoint and log.
+fn print_outputs(run_dir: &Path) {
+    let latest = learner::trainer::checkpoints(run_dir).into_iter().next();
     println!(
         "student weights: {}",
         run_dir.join("student.safetensors").display()
@@ -278,7 +329,6 @@ pub async fn run(settings: Settings) -> Result<()> {
         );
     }
     println!("training log: {}", run_dir.join("train.jsonl").display());
-    Ok(())
 }
 
 /// Waits for the learner's endpoints file; fails if the learner exits first.

@@ -2,10 +2,12 @@
 //! version is at least `every_versions` past the last one scored, it evaluates those
 //! weights on held-out prompts (as `qd eval`) and exports the numbers as `qd_eval_…`
 //! metrics, with `qd_eval_version` saying which version they belong to; each result is
-//! also appended to `run_dir/eval.jsonl` when that folder is reachable.
+//! also appended to `run_dir/eval.jsonl` when that folder is reachable. When the run
+//! finishes it scores the final version (unless it has), then stops.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +24,8 @@ use crate::broadcast::Weights;
 use crate::metrics as m;
 use crate::{run_client, wait_for_weights, Setup, Student};
 
-/// Runs the evaluator until SIGTERM/Ctrl-C or a refusal by the learner.
+/// Runs the evaluator until SIGTERM/Ctrl-C, a refusal by the learner or the end of the
+/// run (after scoring the final version).
 pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Path>) -> Result<()> {
     let e = settings.evaluator.clone();
     let (setup, metrics) = Setup::start(
@@ -37,18 +40,22 @@ pub async fn run(settings: Settings, task: Arc<dyn Task>, ready_file: Option<&Pa
     .await?;
     let link = setup.link(Role::Evaluator, "")?;
     tracing::info!(name = link.identity.name, learner = link.settings.learner, metrics = ?metrics, "evaluator starting");
+    let finished = link.finished.clone();
     run_client(link, None, move |weights, stop, rt| {
-        evaluations(&setup, weights, stop, rt)
+        evaluations(&setup, weights, stop, &finished, rt)
     })
     .await?;
     tracing::info!("evaluator stopped");
     Ok(())
 }
 
+/// Scores each due version until `stop`; when `finished` is set by then, the final
+/// version too (if it was not scored).
 fn evaluations(
     setup: &Setup,
     mut weights: watch::Receiver<Option<Arc<Weights>>>,
     mut stop: watch::Receiver<bool>,
+    finished: &AtomicBool,
     rt: tokio::runtime::Handle,
 ) -> Result<()> {
     let e = &setup.settings.evaluator;
@@ -70,17 +77,21 @@ fn evaluations(
     let mut last: Option<u64> = None;
     let mut last_step: Option<u64> = None;
     loop {
-        if *stop.borrow() {
+        let stopping = *stop.borrow();
+        let last_one = stopping && finished.load(Ordering::SeqCst);
+        if stopping && !last_one {
             return Ok(());
         }
         let latest = weights.borrow_and_update().clone();
-        let due = latest
-            .as_ref()
-            .is_some_and(|w| last.is_none_or(|l| w.version >= l + e.every_versions));
+        let due = latest.as_ref().is_some_and(|w| {
+            last.is_none_or(|l| w.version >= l + e.every_versions || (last_one && w.version != l))
+        });
         if !due {
-            if !wait_for_weights(&rt, &mut weights, &mut stop) {
+            if last_one {
                 return Ok(());
             }
+            // Woken by new weights or by `stop`: the top of the loop tells which.
+            wait_for_weights(&rt, &mut weights, &mut stop);
             continue;
         }
         student.update(latest.as_ref())?;

@@ -10,6 +10,7 @@ pub mod evaluator;
 pub mod metrics;
 pub mod rollout;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -46,6 +47,9 @@ pub struct Link {
     /// Taken by the compute thread before each rollout, given back when the learner
     /// acknowledges (or the batch is lost): see [`CREDITS`].
     pub credits: Arc<tokio::sync::Semaphore>,
+    /// Set when the learner has said the run finished (before the compute thread is
+    /// told to stop): `weights` then holds the final version.
+    pub finished: Arc<AtomicBool>,
 }
 
 /// The student as a client holds it: weights of one published version.
@@ -181,6 +185,7 @@ impl Setup {
             },
             weights: watch::channel(None).0,
             credits: Arc::new(tokio::sync::Semaphore::new(CREDITS)),
+            finished: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -203,8 +208,8 @@ fn default_name(name: &str, role: Role) -> String {
     format!("{role}@{host}:{}", std::process::id())
 }
 
-/// Runs a client until SIGTERM/Ctrl-C, a refusal by the learner, or the end of its
-/// compute: `compute` runs on its own thread with the newest weights, a stop flag and the
+/// Runs a client until SIGTERM/Ctrl-C, a refusal by the learner, the end of the run
+/// (`link.finished` is then set), or the end of its compute: `compute` runs on its own thread with the newest weights, a stop flag and the
 /// runtime; the connection (which sends `batches`, for actors) runs here.
 pub async fn run_client<F>(
     link: Link,
@@ -235,9 +240,10 @@ where
     outcome.and(computed)
 }
 
-/// Keeps a connection to the learner until `stop`: registers, streams weights into
-/// `link.weights`, and (for actors) sends `batches`; reconnects with back-off after any
-/// failure. Returns an error only when the learner refuses this client.
+/// Keeps a connection to the learner until `stop` or the end of the run (then it sets
+/// `link.finished`): registers, streams weights into `link.weights`, and (for actors)
+/// sends `batches`; reconnects with back-off after any failure. Returns an error only
+/// when the learner refuses this client.
 pub async fn maintain(
     link: &Link,
     mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
@@ -249,6 +255,14 @@ pub async fn maintain(
         let ended = tokio::select! {
             r = session(link, batches.as_deref_mut(), &mut pending, &mut backoff) => r,
             _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        let ended = match ended {
+            Ended::Finished { version } => {
+                tracing::info!(version, "the learner has finished the run; stopping");
+                link.finished.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            Ended::Lost(status) => status,
         };
         if is_fatal(&ended) {
             bail!("the learner refused this client: {}", ended.message());
@@ -287,33 +301,47 @@ async fn next_batch(
     }
 }
 
-/// One connection, until it fails (the error says why).
+/// How a connection ended.
+enum Ended {
+    /// The learner has finished the run; `version` is its final one.
+    Finished { version: u64 },
+    /// It failed (the status says why): connect again.
+    Lost(Status),
+}
+
+/// One connection, until the run finishes or the connection fails.
 async fn session(
     link: &Link,
     mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
-) -> Status {
+) -> Ended {
     let mut in_flight = 0;
     let ended = match session_inner(link, &mut batches, pending, backoff, &mut in_flight).await {
-        Ok(never) => match never {},
-        Err(s) => s,
+        Ok(version) => Ended::Finished { version },
+        Err(s) => Ended::Lost(s),
     };
     // Batches sent but never acknowledged are lost with the connection.
     link.credits.add_permits(in_flight);
     ended
 }
 
+/// One connection; `Ok(final version)` when the learner says the run has finished.
 async fn session_inner(
     link: &Link,
     batches: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
     in_flight: &mut usize,
-) -> Result<std::convert::Infallible, Status> {
+) -> Result<u64, Status> {
     let mut client = connect(&link.settings, &link.credentials).await?;
     let reg = link.identity.register(&mut client).await?;
     backoff.reset();
+    // An actor has nothing left to do; an evaluator fetches the final version first
+    // (its weight stream sends it, then ends).
+    if reg.finished && link.identity.role == Role::Actor {
+        return Ok(reg.version);
+    }
     let id = reg.actor_id;
     let have = link.weights.borrow().as_ref().map_or(0, |w| w.version);
     tracing::info!(
@@ -362,7 +390,16 @@ async fn session_inner(
         }
         tokio::select! {
             c = chunks.message() => {
-                let c = c?.ok_or_else(|| Status::unavailable("the learner ended the weight stream"))?;
+                let Some(c) = c? else {
+                    // A clean end: the run finished (the stream ends after the final
+                    // version), which the learner confirms.
+                    let status = link.identity.tag(Request::new(qd_proto::StatusRequest {}), id);
+                    let s = client.status(status).await?.into_inner();
+                    if s.finished {
+                        return Ok(s.version);
+                    }
+                    return Err(Status::unavailable("the learner ended the weight stream"));
+                };
                 known_version = known_version.max(c.version);
                 if let Some(w) = assembler.push(c, MAX_WEIGHT_BYTES)? {
                     link.weights.send_replace(Some(Arc::new(w)));

@@ -125,6 +125,9 @@ pub struct LearnerSettings {
     pub keep_checkpoints: usize,
     /// Stop after this many steps (0: never).
     pub max_steps: u64,
+    /// After the last step, how long the learner keeps serving so that its clients hear
+    /// that the run has finished (it leaves as soon as every weight stream has ended).
+    pub finish_grace_s: u64,
     /// Trajectories the queue holds before PushTrajectories waits.
     pub queue_capacity: usize,
     /// Size of the chunks weights are streamed in.
@@ -162,6 +165,7 @@ impl Default for LearnerSettings {
             checkpoint_every: 25,
             keep_checkpoints: 3,
             max_steps: 150,
+            finish_grace_s: 30,
             queue_capacity: 16,
             chunk_bytes: 1 << 20,
             max_message_bytes: 64 << 20,

@@ -48,12 +48,22 @@ impl Published {
     }
 }
 
+/// How a weight stream can end besides its subscriber leaving.
+#[derive(Clone, Debug)]
+pub struct Endings {
+    /// The run reached its step budget: the stream sends the final version (unless the
+    /// subscriber has it) and ends with status OK, which is how a client learns it.
+    pub finished: watch::Receiver<bool>,
+    /// The learner is stopping: the stream ends with UNAVAILABLE (come back later).
+    pub closing: watch::Receiver<bool>,
+}
+
 /// Streams every version published from now on (and the current one, unless it is
-/// `have`) in chunks of `chunk` bytes, until the subscriber leaves or `closing` is set.
-/// `guard` lives as long as the stream.
+/// `have`) in chunks of `chunk` bytes, until the subscriber leaves or one of `endings`
+/// comes. `guard` lives as long as the stream.
 pub fn stream<G: Send + 'static>(
     mut published: watch::Receiver<Option<Arc<Published>>>,
-    mut closing: watch::Receiver<bool>,
+    mut endings: Endings,
     mut have: u64,
     chunk: usize,
     guard: G,
@@ -72,12 +82,21 @@ pub fn stream<G: Send + 'static>(
                 }
                 have = p.version;
             }
+            // The final version is published before the run is marked finished, so
+            // it has been sent by now.
+            if *endings.finished.borrow() {
+                return;
+            }
             tokio::select! {
                 changed = published.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
-                _ = closing.wait_for(|c| *c) => return,
+                _ = endings.finished.wait_for(|f| *f) => {}
+                _ = endings.closing.wait_for(|c| *c) => break,
             }
         }
+        let _ = tx
+            .send(Err(Status::unavailable("the learner is stopping")))
+            .await;
     });
     ReceiverStream::new(rx)
 }
@@ -89,7 +108,7 @@ mod tests {
     use tokio::sync::watch;
     use tokio_stream::StreamExt;
 
-    use super::{stream, Published};
+    use super::{stream, Endings, Published};
 
     /// The next version a stream delivers, as (version, bytes) of the whole blob; `None`
     /// when the stream ends or nothing whole arrives within 10 s.
@@ -118,10 +137,15 @@ mod tests {
     async fn a_subscriber_gets_the_current_version_unless_it_has_it_then_each_new_one() {
         let (published, _) = watch::channel(Some(Arc::new(Published::new(2, 20, vec![1, 2, 3]))));
         let (closing, _) = watch::channel(false);
+        let (finished, _) = watch::channel(false);
+        let endings = Endings {
+            finished: finished.subscribe(),
+            closing: closing.subscribe(),
+        };
         // Holding version 2 already: nothing until version 3.
-        let mut up_to_date = stream(published.subscribe(), closing.subscribe(), 2, 2, ());
+        let mut up_to_date = stream(published.subscribe(), endings.clone(), 2, 2, ());
         // Holding nothing: version 2 at once.
-        let mut fresh = stream(published.subscribe(), closing.subscribe(), 0, 2, ());
+        let mut fresh = stream(published.subscribe(), endings, 0, 2, ());
         assert_eq!(next_version(&mut fresh).await, Some((2, vec![1, 2, 3])));
         published.send_replace(Some(Arc::new(Published::new(3, 30, vec![4, 5, 6, 7, 8]))));
         assert_eq!(
@@ -132,12 +156,42 @@ mod tests {
             next_version(&mut fresh).await,
             Some((3, vec![4, 5, 6, 7, 8]))
         );
-        // Closing ends every stream.
+        // Closing ends every stream with UNAVAILABLE.
         closing.send_replace(true);
         for s in [&mut up_to_date, &mut fresh] {
             let end = tokio::time::timeout(std::time::Duration::from_secs(10), s.next()).await;
-            assert!(matches!(end, Ok(None)), "the stream did not end");
+            match end {
+                Ok(Some(Err(status))) => assert_eq!(status.code(), tonic::Code::Unavailable),
+                other => panic!("the stream did not end with UNAVAILABLE: {other:?}"),
+            }
         }
+    }
+
+    /// The end of training: a subscriber gets the final version (if it lacks it), then
+    /// the stream ends cleanly; one that has it is told at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finished_run_ends_each_stream_after_the_final_version() {
+        let (published, _) = watch::channel(Some(Arc::new(Published::new(5, 50, vec![9; 5]))));
+        let (closing, _) = watch::channel(false);
+        let (finished, _) = watch::channel(false);
+        let endings = Endings {
+            finished: finished.subscribe(),
+            closing: closing.subscribe(),
+        };
+        let mut watching = stream(published.subscribe(), endings.clone(), 5, 2, ());
+        published.send_replace(Some(Arc::new(Published::new(6, 60, vec![7; 3]))));
+        finished.send_replace(true);
+        assert_eq!(next_version(&mut watching).await, Some((6, vec![7; 3])));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), watching.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream did not end cleanly: {end:?}");
+        // A subscriber arriving after the end: the final version, then the end.
+        let mut late = stream(published.subscribe(), endings.clone(), 0, 2, ());
+        assert_eq!(next_version(&mut late).await, Some((6, vec![7; 3])));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), late.next()).await;
+        assert!(matches!(end, Ok(None)), "the late stream did not end cleanly: {end:?}");
+        let mut has_it = stream(published.subscribe(), endings, 6, 2, ());
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), has_it.next()).await;
+        assert!(matches!(end, Ok(None)), "a subscriber with the final version was not told");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use model::checkpoint::{Checkpoint, ModelKind};
 use model::task::{Split, Task};
 
 use server::{Auth, Service, Shared};
-use trainer::{Outcome, Trainer};
+use trainer::{Outcome, Stopped, Trainer};
 use validate::Rules;
 
 /// Runs the learner until its step budget or a signal; returns where it left the model.
@@ -176,6 +176,11 @@ pub async fn run(
         }
     };
     let outcome = outcome.context("the trainer thread died")?;
+    if let Ok(o) = &outcome {
+        if o.stopped == Stopped::Budget {
+            announce_finished(&shared, o, Duration::from_secs(cfg.finish_grace_s)).await;
+        }
+    }
     // Open streams end with the server; give them a moment, then go.
     health
         .set_not_serving::<qd_proto::learner_server::LearnerServer<Service>>()
@@ -198,6 +203,52 @@ pub async fn run(
         outcome.stopped
     );
     Ok(outcome)
+}
+
+/// How long no weight stream must be open before a finished learner leaves: a client
+/// that was reconnecting (back-off up to `client.backoff_max_ms`, 2 s by default) comes
+/// back within it and hears that the run has finished.
+const FINISHED_QUIET: Duration = Duration::from_secs(5);
+
+/// The run has reached its step budget: tells every client (weight streams end after the
+/// final version; `Register` and `Status` answer `finished`) and waits until no weight
+/// stream has been open for [`FINISHED_QUIET`], at most `grace` (or until SIGTERM/Ctrl-C).
+async fn announce_finished(shared: &Shared, o: &Outcome, grace: Duration) {
+    ::metrics::gauge!(metrics::FINISHED).set(1.0);
+    shared.finished.send_replace(true);
+    let (actors, evaluators) = shared.connected();
+    tracing::info!(
+        step = o.step,
+        version = o.version,
+        actors,
+        evaluators,
+        grace_s = grace.as_secs(),
+        "run finished: telling the clients"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut quiet_since = None;
+    loop {
+        let (actors, evaluators) = shared.connected();
+        if actors + evaluators > 0 {
+            quiet_since = None;
+        } else if quiet_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+            >= FINISHED_QUIET
+        {
+            tracing::info!("no client connected for {FINISHED_QUIET:?}: every client has been told");
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(actors, evaluators, "clients still connected after learner.finish_grace_s; leaving anyway");
+                return;
+            }
+            _ = termination() => return,
+        }
+    }
 }
 
 /// Refuses to serve a reachable port without a token unless told to (`auth.insecure`).

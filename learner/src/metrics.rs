@@ -31,6 +31,7 @@ pub const REFUSED: &str = "qd_learner_registrations_refused_total";
 pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
 pub const STREAMS_REFUSED: &str = "qd_learner_streams_refused_total";
 pub const CONNECTIONS: &str = "qd_learner_connections";
+pub const FINISHED: &str = "qd_learner_finished";
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
 pub const STREAM_REFUSALS: [&str; 6] = [
@@ -126,4 +127,8 @@ pub const ALL: &[Metric] = &[
     )
     .labelled("reason", &STREAM_REFUSALS),
     Metric::gauge(CONNECTIONS, "open TCP connections to the gRPC port"),
+    Metric::gauge(
+        FINISHED,
+        "1 once the run has reached its step budget (the learner is telling its clients)",
+    ),
 ];

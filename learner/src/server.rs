@@ -47,8 +47,11 @@ pub struct Shared {
     pub queue: mpsc::Sender<Queued>,
     pub queue_depth: AtomicUsize,
     pub published: watch::Sender<Option<Arc<Published>>>,
-    /// Set when the learner shuts down: open weight streams end.
+    /// Set when the learner shuts down: open weight streams end with UNAVAILABLE.
     pub closing: watch::Sender<bool>,
+    /// Set once the run has reached its step budget and the final version is published:
+    /// weight streams end cleanly after it, `Register` and `Status` say so.
+    pub finished: watch::Sender<bool>,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub stale: AtomicU64,
@@ -115,6 +118,7 @@ impl Shared {
             queue_depth: AtomicUsize::new(0),
             published: watch::channel(None).0,
             closing: watch::channel(false).0,
+            finished: watch::channel(false).0,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             stale: AtomicU64::new(0),
@@ -156,7 +160,8 @@ impl Shared {
     }
 
     /// Open weight streams of actors and of evaluators.
-    fn connected(&self) -> (usize, usize) {
+    /// Open weight streams: (actors, evaluators).
+    pub fn connected(&self) -> (usize, usize) {
         let s = self.streams();
         let actors = s
             .watchers
@@ -306,6 +311,7 @@ impl Learner for Service {
             step: s.step.load(Ordering::SeqCst),
             max_message_bytes: s.max_message_bytes as u64,
             samples_per_prompt: s.rules.samples_per_prompt as u32,
+            finished: *s.finished.borrow(),
         }))
     }
 
@@ -383,8 +389,11 @@ impl Learner for Service {
             stream,
         };
         let published = shared.published.subscribe();
-        let closing = shared.closing.subscribe();
-        let rx = broadcast::stream(published, closing, have, shared.chunk_bytes, guard);
+        let endings = broadcast::Endings {
+            finished: shared.finished.subscribe(),
+            closing: shared.closing.subscribe(),
+        };
+        let rx = broadcast::stream(published, endings, have, shared.chunk_bytes, guard);
         Ok(Response::new(Box::pin(rx)))
     }
 
@@ -402,6 +411,7 @@ impl Learner for Service {
             max_steps: s.max_steps,
             model_config_hash: s.model_config.hash(),
             vocab_hash: s.vocab_hash.clone(),
+            finished: *s.finished.borrow(),
         }))
     }
 }

@@ -186,6 +186,14 @@ pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
+/// The step a learner on `run_dir` would resume from: the newest readable checkpoint's.
+pub fn resumable_step(run_dir: &Path) -> Option<u64> {
+    checkpoints(run_dir)
+        .iter()
+        .find_map(|p| Checkpoint::read(p).ok())
+        .map(|c| c.meta.step)
+}
+
 impl Trainer {
     /// Loads the teacher and the student (from the newest readable checkpoint of
     /// `run_dir`, else from the base model) and publishes the student.
@@ -477,6 +485,8 @@ impl Trainer {
         };
         metrics::gauge!(m::STEP).set(self.step as f64);
         let mut last_checkpoint = None;
+        // `Trainer::new` published the weights it starts from.
+        let mut published_at = self.step;
         let stopped = loop {
             if self.cfg.max_steps > 0 && self.step >= self.cfg.max_steps {
                 break Stopped::Budget;
@@ -564,11 +574,17 @@ impl Trainer {
             }
             if self.step % self.cfg.publish_every == 0 {
                 self.publish()?;
+                published_at = self.step;
             }
             if self.step % self.cfg.checkpoint_every == 0 {
                 last_checkpoint = Some(self.checkpoint()?);
             }
         };
+        // The final version goes out, whatever `publish_every` is: clients that hear the
+        // run has finished hold the trained weights.
+        if stopped == Stopped::Budget && published_at != self.step {
+            self.publish()?;
+        }
         let checkpoint =
             match last_checkpoint.filter(|_| self.step % self.cfg.checkpoint_every == 0) {
                 Some(p) => p,

@@ -39,6 +39,25 @@ fn qd_run_trains_to_its_budget_and_restarts_a_dead_actor() {
     assert!(text.contains("starting it again"), "{text}");
     assert!(text.contains("student weights:"), "{text}");
     assert_eq!(train_log(&f.path("rl/train.jsonl")).len(), 150);
+    // The end of the run: the learner tells its clients, each stops by itself with
+    // status 0 (none is stopped by a signal), and the evaluator scores the final version.
+    assert!(text.contains("run finished: telling the clients"), "{text}");
+    for role in ["actor-1", "actor-2", "evaluator"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("[{role}]"))
+                && l.contains("the learner has finished the run")),
+            "{role} did not hear the run finished:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("stopped: the run finished") && l.contains(role)),
+            "{role} did not stop by itself with status 0:\n{text}"
+        );
+    }
+    assert!(!text.contains("did not stop within"), "{text}");
+    let evals = std::fs::read_to_string(f.path("rl/eval.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(evals.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 150, "the final version was not evaluated: {evals}");
     // The final student is the 150th step's, and training moved it off the base model.
     let student = Checkpoint::read(&f.path("rl/student.safetensors")).unwrap();
     assert_eq!(student.meta.step, 150);
@@ -50,12 +69,29 @@ fn qd_run_trains_to_its_budget_and_restarts_a_dead_actor() {
             .any(|((n, a), (m, b))| n == m && !a.equal(b)),
         "the student's weights equal the base model's"
     );
-    assert!(
-        std::fs::read_to_string(f.path("rl/eval.jsonl"))
+
+    // Started again on the finished run: `qd run` says so and returns 0; a learner
+    // started on it trains nothing more, says the run finished, and exits 0.
+    for role in ["run", "learner"] {
+        let again = Command::new(env!("CARGO_BIN_EXE_qd"))
+            .args([role, "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{role}: {text}");
+        let said = match role {
+            "run" => "the run has finished already",
+            _ => "run finished: telling the clients",
+        };
+        assert!(text.contains(said), "{role}: {text}");
+        assert_eq!(train_log(&f.path("rl/train.jsonl")).len(), 150);
+    }
+    assert_eq!(
+        Checkpoint::read(&f.path("rl/student.safetensors"))
             .unwrap()
-            .lines()
-            .count()
-            >= 1
+            .meta
+            .step,
+        150
     );
 }
 
