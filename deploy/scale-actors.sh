@@ -24,7 +24,14 @@ case $target in
     ;;
   k8s)
     ns=${QD_NAMESPACE:-qd}
-    kubectl -n "$ns" scale deployment/qd-actor --replicas="$n"
-    kubectl -n "$ns" rollout status deployment/qd-actor --timeout=300s
+    # The actors are a Job of interchangeable workers: its parallelism is their count.
+    kubectl -n "$ns" patch job/qd-actor --type merge -p "{\"spec\":{\"parallelism\":$n}}"
+    deadline=$((SECONDS + 300))
+    until [ "$(kubectl -n "$ns" get job/qd-actor -o jsonpath='{.status.ready}')" = "$n" ] \
+      || { [ "$n" = 0 ] && [ -z "$(kubectl -n "$ns" get job/qd-actor -o jsonpath='{.status.active}')" ]; }; do
+      [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $n ready actors" >&2; exit 1; }
+      sleep 2
+    done
+    kubectl -n "$ns" get job/qd-actor
     ;;
 esac

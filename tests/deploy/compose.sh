@@ -99,7 +99,7 @@ wait_for() {
 }
 
 say "up: bootstrap, learner, 2 actors, evaluator, prometheus (project $project)"
-"${compose[@]}" up -d --scale actor=2 learner actor evaluator prometheus
+COMPOSE_PROFILES=monitoring "${compose[@]}" up -d --scale actor=2 learner actor evaluator prometheus
 wait_for 'max(qd_learner_step)' 'x >= 5' "the learner steps and Prometheus scrapes it"
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 2' "Prometheus scrapes 2 actors"
 wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are connected"
@@ -149,4 +149,31 @@ until grep -q "resumed from checkpoint.* step=$last " <<<"$("${compose[@]}" logs
 done
 say "the restarted learner resumed from step $last"
 wait_for 'max(qd_learner_step)' "x > $last" "the resumed learner steps on"
+
+# The end of the run: a step budget just ahead (the config file rewritten in place, so
+# the bind mount sees it), the learner restarted to read it. Every qd container running
+# then must exit 0 by itself, and none be restarted.
+step=$(query 'max(qd_learner_step)')
+budget=$((${step%.*} + 15))
+sed "s/^max_steps = 0$/max_steps = $budget/" "$QD_CONFIG" >"$QD_CONFIG.new"
+cat "$QD_CONFIG.new" >"$QD_CONFIG"
+running=$("${compose[@]}" ps -q learner actor evaluator)
+say "finish the run at step $budget ($(wc -l <<<"$running") qd containers running)"
+"${compose[@]}" restart learner >/dev/null
+deadline=$((SECONDS + 300))
+while :; do
+  states=$(for c in $running; do
+    docker inspect -f '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$c"
+  done)
+  grep -qv ' exited ' <<<"$states" || break
+  [ $SECONDS -lt $deadline ] || { say "not every container stopped: $(tr '\n' ';' <<<"$states")"; exit 1; }
+  sleep 2
+done
+bad=$(grep -v ' exited 0 ' <<<"$states" || true)
+[ -z "$bad" ] || { say "a container did not end with exit code 0: $(tr '\n' ';' <<<"$bad")"; exit 1; }
+grep -q "run finished: telling the clients" <<<"$("${compose[@]}" logs --no-color learner)" \
+  || { say "the learner did not announce the end of the run"; exit 1; }
+grep -q "evaluated .*step=$budget " <<<"$("${compose[@]}" logs --no-color evaluator)" \
+  || { say "the evaluator did not score the final version (step $budget)"; exit 1; }
+say "the run finished: every qd container exited 0 ($(wc -l <<<"$states"))"
 say "PASSED"

@@ -94,7 +94,7 @@ def load(name):
 
 
 def workloads(docs):
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Job")}
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
 
 
 def main_container(w):
@@ -108,8 +108,8 @@ def env(c):
 
 EXPECTED = {
     ("Namespace", "qd"), ("PersistentVolumeClaim", "qd-state"), ("Job", "qd-bootstrap"),
-    ("Service", "qd-learner"), ("StatefulSet", "qd-learner"), ("Deployment", "qd-actor"),
-    ("Deployment", "qd-evaluator"), ("ConfigMap", "qd-config"), ("Secret", "qd-auth"),
+    ("Service", "qd-learner"), ("Job", "qd-learner"), ("Job", "qd-actor"),
+    ("Job", "qd-evaluator"), ("ConfigMap", "qd-config"), ("Secret", "qd-auth"),
     ("NetworkPolicy", "qd-learner"), ("NetworkPolicy", "qd-workers"),
 }
 ROLES = {"qd-learner": "learner", "qd-actor": "actor", "qd-evaluator": "evaluator"}
@@ -152,7 +152,7 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
     (svc,) = [d for d in docs if d["kind"] == "Service"]
     svc_ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
     check(svc_ports == {"grpc": 50051, "metrics": 9100}, f"{at} qd-learner Service ports {svc_ports}")
-    check(svc["spec"].get("clusterIP") == "None", f"{at} qd-learner must be headless (the StatefulSet's service)")
+    check(svc["spec"].get("clusterIP") == "None", f"{at} qd-learner must be headless (it resolves to the learner's pod)")
     check(toml["learner"]["listen"] == "0.0.0.0:50051", f"{at} learner.listen must be 0.0.0.0:50051")
     check(toml["client"]["learner"] == f"http://{svc['metadata']['name']}:{svc_ports['grpc']}",
           f"{at} client.learner {toml['client']['learner']!r} does not name the Service")
@@ -220,16 +220,26 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
             else:
                 check(p is not None and p.get("httpGet", {}).get("path") == "/metrics", f"{at} {wname}: {probe} on /metrics")
 
+    # A run is Jobs that complete: the roles exit 0 at its end, a crash restarts the
+    # container in its pod, and learner and evaluator never run two pods at once.
+    for wname in ROLES:
+        w = ws[wname]
+        check(w["apiVersion"] == "batch/v1" and w["kind"] == "Job"
+              and w["spec"]["template"]["spec"].get("restartPolicy") == "OnFailure",
+              f"{at} {wname}: must be a batch/v1 Job with restartPolicy OnFailure")
+    for wname in ("qd-learner", "qd-evaluator"):
+        spec = ws[wname]["spec"]
+        check(spec.get("completions") == 1 and spec.get("parallelism") == 1
+              and spec.get("podReplacementPolicy") == "Failed",
+              f"{at} {wname}: one pod, replaced only once the old one has terminated")
     learner = ws["qd-learner"]
-    check(learner["spec"]["replicas"] == 1 and learner["spec"]["serviceName"] == "qd-learner",
-          f"{at} the learner is one StatefulSet replica behind qd-learner")
     check(learner["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30) >= 60,
           f"{at} the learner needs >= 60 s to checkpoint on SIGTERM")
-    # `kubectl scale deployment/qd-actor` writes spec.replicas of an apps/v1 Deployment.
+    # deploy/scale-actors.sh patches spec.parallelism of a Job of interchangeable workers.
     actor = ws["qd-actor"]
-    check(actor["apiVersion"] == "apps/v1" and isinstance(actor["spec"].get("replicas"), int)
+    check(isinstance(actor["spec"].get("parallelism"), int) and "completions" not in actor["spec"]
           and "HorizontalPodAutoscaler" not in {d["kind"] for d in docs},
-          f"{at} the actors must be a Deployment with spec.replicas")
+          f"{at} the actors must be a Job with spec.parallelism and no completion count")
 
 # The bootstrap job's script, run by /bin/sh with a stub of the image's qd-bootstrap
 # that logs its calls.
@@ -293,7 +303,7 @@ for overlay in ("cpu", "gpu"):
     toml = tmp / "qd.toml"
     toml.write_text(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["qd.toml"])
     for w in docs:
-        if w["kind"] not in ("StatefulSet", "Deployment"):
+        if w["kind"] != "Job" or w["metadata"]["name"] == "qd-bootstrap":
             continue
         (c,) = w["spec"]["template"]["spec"]["containers"]
         e = {k: v for k, v in os.environ.items() if not k.startswith("QD__")}
@@ -320,11 +330,11 @@ import yaml
 
 tmp = Path(sys.argv[1])
 docs = [d for d in yaml.safe_load_all((tmp / "cpu.yaml").read_text()) if d]
-actor = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "qd-actor")
-actor["spec"]["replicaz"] = actor["spec"].pop("replicas")
+actor = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "qd-actor")
+actor["spec"]["parallelizm"] = actor["spec"].pop("parallelism")
 (tmp / "broken-field.yaml").write_text(yaml.safe_dump_all(docs))
 docs = [d for d in yaml.safe_load_all((tmp / "cpu.yaml").read_text()) if d]
-learner = next(d for d in docs if d["kind"] == "StatefulSet")
+learner = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "qd-learner")
 learner["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "fifty"
 (tmp / "broken-type.yaml").write_text(yaml.safe_dump_all(docs))
 PY
