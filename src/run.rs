@@ -160,7 +160,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     );
     let run_dir = settings.paths.run_dir.clone();
     let max_steps = settings.learner.max_steps;
-    if let Some(step) = learner::trainer::resumable_step(&run_dir).filter(|&s| max_steps > 0 && s >= max_steps) {
+    if let Some(step) =
+        learner::trainer::resumable_step(&run_dir).filter(|&s| max_steps > 0 && s >= max_steps)
+    {
         tracing::info!(
             run_dir = %run_dir.display(),
             step,

@@ -140,8 +140,9 @@ impl Setup {
         catalogue: &[common::telemetry::Metric],
         ready_file: Option<&std::path::Path>,
     ) -> Result<(Setup, Option<std::net::SocketAddr>)> {
+        let run = settings.paths.run_name();
         let setup = Setup::load(settings, task, device, threads)?;
-        let metrics = common::telemetry::serve_metrics(metrics_listen, catalogue).await?;
+        let metrics = common::telemetry::serve_metrics(metrics_listen, catalogue, &run).await?;
         if let Some(p) = ready_file {
             common::telemetry::Endpoints {
                 pid: std::process::id(),

@@ -44,6 +44,15 @@ pub struct Paths {
     pub run_dir: PathBuf,
 }
 
+impl Paths {
+    /// The run's name: its folder's (the `run` label of every metric).
+    pub fn run_name(&self) -> String {
+        self.run_dir
+            .file_name()
+            .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
+    }
+}
+
 impl Default for Paths {
     fn default() -> Paths {
         Paths {

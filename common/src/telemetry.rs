@@ -120,11 +120,15 @@ pub fn register(catalogue: &[Metric]) {
 /// Installs the Prometheus recorder for the metrics of `catalogue` (buckets, help texts,
 /// initial zeroes) and serves `/metrics` on `listen` (port 0: any free port). Returns
 /// the bound address, or `None` when `listen` is empty. Needs a tokio runtime.
-pub async fn serve_metrics(listen: &str, catalogue: &[Metric]) -> Result<Option<SocketAddr>> {
+pub async fn serve_metrics(
+    listen: &str,
+    catalogue: &[Metric],
+    run: &str,
+) -> Result<Option<SocketAddr>> {
     if listen.is_empty() {
         return Ok(None);
     }
-    let handle = install_recorder(catalogue)?;
+    let handle = install_recorder(catalogue, run)?;
     register(catalogue);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -153,8 +157,9 @@ pub async fn serve_metrics(listen: &str, catalogue: &[Metric]) -> Result<Option<
     Ok(Some(addr))
 }
 
-fn install_recorder(catalogue: &[Metric]) -> Result<PrometheusHandle> {
-    let mut b = PrometheusBuilder::new();
+/// The recorder: every series labelled `run`, histograms with their catalogue's buckets.
+fn install_recorder(catalogue: &[Metric], run: &str) -> Result<PrometheusHandle> {
+    let mut b = PrometheusBuilder::new().add_global_label("run", run);
     for m in catalogue {
         if let Kind::Histogram(buckets) = m.kind {
             b = b
@@ -164,6 +169,36 @@ fn install_recorder(catalogue: &[Metric]) -> Result<PrometheusHandle> {
     }
     b.install_recorder()
         .context("installing the Prometheus recorder")
+}
+
+/// The value of the sample `name` whose labels include `labels` on the Prometheus page
+/// served at `addr` (`None`: no such sample, or no page within 2 s). For checks of a
+/// running service (the fault campaign, the tests).
+pub fn scrape(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (_, page) = response.split_once("\r\n\r\n")?;
+    sample(page, name, labels)
+}
+
+/// [`scrape`] on a page already read.
+pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    let parsed = prometheus_parse::Scrape::parse(page.lines().map(|l| Ok(l.to_string()))).ok()?;
+    parsed
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
 }
 
 /// Where a started process can be reached: written as JSON to its ready file (the
@@ -189,5 +224,25 @@ impl Endpoints {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not an endpoints file", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_sample_is_found_by_name_and_a_subset_of_its_labels() {
+        let page = "# HELP qd_x_total things\n# TYPE qd_x_total counter\n\
+                    qd_x_total{reason=\"a\",run=\"r1\"} 3\nqd_x_total{reason=\"b\",run=\"r1\"} 5\n\
+                    # TYPE qd_y gauge\nqd_y{run=\"r1\"} 0.25\n";
+        assert_eq!(sample(page, "qd_x_total", &[("reason", "b")]), Some(5.0));
+        assert_eq!(
+            sample(page, "qd_x_total", &[("run", "r1"), ("reason", "a")]),
+            Some(3.0)
+        );
+        assert_eq!(sample(page, "qd_y", &[]), Some(0.25));
+        assert_eq!(sample(page, "qd_x_total", &[("reason", "c")]), None);
+        assert_eq!(sample(page, "qd_z", &[]), None);
     }
 }

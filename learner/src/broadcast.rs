@@ -183,15 +183,24 @@ mod tests {
         finished.send_replace(true);
         assert_eq!(next_version(&mut watching).await, Some((6, vec![7; 3])));
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), watching.next()).await;
-        assert!(matches!(end, Ok(None)), "the stream did not end cleanly: {end:?}");
+        assert!(
+            matches!(end, Ok(None)),
+            "the stream did not end cleanly: {end:?}"
+        );
         // A subscriber arriving after the end: the final version, then the end.
         let mut late = stream(published.subscribe(), endings.clone(), 0, 2, ());
         assert_eq!(next_version(&mut late).await, Some((6, vec![7; 3])));
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), late.next()).await;
-        assert!(matches!(end, Ok(None)), "the late stream did not end cleanly: {end:?}");
+        assert!(
+            matches!(end, Ok(None)),
+            "the late stream did not end cleanly: {end:?}"
+        );
         let mut has_it = stream(published.subscribe(), endings, 6, 2, ());
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), has_it.next()).await;
-        assert!(matches!(end, Ok(None)), "a subscriber with the final version was not told");
+        assert!(
+            matches!(end, Ok(None)),
+            "a subscriber with the final version was not told"
+        );
     }
 
     #[test]

@@ -37,8 +37,19 @@ pub async fn run(
     let cfg = settings.learner.clone();
     check_exposure(&settings)?;
     let device = model::device::use_device(model::device::parse_device(&cfg.device)?, cfg.threads)?;
-    let metrics_addr = common::telemetry::serve_metrics(&cfg.metrics_listen, metrics::ALL).await?;
     let paths = settings.paths.clone();
+    let metrics_addr =
+        common::telemetry::serve_metrics(&cfg.metrics_listen, metrics::ALL, &paths.run_name())
+            .await?;
+    ::metrics::gauge!(
+        metrics::RUN_INFO,
+        "beta" => cfg.beta.to_string(),
+        "cfg_gamma" => cfg.cfg_gamma.to_string(),
+        "cfg_scope" => cfg.cfg_scope.to_string(),
+        "cfg_plausibility" => cfg.cfg_plausibility.to_string(),
+        "divergence" => serde_json::to_value(cfg.divergence)?.as_str().unwrap_or_default().to_string(),
+    )
+    .set(1.0);
     let vocab_hash = task.vocab_hash();
     let base = Checkpoint::read_for(&paths.base, ModelKind::Policy, &vocab_hash)
         .context("loading the base model")?;
@@ -237,7 +248,9 @@ async fn announce_finished(shared: &Shared, o: &Outcome, grace: Duration) {
             .elapsed()
             >= FINISHED_QUIET
         {
-            tracing::info!("no client connected for {FINISHED_QUIET:?}: every client has been told");
+            tracing::info!(
+                "no client connected for {FINISHED_QUIET:?}: every client has been told"
+            );
             return;
         }
         tokio::select! {

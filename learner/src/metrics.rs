@@ -32,6 +32,7 @@ pub const UNAUTHENTICATED: &str = "qd_learner_unauthenticated_total";
 pub const STREAMS_REFUSED: &str = "qd_learner_streams_refused_total";
 pub const CONNECTIONS: &str = "qd_learner_connections";
 pub const FINISHED: &str = "qd_learner_finished";
+pub const RUN_INFO: &str = "qd_learner_run_info";
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
 pub const STREAM_REFUSALS: [&str; 6] = [
@@ -127,6 +128,10 @@ pub const ALL: &[Metric] = &[
     )
     .labelled("reason", &STREAM_REFUSALS),
     Metric::gauge(CONNECTIONS, "open TCP connections to the gRPC port"),
+    Metric::gauge(
+        RUN_INFO,
+        "1, labelled with the run's method settings (beta, cfg_gamma, cfg_scope, cfg_plausibility, divergence)",
+    ),
     Metric::gauge(
         FINISHED,
         "1 once the run has reached its step budget (the learner is telling its clients)",

@@ -176,8 +176,14 @@ bad = []
 for p in dash["panels"]:
     if p["type"] == "row":
         continue
-    if p.get("datasource", {}).get("uid") != "prometheus":
-        bad.append(f"panel {p['title']!r}: datasource uid is not 'prometheus'")
+    if p.get("datasource", {}).get("uid") != "${datasource}":
+        bad.append(f"panel {p['title']!r}: datasource is not the dashboard's variable")
+    for t in p.get("targets", []):
+        if "qd_" in t["expr"] and 'run=~"$run"' not in t["expr"]:
+            bad.append(f"panel {p['title']!r}: {t['expr']} does not select the run variable")
+names = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+if names != {"datasource", "run"}:
+    bad.append(f"dashboard variables {sorted(names)}, expected datasource and run")
     if not p.get("targets"):
         bad.append(f"panel {p['title']!r}: no queries")
 ids = [p["id"] for p in dash["panels"]]
@@ -343,8 +349,10 @@ def alive():
         if state in ("Z", "X", "gone"):
             sys.exit(f"process {pid} exited early")
 
-# Grafana's variables, as Grafana would expand them for a short time range.
-subst = {"$__rate_interval": rate_interval, "$__interval": "1s", "$__range": "5m"}
+# Grafana's variables, as Grafana would expand them for a short time range, with the
+# run variable set to this run (its folder's name): a series without the run label
+# shows nothing.
+subst = {"$__rate_interval": rate_interval, "$__interval": "1s", "$__range": "5m", "$run": "rl"}
 queries = []
 for p in json.load(open(dash_path))["panels"]:
     for t in p.get("targets", []):
@@ -368,17 +376,17 @@ for p in json.load(open(dash_path))["panels"]:
 MAY_STAY_ZERO = frozenset({
     # max_staleness = 0: every trajectory trained on comes from the current policy, so
     # every importance ratio is 1 and none is clipped.
-    ("Entropy and clipped ratios", "clipped share"),
+    ("Entropy and clipped ratios", "{{run}} clipped share"),
     # Tiny models after 30 steps of pre-training write no bar that fits the meter:
     # validity 0, and quality = adherence × validity. (Adherence, diversity and the
     # evaluated version must still leave 0, so an evaluation has to have happened.)
-    ("Evaluated quality", "validity"),
-    ("Evaluated quality", "quality"),
+    ("Evaluated quality", "{{run}} validity"),
+    ("Evaluated quality", "{{run}} quality"),
     # Actors and the evaluator follow the broadcast stream and load every published
     # version within milliseconds: on a fast machine each scrape finds them at the
     # learner's version, and a lag of 0 is the healthy reading. (Both versions are
     # checked to leave 0 in the "Policy version" panel.)
-    ("Policy lag", "{{job}} {{instance}}"),
+    ("Policy lag", "{{run}} {{job}} {{instance}}"),
 })
 keys = {(t, l) for t, l, _ in queries}
 if MAY_STAY_ZERO - keys:

@@ -18,11 +18,7 @@ fn metrics_addr(f: &Fixture) -> SocketAddr {
 }
 
 fn refusals(m: SocketAddr, reason: &str) -> f64 {
-    scrape(
-        m,
-        &format!("qd_learner_streams_refused_total{{reason=\"{reason}\"}}"),
-    )
-    .unwrap_or(0.0)
+    scrape(m, "qd_learner_streams_refused_total", &[("reason", reason)]).unwrap_or(0.0)
 }
 
 /// Opens a trajectory stream that sends nothing until `tx` does; the acknowledgements.
@@ -128,7 +124,7 @@ fn connections_beyond_the_limit_are_closed() {
     status(&rt, &mut c, None);
     let raw = std::net::TcpStream::connect(addr).unwrap();
     wait_until("the learner to count its connections", || {
-        (scrape(m, "qd_learner_connections") == Some(2.0)).then_some(())
+        (scrape(m, "qd_learner_connections", &[]) == Some(2.0)).then_some(())
     });
     // A third is closed at once: its call fails, the open ones go on.
     let third = client_result(&rt, addr)
@@ -222,7 +218,8 @@ fn unreadable_messages_get_a_status() {
     for reason in ["malformed", "oversize"] {
         let v = scrape(
             m,
-            &format!("qd_learner_trajectories_dropped_total{{reason=\"{reason}\"}}"),
+            "qd_learner_trajectories_dropped_total",
+            &[("reason", reason)],
         );
         assert_eq!(v, Some(1.0), "{reason}");
     }

@@ -10,7 +10,6 @@ mod refusals;
 mod run;
 mod training;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -360,16 +359,9 @@ fn wait_for_step(
     })
 }
 
-/// One sample of a Prometheus text page (`name` with exactly these labels), if present.
-fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut page = String::new();
-    s.read_to_string(&mut page).ok()?;
-    page.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+/// One sample of a process's `/metrics` page: `name` with (at least) these labels.
+fn scrape(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    common::telemetry::scrape(addr, name, labels)
 }
 
 fn train_log(path: &Path) -> Vec<serde_json::Value> {

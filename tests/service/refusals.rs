@@ -126,7 +126,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         .unwrap()
         .metrics
         .unwrap();
-    let unauthenticated = || scrape(m, "qd_learner_unauthenticated_total").unwrap_or(0.0);
+    let unauthenticated = || scrape(m, "qd_learner_unauthenticated_total", &[]).unwrap_or(0.0);
     let refused_before = unauthenticated();
     let wrong = [
         None,
@@ -338,7 +338,8 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     ] {
         let v = scrape(
             m,
-            &format!("qd_learner_trajectories_dropped_total{{reason=\"{reason}\"}}"),
+            "qd_learner_trajectories_dropped_total",
+            &[("reason", reason)],
         );
         assert!(v.is_some_and(|v| v >= 1.0), "no {reason} rejection counted");
     }

@@ -57,7 +57,10 @@ fn qd_run_trains_to_its_budget_and_restarts_a_dead_actor() {
     assert!(!text.contains("did not stop within"), "{text}");
     let evals = std::fs::read_to_string(f.path("rl/eval.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(evals.lines().last().unwrap()).unwrap();
-    assert_eq!(last["step"], 150, "the final version was not evaluated: {evals}");
+    assert_eq!(
+        last["step"], 150,
+        "the final version was not evaluated: {evals}"
+    );
     // The final student is the 150th step's, and training moved it off the base model.
     let student = Checkpoint::read(&f.path("rl/student.safetensors")).unwrap();
     assert_eq!(student.meta.step, 150);

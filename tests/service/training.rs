@@ -32,7 +32,7 @@ fn learner_and_two_actors_train_publish_and_distil() {
     for i in 1..=2 {
         let m = f.metrics_addr(&format!("actor-{i}"));
         wait_until("an actor to load the newest weights", || {
-            scrape(m, "qd_actor_weight_version").filter(|&w| w >= v)
+            scrape(m, "qd_actor_weight_version", &[]).filter(|&w| w >= v)
         });
     }
     learner.signal(nix::sys::signal::Signal::SIGTERM);
@@ -98,7 +98,7 @@ fn actors_may_die_and_join_at_any_time() {
     let v = status(&rt, &mut c, None).version as f64;
     let m = f.metrics_addr("actor-3");
     wait_until("the new actor to catch up", || {
-        scrape(m, "qd_actor_weight_version").filter(|&w| w >= v)
+        scrape(m, "qd_actor_weight_version", &[]).filter(|&w| w >= v)
     });
     wait_until("two actors connected", || {
         (status(&rt, &mut c, None).actors_connected == 2).then_some(())

@@ -204,7 +204,8 @@ pub fn bench_faults(
                 actor_metrics
                     .iter()
                     .all(|&m| {
-                        scrape(m, "qd_actor_weight_version").is_some_and(|v| v >= first as f64)
+                        common::telemetry::scrape(m, "qd_actor_weight_version", &[])
+                            .is_some_and(|v| v >= first as f64)
                     })
                     .then_some(())
             },
