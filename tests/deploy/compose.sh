@@ -153,11 +153,15 @@ wait_for 'max(qd_learner_step)' "x > $last" "the resumed learner steps on"
 # The end of the run: a step budget just ahead (the config file rewritten in place, so
 # the bind mount sees it), the learner restarted to read it. Every qd container running
 # then must exit 0 by itself, and none be restarted.
+# (tiny steps take milliseconds: the budget is far enough ahead that the restarted
+# learner trains up to it)
 step=$(query 'max(qd_learner_step)')
-budget=$((${step%.*} + 15))
+budget=$((${step%.*} + 400))
 sed "s/^max_steps = 0$/max_steps = $budget/" "$QD_CONFIG" >"$QD_CONFIG.new"
 cat "$QD_CONFIG.new" >"$QD_CONFIG"
-running=$("${compose[@]}" ps -q learner actor evaluator)
+running=$(for c in $("${compose[@]}" ps -q learner actor evaluator); do
+  if [ "$(docker inspect -f '{{.State.Running}}' "$c")" = true ]; then echo "$c"; fi
+done)
 say "finish the run at step $budget ($(wc -l <<<"$running") qd containers running)"
 "${compose[@]}" restart learner >/dev/null
 deadline=$((SECONDS + 300))
@@ -171,8 +175,8 @@ while :; do
 done
 bad=$(grep -v ' exited 0 ' <<<"$states" || true)
 [ -z "$bad" ] || { say "a container did not end with exit code 0: $(tr '\n' ';' <<<"$bad")"; exit 1; }
-grep -q "run finished: telling the clients" <<<"$("${compose[@]}" logs --no-color learner)" \
-  || { say "the learner did not announce the end of the run"; exit 1; }
+grep -q "run finished: telling the clients step=$budget " <<<"$("${compose[@]}" logs --no-color learner)" \
+  || { say "the learner did not train to step $budget and announce the end of the run"; exit 1; }
 grep -q "evaluated .*step=$budget " <<<"$("${compose[@]}" logs --no-color evaluator)" \
   || { say "the evaluator did not score the final version (step $budget)"; exit 1; }
 say "the run finished: every qd container exited 0 ($(wc -l <<<"$states"))"
