@@ -110,6 +110,16 @@ mod tests {
 
     use super::{stream, Endings, Published};
 
+    /// The learner's `finished` and `closing` flags, and the endings a stream watches.
+    fn endings() -> (watch::Sender<bool>, watch::Sender<bool>, Endings) {
+        let (finished, closing) = (watch::channel(false).0, watch::channel(false).0);
+        let endings = Endings {
+            finished: finished.subscribe(),
+            closing: closing.subscribe(),
+        };
+        (finished, closing, endings)
+    }
+
     /// The next version a stream delivers, as (version, bytes) of the whole blob; `None`
     /// when the stream ends or nothing whole arrives within 10 s.
     async fn next_version(
@@ -136,12 +146,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_gets_the_current_version_unless_it_has_it_then_each_new_one() {
         let (published, _) = watch::channel(Some(Arc::new(Published::new(2, 20, vec![1, 2, 3]))));
-        let (closing, _) = watch::channel(false);
-        let (finished, _) = watch::channel(false);
-        let endings = Endings {
-            finished: finished.subscribe(),
-            closing: closing.subscribe(),
-        };
+        let (_finished, closing, endings) = endings();
         // Holding version 2 already: nothing until version 3.
         let mut up_to_date = stream(published.subscribe(), endings.clone(), 2, 2, ());
         // Holding nothing: version 2 at once.
@@ -172,12 +177,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_finished_run_ends_each_stream_after_the_final_version() {
         let (published, _) = watch::channel(Some(Arc::new(Published::new(5, 50, vec![9; 5]))));
-        let (closing, _) = watch::channel(false);
-        let (finished, _) = watch::channel(false);
-        let endings = Endings {
-            finished: finished.subscribe(),
-            closing: closing.subscribe(),
-        };
+        let (finished, _closing, endings) = endings();
         let mut watching = stream(published.subscribe(), endings.clone(), 5, 2, ());
         published.send_replace(Some(Arc::new(Published::new(6, 60, vec![7; 3]))));
         finished.send_replace(true);

@@ -76,6 +76,18 @@ threads = 1
 EOF
 
 say() { echo "compose: $*"; }
+# Polls `docker inspect -f FORMAT` of the containers until every line matches DONE (a
+# grep pattern), at most TIMEOUT s; the last lines are left in $states.
+await_states() {
+  local format=$1 done=$2 deadline=$((SECONDS + $3))
+  shift 3
+  while :; do
+    states=$(for c in "$@"; do docker inspect -f "$format" "$c"; done)
+    grep -qv "$done" <<<"$states" || return 0
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 1
+  done
+}
 # The value of a PromQL query's first sample ("" when it has none).
 query() {
   curl -fsS --get "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" \
@@ -112,15 +124,9 @@ grep -q "learner listening.* auth=true" <<<"$learner_log" \
 say "the learner requires the token bootstrap generated, and the actors send it"
 
 # Every healthcheck (qd health over gRPC and HTTP, Prometheus's /-/healthy) passes.
-deadline=$((SECONDS + 120))
-while :; do
-  states=$(for c in $("${compose[@]}" ps -q learner actor evaluator prometheus); do
-    docker inspect -f '{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$c"
-  done)
-  grep -qv '=healthy$' <<<"$states" || break
-  [ $SECONDS -lt $deadline ] || { say "not all healthy: $(tr '\n' ' ' <<<"$states")"; exit 1; }
-  sleep 1
-done
+await_states '{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' '=healthy$' 120 \
+  $("${compose[@]}" ps -q learner actor evaluator prometheus) \
+  || { say "not all healthy: $(tr '\n' ' ' <<<"$states")"; exit 1; }
 say "every container is healthy ($(wc -l <<<"$states") containers)"
 
 say "scale to 3 actors"
@@ -164,15 +170,10 @@ running=$(for c in $("${compose[@]}" ps -q learner actor evaluator); do
 done)
 say "finish the run at step $budget ($(wc -l <<<"$running") qd containers running)"
 "${compose[@]}" restart learner >/dev/null
-deadline=$((SECONDS + 300))
-while :; do
-  states=$(for c in $running; do
-    docker inspect -f '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$c"
-  done)
-  grep -qv ' exited ' <<<"$states" || break
-  [ $SECONDS -lt $deadline ] || { say "not every container stopped: $(tr '\n' ';' <<<"$states")"; exit 1; }
-  sleep 2
-done
+# (word splitting of $running is wanted: one container id per word)
+# shellcheck disable=SC2086
+await_states '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' ' exited ' 300 $running \
+  || { say "not every container stopped: $(tr '\n' ';' <<<"$states")"; exit 1; }
 bad=$(grep -v ' exited 0 ' <<<"$states" || true)
 [ -z "$bad" ] || { say "a container did not end with exit code 0: $(tr '\n' ';' <<<"$bad")"; exit 1; }
 grep -q "run finished: telling the clients step=$budget " <<<"$("${compose[@]}" logs --no-color learner)" \
