@@ -346,5 +346,156 @@ for broken in broken-field broken-type; do
 done
 echo "k8s: the validator rejects a misspelled field and a wrong type"
 
+# --- kube-prometheus-stack: overlays/monitoring --------------------------------------------
+# The CPU overlay plus a PodMonitor, a PrometheusRule and the dashboard ConfigMap. The
+# custom resources are validated against the Prometheus operator's CRD schemas (strict:
+# an unknown field fails), taken from the crates.io package `kopium`, whose tests ship
+# the operator's CRDs of release $CRD_OPERATOR_VERSION (descriptions stripped); the
+# package is checked against its crates.io checksum and kept under .cache/tools/.
+CRD_CRATE=kopium-0.24.1
+CRD_CRATE_SHA256=15cc3a0ffd281ea6e36696c9a2d3a6a7a9e6ea1cf0d35b5dab54c021dade6fc9
+CRD_OPERATOR_VERSION=0.89.0
+CRD_DIR=.cache/tools/$CRD_CRATE
+CRDS=(servicemonitors podmonitors prometheusrules)
+if [ ! -f "$CRD_DIR/prometheusrules.yaml" ]; then
+  echo "k8s: downloading the Prometheus operator's CRDs ($CRD_CRATE from crates.io) into $CRD_DIR"
+  curl -sSfL -o "$tmp/$CRD_CRATE.crate" "https://static.crates.io/crates/${CRD_CRATE%-*}/$CRD_CRATE.crate" \
+    || fail "cannot download $CRD_CRATE from static.crates.io"
+  echo "$CRD_CRATE_SHA256  $tmp/$CRD_CRATE.crate" | sha256sum -c --quiet - || fail "$CRD_CRATE.crate: checksum mismatch"
+  tar -xzf "$tmp/$CRD_CRATE.crate" -C "$tmp" || fail "cannot unpack $CRD_CRATE.crate"
+  mkdir -p "$CRD_DIR"
+  for c in "${CRDS[@]}"; do
+    cp "$tmp/$CRD_CRATE/tests/$c.monitoring.coreos.com.yaml" "$CRD_DIR/$c.yaml" || fail "$CRD_CRATE has no $c CRD"
+  done
+fi
+
+# The overlay takes the dashboard from deploy/grafana, beside deploy/k8s.
+mkdir -p "$tmp/grafana" && cp -r deploy/grafana/. "$tmp/grafana/"
+out=$tmp/monitoring.yaml
+render "$tmp/k8s/overlays/monitoring" >"$out" || fail "deploy/k8s/overlays/monitoring does not render"
+"$VENV/bin/python" - "$out" "$tmp/monitoring-builtin.yaml" <<'PY'
+import sys
+import yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+yaml.safe_dump_all([d for d in docs if "monitoring.coreos.com" not in d["apiVersion"]], open(sys.argv[2], "w"))
+PY
+validate "$tmp/monitoring-builtin.yaml" || fail "overlays/monitoring does not validate against the Kubernetes schemas"
+
+# The custom resources against the CRDs, the checks the schemas cannot make, and the
+# same validation shown to reject a misspelled field and a wrong type.
+"$VENV/bin/python" - "$tmp" "$CRD_DIR" deploy/prometheus/rules/qd.rules.yml deploy/grafana/dashboards/qd.json \
+  deploy/k8s/overlays/monitoring/prometheusrule.sh deploy/k8s/overlays/monitoring/prometheusrule.yaml <<'PY' \
+  || fail "overlays/monitoring checks (above)"
+import copy, json, subprocess, sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+tmp, crd_dir, rules_file, dashboard, generator, generated = map(Path, sys.argv[1:])
+problems = []
+
+
+def check(ok, what):
+    if not ok:
+        problems.append(what)
+
+
+def strict(schema):
+    """The CRD's structural schema with unknown fields refused, as the API server's
+    field validation (kubectl apply --validate=strict) does."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+validators = {}
+for f in sorted(crd_dir.glob("*.yaml")):
+    crd = yaml.safe_load(f.read_text())
+    for v in crd["spec"]["versions"]:
+        if v["served"]:
+            schema = strict(v["schema"]["openAPIV3Schema"])
+            key = (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+            validators[key] = jsonschema.Draft7Validator(schema)
+
+
+def errors(doc):
+    v = validators.get((doc["apiVersion"], doc["kind"]))
+    if v is None:
+        return [f"no CRD for {doc['apiVersion']} {doc['kind']}"]
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(doc)]
+
+
+docs = [d for d in yaml.safe_load_all((tmp / "monitoring.yaml").read_text()) if d]
+cpu = [d for d in yaml.safe_load_all((tmp / "cpu.yaml").read_text()) if d]
+custom = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+kinds = sorted(d["kind"] for d in custom)
+check(kinds == ["PodMonitor", "PrometheusRule"], f"custom resources {kinds}, expected a PodMonitor and a PrometheusRule")
+for d in custom:
+    for e in errors(d):
+        problems.append(f"{d['kind']}/{d['metadata']['name']}: {e}")
+    check(d["metadata"].get("labels", {}).get("release"),
+          f"{d['kind']}: needs the release label kube-prometheus-stack selects by")
+
+# Everything of the CPU overlay is there, unchanged; the dashboard ConfigMap is added.
+key = lambda d: (d["kind"], d["metadata"]["name"])
+rest = {key(d): d for d in docs if d not in custom}
+dash = rest.pop(("ConfigMap", "qd-grafana-dashboard"), None)
+check(rest == {key(d): d for d in cpu}, "overlays/monitoring must hold the CPU overlay's objects unchanged")
+check(dash is not None and dash["metadata"]["labels"].get("grafana_dashboard") == "1"
+      and json.loads(dash["data"]["qd.json"]) == json.loads(dashboard.read_text()),
+      "the qd-grafana-dashboard ConfigMap must hold deploy/grafana/dashboards/qd.json, labelled grafana_dashboard=1")
+
+# The PodMonitor scrapes exactly the learner, actor and evaluator pods, on a port they
+# name, with the job names the rules and the dashboard use.
+pm = next((d for d in custom if d["kind"] == "PodMonitor"), None)
+if pm:
+    sel = pm["spec"]["selector"]
+    def selected(labels):
+        return all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items()) and all(
+            labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", []))
+    jobs = {d["metadata"]["name"]: d["spec"]["template"] for d in cpu if d["kind"] == "Job"}
+    chosen = sorted(n for n, t in jobs.items() if selected(t["metadata"]["labels"]))
+    check(chosen == ["qd-actor", "qd-evaluator", "qd-learner"], f"the PodMonitor selects {chosen}")
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    for n in chosen:
+        ports = {p["name"] for c in jobs[n]["spec"]["containers"] for p in c.get("ports", [])}
+        check(ep["port"] in ports, f"{n}: no container port named {ep['port']!r}")
+    job = [r for r in ep.get("relabelings", []) if r.get("targetLabel") == "job"]
+    check(job and job[0]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+          and job[0]["replacement"] == "qd-$1", "the PodMonitor must name the jobs qd-<component>")
+
+# The PrometheusRule is the rule file, and is what prometheusrule.sh writes now.
+pr = next((d for d in custom if d["kind"] == "PrometheusRule"), None)
+check(pr is not None and pr["spec"] == yaml.safe_load(rules_file.read_text()),
+      f"the PrometheusRule's spec differs from {rules_file}")
+subprocess.run(["bash", str(generator), str(tmp / "prometheusrule.yaml")], check=True)
+check((tmp / "prometheusrule.yaml").read_text() == generated.read_text(),
+      f"{generated} is out of date: run {generator}")
+
+# The validation refuses what it should.
+if pm:
+    broken = copy.deepcopy(pm)
+    broken["spec"]["podMetricEndpoints"] = broken["spec"].pop("podMetricsEndpoints")
+    check(errors(broken), "the CRD validation accepted a misspelled PodMonitor field")
+    broken = copy.deepcopy(pm)
+    broken["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["sourceLabels"] = "not-a-list"
+    check(errors(broken), "the CRD validation accepted a wrong type")
+if pr:
+    broken = copy.deepcopy(pr)
+    broken["spec"]["groups"][0]["rules"][0]["expresion"] = "up"
+    check(errors(broken), "the CRD validation accepted a misspelled rule field")
+
+for p in problems:
+    print(f"k8s: [monitoring] {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+echo "k8s: deploy/k8s/overlays/monitoring: the CPU overlay, a PodMonitor and a PrometheusRule valid against" \
+  "the Prometheus operator's CRDs ($CRD_OPERATOR_VERSION, strict), the dashboard ConfigMap; the CRD validation rejects broken ones"
+
 echo "k8s: ok: ${#KUSTOMIZATIONS[@]} kustomizations rendered with $renderer," \
   "kubernetes-validate $VALIDATOR_VERSION, $((SECONDS - start)) s"
