@@ -378,6 +378,9 @@ pub struct SampleArgs {
     /// Output folder.
     #[arg(long, default_value = "samples/prompt")]
     pub out: PathBuf,
+    /// Print one JSON object (the files written, each tune's text) instead of the tunes.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -588,6 +591,9 @@ pub struct MergeArgs {
     /// The checkpoint to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Print one JSON object (what was merged, how, and where it went).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -651,6 +657,10 @@ pub struct SweepArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
+    /// Print the summary (summary.json's content, and the files written) as one JSON
+    /// object instead of tables.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }

@@ -83,24 +83,20 @@ fn stamped_run(
 type Rows = HashMap<(String, String), Vec<String>>;
 
 /// `sweep.csv` as (family, param) → the remaining fields but the last (the run's seed,
-/// empty outside the `beta` family), and the header.
+/// empty outside the `beta` family), and the header. Params are keyed as Rust prints the
+/// number (`1`, `0.25`).
 fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header.last().map(String::as_str), Some("seed"));
     let mut rows = HashMap::new();
     let mut n = 0;
-    for l in lines {
-        let f: Vec<String> = l.split(',').map(str::to_string).collect();
-        assert_eq!(f.len(), header.len(), "{l}");
-        assert_eq!(header.last().map(String::as_str), Some("seed"));
-        assert_eq!(f.last().unwrap().is_empty(), f[0] != "beta", "{l}");
-        rows.insert((f[0].clone(), f[1].clone()), f[2..f.len() - 1].to_vec());
+    for record in r.records() {
+        let f: Vec<String> = record.unwrap().iter().map(str::to_string).collect();
+        assert_eq!(f.len(), header.len(), "{f:?}");
+        assert_eq!(f.last().unwrap().is_empty(), f[0] != "beta", "{f:?}");
+        let param = f[1].parse::<f64>().unwrap().to_string();
+        rows.insert((f[0].clone(), param), f[2..f.len() - 1].to_vec());
         n += 1;
     }
     (header, rows, n)

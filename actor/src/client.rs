@@ -148,7 +148,10 @@ pub fn is_fatal(status: &Status) -> bool {
     )
 }
 
-/// Exponential back-off with full jitter.
+/// Exponential back-off with jitter: each delay uniform in [d/2, d], d doubling up to
+/// `backoff_max_ms`. Hand-written on purpose (twenty lines): the reconnect loop is not a
+/// retried closure, and it resets the back-off only once a session's streams were
+/// accepted, which a retry crate's policy (backon's, say) would need wrapping for.
 #[derive(Debug)]
 pub struct Backoff {
     initial: Duration,

@@ -337,7 +337,6 @@ async fn session_inner(
 ) -> Result<u64, Status> {
     let mut client = connect(&link.settings, &link.credentials).await?;
     let reg = link.identity.register(&mut client).await?;
-    backoff.reset();
     // An actor has nothing left to do; an evaluator fetches the final version first
     // (its weight stream sends it, then ends).
     if reg.finished && link.identity.role == Role::Actor {
@@ -366,6 +365,10 @@ async fn session_inner(
         }
         None => None,
     };
+    // Only a session whose streams the learner accepted resets the back-off: one refused
+    // after Register (a full learner: limits.max_watchers, max_push_streams) keeps
+    // backing off instead of registering again at once.
+    backoff.reset();
     let mut known_version = reg.version;
     let mut assembler = Assembler::default();
     let mut sequence = 0u64;

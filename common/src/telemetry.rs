@@ -130,6 +130,10 @@ pub async fn serve_metrics(
     }
     let handle = install_recorder(catalogue, run)?;
     register(catalogue);
+    // The process's CPU time, memory, threads and open files (process_*), read on
+    // every scrape.
+    let process = metrics_process::Collector::default();
+    process.describe();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the metrics endpoint to {listen}"))?;
@@ -146,6 +150,7 @@ pub async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || {
             let h = handle.clone();
+            process.collect();
             async move { h.render() }
         }),
     );

@@ -105,21 +105,12 @@ fn group_means(values: &[f64], size: usize) -> Vec<f64> {
 
 /// Levenshtein distance divided by the longer length (0 for two empty sequences).
 pub fn edit_distance(a: &[u32], b: &[u32]) -> f64 {
-    if a.is_empty() && b.is_empty() {
+    let longer = a.len().max(b.len());
+    if longer == 0 {
         return 0.0;
     }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, x) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(x != y))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()] as f64 / a.len().max(b.len()) as f64
+    // (strsim takes sized collections: the copies are small next to the O(n·m) table.)
+    strsim::generic_levenshtein(&a.to_vec(), &b.to_vec()) as f64 / longer as f64
 }
 
 /// Evaluates a policy on the task's test prompts.

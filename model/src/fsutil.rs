@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// How the temporary file of an atomic write ends (`.<name>.<pid>.tmp`).
+/// How the temporary file of an atomic write ends (`.<name>.<pid>.<random>.tmp`).
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// The temporary files of atomic writes in `dir` (what a write killed midway leaves),
@@ -18,7 +18,8 @@ pub fn temp_files(dir: &Path) -> Vec<(std::path::PathBuf, Option<u32>)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let stem = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
-            let pid = stem.rsplit_once('.').and_then(|(_, p)| p.parse().ok());
+            let (writer, _random) = stem.rsplit_once('.')?;
+            let pid = writer.rsplit_once('.').and_then(|(_, p)| p.parse().ok());
             Some((e.path(), pid))
         })
         .collect()
@@ -27,40 +28,36 @@ pub fn temp_files(dir: &Path) -> Vec<(std::path::PathBuf, Option<u32>)> {
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, then
 /// rename, so a reader sees the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with_mode(path, bytes, None)
+    write_with_mode(path, bytes, 0o666)
 }
 
 /// [`write_atomic`] for a file only its owner may read (mode 0600).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with_mode(path, bytes, Some(0o600))
+    write_with_mode(path, bytes, 0o600)
 }
 
-fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().context("no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
+    // The temporary file goes when it is dropped unpersisted, i.e. on any error.
     let result = (|| {
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).create(true).truncate(true);
-        if let Some(m) = mode {
-            open.mode(m);
-        }
-        let mut f = open.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.{}.", std::process::id()))
+            .suffix(TEMP_SUFFIX)
+            .permissions(std::fs::Permissions::from_mode(mode))
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok::<_, std::io::Error>(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     result.with_context(|| format!("writing {}", path.display()))
 }
 
@@ -123,7 +120,7 @@ mod tests {
         // Every write went through a temporary file and left none; one a killed write
         // left is found, with its writer's pid.
         assert!(super::temp_files(&dir).is_empty());
-        let stray = dir.join(".train.jsonl.4242.tmp");
+        let stray = dir.join(".train.jsonl.4242.Xy12Ab.tmp");
         std::fs::write(&stray, b"{").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(super::temp_files(&dir), vec![(stray, Some(4242))]);
         let _ = std::fs::remove_dir_all(&dir);

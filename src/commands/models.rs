@@ -31,20 +31,52 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let samples =
         model::sampling::sample(&model, &vec![prompt; n], &seeds, task.vocabulary(), &cfg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut tunes = Vec::with_capacity(n);
     for (i, ids) in samples.tokens.iter().enumerate() {
         let stem = a.out.join(format!("{:02}", i + 1));
         let written = task.write_sample(&a.prompt, i as u32 + 1, ids, &stem)?;
         if let Some(note) = &written.note {
             eprintln!("warning: sample {}: {note}", i + 1);
         }
-        let ended = if ids.last() == Some(&task.vocabulary().eos) {
-            ""
-        } else {
-            " (cut at --max-new-tokens)"
-        };
-        println!("% sample {}{ended}\n{}", i + 1, written.text);
+        let finished = ids.last() == Some(&task.vocabulary().eos);
+        if !a.json {
+            let ended = if finished {
+                ""
+            } else {
+                " (cut at --max-new-tokens)"
+            };
+            println!("% sample {}{ended}\n{}", i + 1, written.text);
+        }
+        tunes.push(serde_json::json!({
+            "sample": i + 1,
+            "seed": seeds[i],
+            "tokens": ids.len(),
+            "finished": finished,
+            "files": written.files,
+            "text": written.text,
+            "note": written.note,
+        }));
     }
-    println!("wrote {n} tunes to {}", a.out.display());
+    if a.json {
+        let report = serde_json::json!({
+            "prompt": a.prompt,
+            "unknown_words": unknown,
+            "checkpoint": a.checkpoint,
+            "sampling": {
+                "cfg_gamma": cfg.cfg_gamma,
+                "cfg_plausibility": cfg.cfg_plausibility,
+                "cfg_scope": cfg.cfg_scope,
+                "temperature": cfg.temperature,
+                "top_k": cfg.top_k,
+                "max_new_tokens": cfg.max_new_tokens,
+            },
+            "out": a.out,
+            "samples": tunes,
+        });
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("wrote {n} tunes to {}", a.out.display());
+    }
     Ok(())
 }
 
@@ -138,8 +170,14 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         _ => anyhow::bail!("say how to merge: --lambda λ (two checkpoints) or --average"),
     };
     create_parent(&a.out)?;
-    merge::write(&a.out, &cks[0], tensors, extra)?;
-    println!("wrote {}", a.out.display());
+    merge::write(&a.out, &cks[0], tensors, extra.clone())?;
+    if a.json {
+        let mut report = extra;
+        report["out"] = serde_json::json!(a.out);
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("wrote {}", a.out.display());
+    }
     Ok(())
 }
 

@@ -26,13 +26,25 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     };
     let task = FolkTask::open(&a.data, &a.embedder, &a.judge)?;
     let s = eval::sweep::sweep(&cfg, &task)?;
+    let files: Vec<_> = ["sweep.csv", "summary.md", "summary.json"]
+        .iter()
+        .map(|name| cfg.out.join(name))
+        .collect();
+    if a.json {
+        // summary.json's object (which counts the points and names the plots), and the
+        // tables written.
+        let mut report = serde_json::to_value(&s)?;
+        report["files"] = serde_json::json!(files);
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     println!("{}", s.markdown());
     println!(
         "{} points: {} evaluated, {} cached",
         s.points, s.evaluated, s.cached
     );
-    for name in ["sweep.csv", "summary.md", "summary.json"] {
-        println!("wrote {}", cfg.out.join(name).display());
+    for f in files {
+        println!("wrote {}", f.display());
     }
     for png in &s.plots {
         println!("plot: {} (and .svg)", png.display());

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Checks the Prometheus configs (compose and Kubernetes), the alert rules (promtool unit
-# tests) and the Grafana dashboard against a real Prometheus scraping a real learner, two
-# actors and an evaluator with tiny models on loopback: every dashboard query must show
-# data the run produced (a non-zero value; only the short MAY_STAY_ZERO list below may
-# stay at 0), every alert rule must evaluate without error, and only the
-# dropped-trajectories alert may become active.
+# tests) and the Grafana dashboard against a real Prometheus scraping two real runs with
+# tiny models on loopback: run `rl` (a learner, two actors, an evaluator, a third actor
+# beyond the learner's weight-stream limit, and two clients the learner refuses: a wrong
+# token, another architecture) and run `rl2` (a learner and one actor). With the run
+# variable on `rl`, every dashboard query must show data the run produced (a non-zero
+# value; only the short MAY_STAY_ZERO list below may stay at 0); with both runs selected,
+# every learner panel must show each run's series apart (the run label); every alert
+# rule must evaluate without error, and only the dropped-trajectories alert may become
+# active.
 #
 #   tests/deploy/prometheus.sh          (from the repository root; QD=path/to/qd to override)
 #
@@ -125,7 +129,9 @@ fetch_promtool_k8s() {
         -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root
         -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
         -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false)
+        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::Contents-udeb::DefaultEnabled=false)
     say "downloading Debian $PROMTOOL_K8S_SUITE's promtool package (Kubernetes service discovery) into $PROMTOOL_K8S_CACHE" >&2
     apt-get "${opts[@]}" -qq update >&2 &&
         (cd "$apt/deb" && apt-get "${opts[@]}" -qq download promtool >&2) || return 1
@@ -231,10 +237,15 @@ run_qd pretrain pretrain --preset tiny --steps 30 --lr 0.01 --context 64 --out "
 run_qd embedder embedder train --steps 3 --out "$WORK/emb.safetensors" "${COMMON[@]}"
 run_qd judge judge train --steps 3 --out "$WORK/judge.safetensors" "${COMMON[@]}"
 
+# A token: calls without it are refused and counted (the auth-failures panel).
+# limits.max_watchers = 3: the two actors and the evaluator; a third actor's weight
+# stream is refused (watcher_limit) and it keeps reconnecting (the refusals and
+# reconnects panels).
 # max_staleness = 0: with two actors and a version every step, some trajectories are
 # always a version behind, so the stale-drop path runs and the dropped-by-reason panel
 # shows drops that grow (qd exports every reason's counter at 0 from the start, so its
 # series alone would prove nothing).
+TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat >"$WORK/qd.toml" <<EOF
 [paths]
 data = "$WORK/folk"
@@ -242,6 +253,12 @@ base = "$WORK/pt/last.safetensors"
 embedder = "$WORK/emb.safetensors"
 judge = "$WORK/judge.safetensors"
 run_dir = "$WORK/rl"
+
+[auth]
+token = "$TOKEN"
+
+[limits]
+max_watchers = 3
 
 [learner]
 listen = "127.0.0.1:0"
@@ -294,6 +311,20 @@ start actor-1 actor --set "client.learner=http://$GRPC" --set actor.seed=1
 start actor-2 actor --set "client.learner=http://$GRPC" --set actor.seed=2
 start evaluator evaluator --set "client.learner=http://$GRPC"
 for n in actor-1 actor-2 evaluator; do wait_for "$n to serve metrics" 60 ready "$n"; done
+# Each weight stream counts once it is open; the third actor comes after the first three.
+connected() { [[ $(curl -s "http://$(endpoint learner metrics)/metrics" |
+    awk '/^qd_learner_actors_connected/ { n += $NF } END { print n + 0 }') -ge 3 ]]; }
+wait_for "the learner to hold three weight streams" 60 connected
+start actor-3 actor --set "client.learner=http://$GRPC" --set actor.seed=3
+wait_for "actor-3 to serve metrics" 60 ready actor-3
+
+# A second run, rl2, for the overlay of two runs. Every role names its metrics' run
+# after its own paths.run_dir, so the actor is told the run folder too.
+start learner-2 learner --set "paths.run_dir=$WORK/rl2"
+wait_for "the second learner to listen" 60 ready learner-2
+start actor-4 actor --set "client.learner=http://$(endpoint learner-2 grpc)" --set actor.seed=4 \
+    --set "paths.run_dir=$WORK/rl2"
+wait_for "actor-4 to serve metrics" 60 ready actor-4
 
 # --- Prometheus --------------------------------------------------------------------------
 PROM_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -307,9 +338,11 @@ rule_files:
   - $PROM_DIR/rules/*.yml
 scrape_configs:
   - job_name: qd-learner
-    static_configs: [{targets: ["$(endpoint learner metrics)"]}]
+    static_configs: [{targets: ["$(endpoint learner metrics)", "$(endpoint learner-2 metrics)"]}]
   - job_name: qd-actor
-    static_configs: [{targets: ["$(endpoint actor-1 metrics)", "$(endpoint actor-2 metrics)"]}]
+    static_configs:
+      - targets: ["$(endpoint actor-1 metrics)", "$(endpoint actor-2 metrics)", "$(endpoint actor-3 metrics)",
+                  "$(endpoint actor-4 metrics)"]
   - job_name: qd-evaluator
     static_configs: [{targets: ["$(endpoint evaluator metrics)"]}]
 EOF
@@ -320,6 +353,21 @@ prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb"
 PIDS+=($!)
 prom_ready() { python3 -c 'import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + "/-/ready", timeout=2)' "$PROM" 2>/dev/null; }
 wait_for "prometheus to be ready" 30 prom_ready
+
+# Calls the learner refuses, made every 2 s while Prometheus watches (curl speaks enough
+# of gRPC's HTTP/2 framing): Register with a wrong token (an authentication failure), and
+# Register with the token but an empty message (protocol version 0, no role: a refused
+# registration).
+printf '\0\0\0\0\0' >"$WORK/empty.grpc"
+register() {
+    curl -s -o /dev/null --http2-prior-knowledge -X POST "http://$GRPC/qd.v1.Learner/Register" \
+        -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @"$WORK/empty.grpc" "$@"
+}
+(while sleep 2; do
+    register -H "authorization: Bearer not-the-token-0123456789" || true
+    register -H "authorization: Bearer $TOKEN" || true
+done) &
+PIDS+=($!)
 
 # --- every dashboard query returns data; rules and targets healthy ------------------------
 say "polling every dashboard query (deadline ${DEADLINE_S}s)"
@@ -352,16 +400,17 @@ def alive():
 # Grafana's variables, as Grafana would expand them for a short time range, with the
 # run variable set to this run (its folder's name): a series without the run label
 # shows nothing.
-subst = {"$__rate_interval": rate_interval, "$__interval": "1s", "$__range": "5m", "$run": "rl"}
-queries = []
-for p in json.load(open(dash_path))["panels"]:
-    for t in p.get("targets", []):
-        expr = t["expr"]
-        for k in sorted(subst, key=len, reverse=True):
-            expr = expr.replace(k, subst[k])
-        if "$" in expr:
-            sys.exit(f"panel {p['title']!r}: unexpanded variable in {expr}")
-        queries.append((p["title"], t.get("legendFormat", ""), expr))
+def expand(title, expr, run):
+    subst = {"$__rate_interval": rate_interval, "$__interval": "1s", "$__range": "5m", "$run": run}
+    for k in sorted(subst, key=len, reverse=True):
+        expr = expr.replace(k, subst[k])
+    if "$" in expr:
+        sys.exit(f"panel {title!r}: unexpanded variable in {expr}")
+    return expr
+
+targets = [(p["title"], t.get("legendFormat", ""), t["expr"])
+           for p in json.load(open(dash_path))["panels"] for t in p.get("targets", [])]
+queries = [(title, legend, expand(title, expr, "rl")) for title, legend, expr in targets]
 
 # Data the run produced: qd exports every counter (each label value included) and the
 # connection gauges at 0 from the start, so a series that exists proves nothing. A query
@@ -426,10 +475,33 @@ if pending:
     sys.exit("some dashboard queries showed no data produced by the run "
              "(\"only 0\": the series exists but never left 0)")
 
+# Two runs overlay: with both selected (Grafana's multi-value variable expands to
+# "rl|rl2"), every query about a role both runs have (all but the evaluator's) shows a
+# series of each run, told apart by the run label (queries without it, like `up`, are
+# about the targets and skipped).
+both = {"rl", "rl2"}
+overlay = [(title, legend, expand(title, expr, "rl|rl2")) for title, legend, expr in targets
+           if 'job="qd-evaluator"' not in expr]
+def runs_shown(expr):
+    return {r["metric"].get("run") for r in api("query", query=expr)["result"]} - {None}
+missing = {}
+while True:
+    alive()
+    missing = {q: runs_shown(q[2]) for q in overlay}
+    missing = {q: seen for q, seen in missing.items() if seen and seen != both}
+    if not missing or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+if missing:
+    for (title, legend, expr), seen in missing.items():
+        print(f"  runs {sorted(seen)}: [{title}] {legend}: {expr}", file=sys.stderr)
+    sys.exit("with both runs selected, some queries do not show each run")
+print(f"{len(overlay)} dashboard queries overlay runs rl and rl2 (each run its own series)")
+
 targets = api("targets")["activeTargets"]
 down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t.get('lastError')}" for t in targets if t["health"] != "up"]
-if down or len(targets) != 4:
-    sys.exit(f"expected 4 healthy targets, got {len(targets)}; down: {down}")
+if down or len(targets) != 7:
+    sys.exit(f"expected 7 healthy targets (2 learners, 4 actors, an evaluator), got {len(targets)}; down: {down}")
 
 # The rules load and evaluate without error against real series. With max_staleness = 0
 # most trajectories go stale, so QdTrajectoriesDropped{reason="stale"} must become active

@@ -186,7 +186,6 @@ every_versions = 5
 max_new_tokens = 32
 metrics_listen = "127.0.0.1:0"
 threads = 1
-{extra}
 "#,
             p("folk"),
             p("pt/last.safetensors"),
@@ -194,9 +193,8 @@ threads = 1
             p("judge.safetensors"),
             p("rl"),
         );
-        // `extra` may repeat a section header; TOML wants each once, so merge by hand.
         let path = self.path(&format!("{name}.toml"));
-        std::fs::write(&path, merge_sections(&text)).unwrap();
+        std::fs::write(&path, layered(&text, extra)).unwrap();
         path
     }
 
@@ -241,35 +239,20 @@ threads = 1
     }
 }
 
-/// Joins repeated `[section]` blocks so each section appears once.
-fn merge_sections(text: &str) -> String {
-    let mut order: Vec<String> = Vec::new();
-    let mut body: std::collections::HashMap<String, Vec<String>> = Default::default();
-    let mut current = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') && t.ends_with(']') {
-            current = t.to_string();
-            if !order.contains(&current) {
-                order.push(current.clone());
+/// `base` with the sections and keys of `extra` layered over it (`extra` may name a
+/// section `base` has; TOML wants each section once).
+fn layered(base: &str, extra: &str) -> String {
+    let mut merged: toml::Table = base.parse().unwrap();
+    let over: toml::Table = extra.parse().unwrap_or_else(|e| panic!("{e}: {extra}"));
+    for (key, value) in over {
+        match (merged.get_mut(&key), value) {
+            (Some(toml::Value::Table(section)), toml::Value::Table(keys)) => section.extend(keys),
+            (_, value) => {
+                merged.insert(key, value);
             }
-        } else if !t.is_empty() {
-            let lines = body.entry(current.clone()).or_default();
-            let key = t.split('=').next().unwrap_or("").trim().to_string();
-            lines.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
-            lines.push(t.to_string());
         }
     }
-    order
-        .iter()
-        .map(|s| {
-            format!(
-                "{s}\n{}\n",
-                body.get(s).map(|l| l.join("\n")).unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    toml::to_string(&merged).unwrap()
 }
 
 /// Polls `f` until it gives a value or the deadline passes.

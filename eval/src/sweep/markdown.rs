@@ -6,42 +6,63 @@ use std::fmt::Write as _;
 use super::summary::Summary;
 use super::{Family, Row};
 
-pub(super) fn csv(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "family,param,quality,quality_lo,quality_hi,adherence,validity,\
-         embed_diversity,embed_diversity_lo,embed_diversity_hi,edit_diversity,edit_diversity_lo,edit_diversity_hi,\
-         embed_diversity_across,edit_diversity_across,tokens_per_s,mean_length,finished,prompts,samples,seed\n",
-    );
+/// One line of `sweep.csv`; the field names are its header.
+#[derive(serde::Serialize)]
+struct CsvRow<'a> {
+    family: &'a str,
+    param: f64,
+    quality: f64,
+    quality_lo: f64,
+    quality_hi: f64,
+    adherence: f64,
+    validity: f64,
+    embed_diversity: f64,
+    embed_diversity_lo: f64,
+    embed_diversity_hi: f64,
+    edit_diversity: f64,
+    edit_diversity_lo: f64,
+    edit_diversity_hi: f64,
+    embed_diversity_across: f64,
+    edit_diversity_across: f64,
+    tokens_per_s: f64,
+    mean_length: f64,
+    finished: f64,
+    prompts: usize,
+    samples: usize,
+    /// The training seed of a `beta` row's run; empty for the other families.
+    seed: Option<u64>,
+}
+
+pub(super) fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         let p = &r.report;
         let i = &p.intervals;
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            r.family.name(),
-            r.param,
-            p.quality,
-            i.quality.lo,
-            i.quality.hi,
-            p.adherence,
-            p.validity,
-            p.embed_diversity,
-            i.embed_diversity.lo,
-            i.embed_diversity.hi,
-            p.edit_diversity,
-            i.edit_diversity.lo,
-            i.edit_diversity.hi,
-            p.embed_diversity_across,
-            p.edit_diversity_across,
-            p.tokens_per_s,
-            p.mean_length,
-            p.finished,
-            p.prompts,
-            p.samples,
-            r.seed.map_or(String::new(), |s| s.to_string())
-        );
+        w.serialize(CsvRow {
+            family: r.family.name(),
+            param: r.param,
+            quality: p.quality,
+            quality_lo: i.quality.lo,
+            quality_hi: i.quality.hi,
+            adherence: p.adherence,
+            validity: p.validity,
+            embed_diversity: p.embed_diversity,
+            embed_diversity_lo: i.embed_diversity.lo,
+            embed_diversity_hi: i.embed_diversity.hi,
+            edit_diversity: p.edit_diversity,
+            edit_diversity_lo: i.edit_diversity.lo,
+            edit_diversity_hi: i.edit_diversity.hi,
+            embed_diversity_across: p.embed_diversity_across,
+            edit_diversity_across: p.edit_diversity_across,
+            tokens_per_s: p.tokens_per_s,
+            mean_length: p.mean_length,
+            finished: p.finished,
+            prompts: p.prompts,
+            samples: p.samples,
+            seed: r.seed,
+        })?;
     }
-    s
+    Ok(w.into_inner().map_err(|e| e.into_error())?)
 }
 
 impl Summary {

@@ -503,7 +503,7 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     let most_diverse = most_diverse.map(|i| runs[i].clone());
     let mut summary = summarize(cfg, runs, most_diverse, rows, evaluated, cached);
     summary.plots = write_plots(&cfg.out, &summary)?;
-    write_atomic(&cfg.out.join("sweep.csv"), csv(&summary.rows).as_bytes())?;
+    write_atomic(&cfg.out.join("sweep.csv"), &csv(&summary.rows)?)?;
     write_atomic(
         &cfg.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
