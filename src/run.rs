@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 
 use common::settings::Settings;
 use common::telemetry::Endpoints;
+use indicatif::ProgressBar;
 
 /// Restarts of one actor or evaluator after which `qd run` leaves it down.
 const MAX_RESTARTS: u32 = 5;
@@ -34,12 +35,21 @@ struct Role {
     child: Child,
     restarts: u32,
     given_up: bool,
+    /// The run's progress bar, which the role's log lines are printed around.
+    bar: ProgressBar,
 }
 
 impl Role {
     /// Starts the same process again (same name, role and settings).
     fn restart(&mut self, config: &Path) -> Result<()> {
-        let fresh = spawn(&self.name, &self.role, config, &self.token, &self.extra)?;
+        let fresh = spawn(
+            &self.name,
+            &self.role,
+            config,
+            &self.token,
+            &self.extra,
+            &self.bar,
+        )?;
         self.child = fresh.child;
         self.restarts += 1;
         Ok(())
@@ -48,7 +58,14 @@ impl Role {
 
 /// Starts `qd <role>` with the effective settings plus `extra` overrides; its output is
 /// prefixed with `[name]`.
-fn spawn(name: &str, role: &str, config: &Path, token: &str, extra: &[String]) -> Result<Role> {
+fn spawn(
+    name: &str,
+    role: &str,
+    config: &Path,
+    token: &str,
+    extra: &[String],
+    bar: &ProgressBar,
+) -> Result<Role> {
     let exe = std::env::current_exe().context("locating the qd binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg(role).arg("--config").arg(config);
@@ -81,10 +98,11 @@ fn spawn(name: &str, role: &str, config: &Path, token: &str, extra: &[String]) -
     .flatten()
     {
         let prefix = format!("[{name}]");
+        let bar = bar.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{prefix} {line}");
+                bar.suspend(|| eprintln!("{prefix} {line}"));
             }
         });
     }
@@ -96,6 +114,7 @@ fn spawn(name: &str, role: &str, config: &Path, token: &str, extra: &[String]) -
         child,
         restarts: 0,
         given_up: false,
+        bar: bar.clone(),
     })
 }
 
@@ -187,6 +206,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (learner_threads, each) = threads(&settings);
     let pick = |configured: usize, auto: usize| if configured > 0 { configured } else { auto };
 
+    let bar = progress_bar(&settings);
     let mut roles = vec![spawn(
         "learner",
         "learner",
@@ -196,6 +216,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             "learner.threads={}",
             pick(settings.learner.threads, learner_threads)
         )],
+        &bar,
     )?];
     let learner_addr = tokio::select! {
         a = wait_for_endpoints(&endpoints, &mut roles[0]) => a,
@@ -234,6 +255,7 @@ pub async fn run(settings: Settings) -> Result<()> {
                 ),
                 format!("actor.name=actor-{}", i + 1),
             ],
+            &bar,
         )?);
     }
     if settings.run.evaluator {
@@ -249,17 +271,28 @@ pub async fn run(settings: Settings) -> Result<()> {
                     pick(settings.evaluator.threads, each)
                 ),
             ],
+            &bar,
         )?);
     }
 
     // Supervise: an actor or the evaluator that fails while the learner runs is started
     // again (at most MAX_RESTARTS times each); one that exits 0 was told the run finished.
+    // The bar follows the learner's step on its metrics endpoint.
+    let learner_metrics = Endpoints::read(&endpoints).ok().and_then(|e| e.metrics);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let learner_status = loop {
         tokio::select! {
             s = roles[0].child.wait() => break Some(s?),
             _ = common::shutdown::termination() => break None,
             _ = tick.tick() => {
+                if let Some(addr) = learner_metrics {
+                    let step = tokio::task::spawn_blocking(move || {
+                        common::telemetry::scrape(addr, "qd_learner_step", &[])
+                    });
+                    if let Ok(Some(step)) = step.await {
+                        bar.set_position(step as u64);
+                    }
+                }
                 for r in roles[1..].iter_mut().filter(|r| !r.given_up) {
                     let Ok(Some(status)) = r.child.try_wait() else { continue };
                     if status.success() {
@@ -310,11 +343,28 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
     stop_all(&mut roles[1..]).await;
+    bar.finish_and_clear();
     if !learner_status.success() {
         bail!("the learner stopped with {learner_status}");
     }
     print_outputs(&run_dir);
     Ok(())
+}
+
+/// The learner's steps against `learner.max_steps` (a spinner without a budget), on a
+/// terminal and with text logs only.
+fn progress_bar(settings: &Settings) -> ProgressBar {
+    use std::io::IsTerminal;
+    if settings.log.format == common::settings::LogFormat::Json || !std::io::stderr().is_terminal()
+    {
+        return ProgressBar::hidden();
+    }
+    let max_steps = settings.learner.max_steps;
+    let bar = model::train::progress_bar(max_steps > 0, max_steps, 0)
+        .unwrap_or_else(ProgressBar::new_spinner);
+    bar.set_message("learner steps");
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
 }
 
 /// Where a run left its student, checkpoint and log.

@@ -283,7 +283,8 @@ fn model_commands_end_to_end() {
     assert!(out.contains("X:1") && out.contains("X:2"), "{out}");
     assert!(Path::new(&p("samples")).join("01.abc").exists());
 
-    // A merged checkpoint is an ordinary one; what cannot be merged is refused.
+    // A merged checkpoint is an ordinary one; what cannot be merged is refused. With
+    // --json, merge and sample say what they did as one JSON object.
     let out = run(&[
         "merge",
         &ck,
@@ -294,7 +295,22 @@ fn model_commands_end_to_end() {
         &p("merged.safetensors"),
     ]);
     assert!(out.contains("wrote"), "{out}");
-    run(&[
+    let merged: serde_json::Value = serde_json::from_str(&run(&[
+        "merge",
+        &ck,
+        &ck,
+        "--lambda",
+        "0.25",
+        "--out",
+        &p("merged.safetensors"),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(merged["merge"], "lerp");
+    assert_eq!(merged["lambda"], 0.25);
+    assert_eq!(merged["out"], p("merged.safetensors"));
+    assert_eq!(merged["from"], serde_json::json!([ck, ck]));
+    let sampled: serde_json::Value = serde_json::from_str(&run(&[
         "sample",
         "a reel",
         "--checkpoint",
@@ -302,12 +318,27 @@ fn model_commands_end_to_end() {
         "--data",
         &p("folk"),
         "-n",
-        "1",
+        "2",
         "--max-new-tokens",
         "8",
         "--out",
         &p("merged-samples"),
-    ]);
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(sampled["prompt"], "a reel");
+    let tunes = sampled["samples"].as_array().unwrap();
+    assert_eq!(tunes.len(), 2);
+    for (i, t) in tunes.iter().enumerate() {
+        assert_eq!(t["sample"], i + 1);
+        let files = t["files"].as_array().unwrap();
+        assert!(!files.is_empty(), "{t}");
+        for f in files {
+            assert!(Path::new(f.as_str().unwrap()).exists(), "{f}");
+        }
+        assert!(t["tokens"].as_u64().unwrap() <= 8, "{t}");
+        assert!(t["text"].as_str().unwrap().contains("X:"), "{t}");
+    }
     let o = qd(&[
         "merge",
         &ck,

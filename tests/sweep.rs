@@ -335,14 +335,29 @@ fn sweep_families_cache_and_figures() {
     }
     assert_eq!(summary["chords"].as_array().unwrap().len(), 2);
 
-    // Nothing changed: nothing is evaluated, and the table is the same.
+    // Nothing changed: nothing is evaluated, and the table is the same. With --json the
+    // report is summary.json's object plus the tables written.
     let before = std::fs::read(&csv).unwrap();
-    let again = ok(sweep(&[&zero, &fifty], &["--no-progress"]));
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(sweep(&[&zero, &fifty], &["--no-progress", "--json"]))).unwrap();
     assert_eq!(
-        counts(&again),
-        "15 points: 0 evaluated, 15 cached",
+        (&again["points"], &again["evaluated"], &again["cached"]),
+        (
+            &serde_json::json!(15),
+            &serde_json::json!(0),
+            &serde_json::json!(15)
+        ),
         "{again}"
     );
+    assert_eq!(again["chords"], summary["chords"]);
+    let files: Vec<&str> = again["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files.iter().all(|f| Path::new(f).exists()), "{files:?}");
     assert_eq!(std::fs::read(&csv).unwrap(), before);
 
     // A retrained β = 50 run: its student, LERP λ = 0.25 and λ = 1 (the same weights) and

@@ -563,7 +563,10 @@ impl tonic::service::Interceptor for Auth {
             .unwrap_or("");
         // Constant time for tokens of the same length: how much of a guess is right
         // does not show in the answer's timing.
-        if bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes())) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.as_bytes(),
+        )) {
             Ok(req)
         } else {
             metrics::counter!(m::UNAUTHENTICATED).increment(1);
