@@ -131,6 +131,19 @@ class Step:
         return distill + cfg["beta"] * pg, distill, pg
 
 
+def adamw(params, cfg):
+    """AdamW as qd's: decoupled weight decay on matrices (and embeddings) only."""
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
+            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg["lr"],
+        betas=(cfg["beta1"], cfg["beta2"]),
+        eps=cfg["eps"],
+    )
+
+
 def write_safetensors(path, tensors):
     header, offset, blobs = {}, 0, []
     for name, t in tensors.items():
@@ -168,15 +181,7 @@ def main():
         groups.append(m)
     opt_cfg = req["optimizer"]
     params = dict(student.named_parameters())
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": opt_cfg["weight_decay"]},
-            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=opt_cfg["lr"],
-        betas=(opt_cfg["beta1"], opt_cfg["beta2"]),
-        eps=opt_cfg["eps"],
-    )
+    opt = adamw(params, opt_cfg)
     step = Step(req, teacher, student, allowed, groups)
 
     def one(keep_grads=False):

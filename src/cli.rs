@@ -464,6 +464,11 @@ pub enum BenchCommand {
     /// student's start; the batch is `learner.batch_prompts` training prompts × 2 samples
     /// drawn from it.
     Learner(BenchLearnerArgs),
+    /// One pre-training step (cross-entropy forward and backward, clipping, AdamW) on
+    /// `qd pretrain`'s first batch against a PyTorch-eager reference of the same step on
+    /// the same weights: time, share of the machine's matrix-product rate, and agreement
+    /// of the loss and the gradient. Dropout off in both (the reference has none).
+    Pretrain(BenchPretrainArgs),
     /// The fault campaign against a learner and two actors on loopback (minutes): idle
     /// and silent streams (memory, Status latency), generated malformed messages, actor
     /// and learner SIGKILLs (resume, version identity, reconnect times, the training
@@ -505,6 +510,40 @@ pub struct BenchLearnerArgs {
     /// Most tokens sampled per sample of the batch.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub new_tokens: u32,
+    /// Timed steps, after the compared first one (median reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reps: u32,
+    /// Python with torch for the reference (default: the project venv's).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// libtorch intra-op threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPretrainArgs {
+    /// Weights to start from (default: a freshly initialised --preset model; speed does
+    /// not depend on the weights).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Model size when no checkpoint is given.
+    #[arg(long, default_value = "small")]
+    pub preset: Preset,
+    /// The prepared dataset.
+    #[arg(long, default_value = "data/folk")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
+    /// Tokens per training row, as `qd pretrain --context` (fresh models only).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
+    pub context: u32,
     /// Timed steps, after the compared first one (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,

@@ -13,11 +13,12 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::caption::caption;
-use crate::dataset::{Dataset, Split};
-use model::batch::{lm_batch, lm_loss};
+use crate::dataset::{Dataset, Record, Split};
+use model::batch::{lm_batch, lm_loss, LmBatch};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
+use model::sampling::Vocabulary;
 use model::train::{progress_bar, Schedule};
 use model::transformer::Transformer;
 
@@ -92,6 +93,74 @@ fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device
     }
 }
 
+/// The training batches of a run: each depends only on (seed, step), so a resumed run
+/// sees the same data.
+#[derive(Debug)]
+pub struct BatchSampler<'a> {
+    pub ds: &'a Dataset,
+    /// The training split.
+    pub train: &'a [&'a Record],
+    pub vocabulary: &'a Vocabulary,
+    pub batch_size: usize,
+    /// Probability of the empty prompt for a tune.
+    pub cond_dropout: f64,
+    /// Positions a training row may fill (the model's `max_len − 1`).
+    pub max_len: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl BatchSampler<'_> {
+    /// Step `step`'s batch: `batch_size` training tunes, each with a fresh caption of its
+    /// attributes or, with probability `cond_dropout`, the empty prompt.
+    pub fn batch(&self, step: u64) -> LmBatch {
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let picks: Vec<_> = self
+            .train
+            .choose_multiple(&mut rng, self.batch_size.min(self.train.len()))
+            .collect();
+        let prompts: Vec<Vec<u32>> = picks
+            .iter()
+            .map(|r| {
+                if rng.gen_bool(self.cond_dropout) {
+                    Vec::new()
+                } else {
+                    self.ds
+                        .vocab
+                        .encode_prompt(&caption(&r.attributes, &mut rng))
+                        .0
+                }
+            })
+            .collect();
+        let ex: Vec<(&[u32], &[u32])> = prompts
+            .iter()
+            .zip(&picks)
+            .map(|(p, r)| (p.as_slice(), r.tune.as_slice()))
+            .collect();
+        lm_batch(&ex, self.vocabulary, self.max_len, self.device)
+    }
+}
+
+/// One maximum-likelihood step on `batch`: the masked cross-entropy (with dropout when
+/// `dropout`), its gradient, clipping to the global norm `clip`, AdamW at `lr`. Returns
+/// the loss and the gradient norm before clipping.
+pub fn train_step(
+    model: &Transformer,
+    opt: &mut AdamW,
+    batch: &LmBatch,
+    clip: f64,
+    lr: f64,
+    dropout: bool,
+) -> (f64, f64) {
+    opt.zero_grad();
+    let loss = lm_loss(model, batch, dropout);
+    loss.backward();
+    let grad_norm = opt.clip_grad_norm(clip);
+    opt.step(lr);
+    (loss.double_value(&[]), grad_norm)
+}
+
 /// Runs (or resumes) pre-training and returns the final checkpoint.
 pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let ds = Dataset::load(&cfg.data)?;
@@ -149,38 +218,22 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         };
         save(&last, &vs, Some(opt), stamp)
     };
+    let sampler = BatchSampler {
+        ds: &ds,
+        train: &train,
+        vocabulary: &vocabulary,
+        batch_size: cfg.batch_size,
+        cond_dropout: cfg.cond_dropout,
+        max_len,
+        seed: cfg.seed,
+        device: cfg.device,
+    };
     while step < end {
-        // The batch depends only on (seed, step), so a resumed run sees the same data.
-        let mut rng =
-            rand::rngs::StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let picks: Vec<_> = train
-            .choose_multiple(&mut rng, cfg.batch_size.min(train.len()))
-            .collect();
-        let prompts: Vec<Vec<u32>> = picks
-            .iter()
-            .map(|r| {
-                if rng.gen_bool(cfg.cond_dropout) {
-                    Vec::new()
-                } else {
-                    ds.vocab.encode_prompt(&caption(&r.attributes, &mut rng)).0
-                }
-            })
-            .collect();
-        let ex: Vec<(&[u32], &[u32])> = prompts
-            .iter()
-            .zip(&picks)
-            .map(|(p, r)| (p.as_slice(), r.tune.as_slice()))
-            .collect();
-        let batch = lm_batch(&ex, &vocabulary, max_len, cfg.device);
+        let batch = sampler.batch(step);
         tokens_seen += batch.valid.sum(tch::Kind::Int64).int64_value(&[]) as usize;
-        opt.zero_grad();
-        let loss = lm_loss(&model, &batch, true);
-        loss.backward();
-        let grad_norm = opt.clip_grad_norm(cfg.clip);
         let lr = schedule.lr_at(step);
-        opt.step(lr);
+        let (loss, grad_norm) = train_step(&model, &mut opt, &batch, cfg.clip, lr, true);
         step += 1;
-        let loss = loss.double_value(&[]);
         train_loss = loss;
         if !loss.is_finite() {
             bail!("training loss became {loss} at step {step}; lower --lr");

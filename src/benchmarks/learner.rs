@@ -22,6 +22,8 @@ use model::task::{Split, Task};
 use model::transformer::Transformer;
 
 use eval::bench::median;
+
+use super::{forward_flop, gemm_peak_gflops};
 use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair};
 use learner::trainer::{train_step, Step};
 
@@ -139,21 +141,6 @@ fn batch(
         .collect())
 }
 
-/// Forward FLOPs of `rows` right-padded rows of `t` positions: the matrix products of
-/// every block (q, k, v and the projection: 4d² per position; the MLP: 2·d·d_ff),
-/// attention (scores and the weighted sum over the positions before: 2·t·d per position
-/// on average), and the head (d·V); each multiply-add counts 2.
-fn forward_flop(c: &model::config::ModelConfig, rows: usize, t: usize) -> f64 {
-    let (d, ff, v, l) = (
-        c.d_model as f64,
-        c.d_ff as f64,
-        c.vocab_size as f64,
-        c.n_layers as f64,
-    );
-    let per_position = l * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 2.0 * t as f64 * d) + 2.0 * d * v;
-    rows as f64 * t as f64 * per_position
-}
-
 /// One learner step's FLOPs on `pairs`: the teacher's conditional and unconditional
 /// forwards, the student's forward and its backward (twice a forward).
 fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair]) -> f64 {
@@ -171,24 +158,6 @@ fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair]) -> f64 {
     };
     let (tc, tu) = (longest(true), longest(false));
     4.0 * forward_flop(c, rows, tc) + forward_flop(c, rows, tu)
-}
-
-/// Median GFLOP/s of float32 1024×1024 matrix products with the current threads.
-fn gemm_peak_gflops() -> f64 {
-    let n = 1024;
-    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let _ = a.matmul(&b); // warm-up
-    let rates: Vec<f64> = (0..7)
-        .map(|_| {
-            let start = Instant::now();
-            let c = a.matmul(&b);
-            let s = start.elapsed().as_secs_f64();
-            drop(c);
-            2.0 * (n as f64).powi(3) / s / 1e9
-        })
-        .collect();
-    median(rates)
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {

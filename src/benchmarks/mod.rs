@@ -1,7 +1,47 @@
-//! The benchmarks that need the whole service: the learner step against PyTorch
-//! ([`learner`]), the running service ([`service`]) and the fault campaign
-//! ([`faults`]).
+//! The benchmarks of the binary: the learner step and the pre-training step against
+//! PyTorch ([`learner`], [`pretrain`]), the running service ([`service`]) and the fault
+//! campaign ([`faults`]); and what the step benchmarks share: FLOPs counted from the
+//! shapes, and this machine's matrix-product rate.
+
+use std::time::Instant;
+
+use eval::bench::median;
+use tch::{Device, Kind, Tensor};
 
 pub mod faults;
 pub mod learner;
+pub mod pretrain;
 pub mod service;
+
+/// Forward FLOPs of `rows` right-padded rows of `t` positions: the matrix products of
+/// every block (q, k, v and the projection: 4d² per position; the MLP: 2·d·d_ff),
+/// attention (scores and the weighted sum over the positions before: 2·t·d per position
+/// on average), and the head (d·V); each multiply-add counts 2.
+pub(crate) fn forward_flop(c: &model::config::ModelConfig, rows: usize, t: usize) -> f64 {
+    let (d, ff, v, l) = (
+        c.d_model as f64,
+        c.d_ff as f64,
+        c.vocab_size as f64,
+        c.n_layers as f64,
+    );
+    let per_position = l * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 2.0 * t as f64 * d) + 2.0 * d * v;
+    rows as f64 * t as f64 * per_position
+}
+
+/// Median GFLOP/s of float32 1024×1024 matrix products with the current threads.
+pub(crate) fn gemm_peak_gflops() -> f64 {
+    let n = 1024;
+    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let _ = a.matmul(&b); // warm-up
+    let rates: Vec<f64> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            let c = a.matmul(&b);
+            let s = start.elapsed().as_secs_f64();
+            drop(c);
+            2.0 * (n as f64).powi(3) / s / 1e9
+        })
+        .collect();
+    median(rates)
+}

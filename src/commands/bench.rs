@@ -1,4 +1,5 @@
-//! `qd bench generate`, `qd bench learner`, `qd bench service` and `qd bench faults`.
+//! `qd bench generate`, `qd bench learner`, `qd bench pretrain`, `qd bench service` and
+//! `qd bench faults`.
 
 use std::path::PathBuf;
 
@@ -11,8 +12,11 @@ use model::task::Task;
 
 use crate::benchmarks::faults::{bench_faults, FaultsConfig};
 use crate::benchmarks::learner::{bench_step, StepBenchConfig};
+use crate::benchmarks::pretrain::{bench_pretrain, PretrainBenchConfig};
 use crate::benchmarks::service::bench_service;
-use crate::cli::{BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchServiceArgs};
+use crate::cli::{
+    BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchPretrainArgs, BenchServiceArgs,
+};
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -95,6 +99,29 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
         script: PathBuf::from("scripts/reference_learner.py"),
     };
     let r = bench_step(&settings.paths.base, &task, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+pub fn pretrain(a: BenchPretrainArgs) -> Result<()> {
+    model::device::use_device(tch::Device::Cpu, a.threads.unwrap_or(0))?;
+    let cfg = PretrainBenchConfig {
+        data: a.data,
+        checkpoint: a.checkpoint,
+        preset: a.preset,
+        batch_size: a.batch_size as usize,
+        context: a.context as usize,
+        lr: 3e-3,
+        clip: 1.0,
+        reps: a.reps as usize,
+        python: (!a.no_reference).then_some(a.python),
+        script: PathBuf::from("scripts/reference_pretrain.py"),
+    };
+    let r = bench_pretrain(&cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -1,0 +1,74 @@
+"""PyTorch-eager reference for `qd bench pretrain`.
+
+One pre-training step in plain PyTorch: the masked cross-entropy of next-token
+prediction on a right-padded batch (the loss on the tune and `<eos>` targets only), its
+backward, global-norm gradient clipping and AdamW (decoupled weight decay on matrices
+only), on the model `qd export` ships (qd_model.py; no dropout, as qd runs it here).
+
+It loads the weights from a qd checkpoint, reads the batch qd trained on from
+--request, and prints one JSON object: the loss and gradient norm of the first step, the
+seconds of each later repetition, and the threads used. With --tensors-out it also
+writes the first step's gradient (`grad.<name>`, before clipping) as safetensors.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from qd_model import load
+from reference_learner import adamw, write_safetensors
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True, help="the model (qd policy checkpoint)")
+    ap.add_argument("--request", required=True, help="JSON: the batch and the optimizer settings")
+    ap.add_argument("--reps", type=int, default=5, help="timed steps after the compared first one")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tensors-out", help="write the first step's gradient here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with open(args.request) as f:
+        req = json.load(f)
+    model = load(args.weights)
+    shape = req["shape"]
+    ids = torch.tensor(req["input"], dtype=torch.long).view(shape)
+    valid = torch.tensor(req["valid"], dtype=torch.bool).view(shape)
+    target = torch.tensor(req["target"], dtype=torch.long).view(shape)
+    mask = torch.tensor(req["loss_mask"], dtype=torch.float32).view(shape)
+    opt_cfg = req["optimizer"]
+    params = dict(model.named_parameters())
+    opt = adamw(params, opt_cfg)
+
+    def one(keep_grads=False):
+        opt.zero_grad(set_to_none=False)
+        logits, _ = model(ids, valid, None)
+        nll = -logits.log_softmax(-1).gather(2, target.unsqueeze(2)).squeeze(2)
+        loss = (nll * mask).sum() / mask.sum().clamp_min(1.0)
+        loss.backward()
+        grads = {f"grad.{n}": p.grad.clone() for n, p in params.items()} if keep_grads else None
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg["grad_clip"])
+        opt.step()
+        return loss, norm, grads
+
+    loss, norm, grads = one(keep_grads=True)
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loss": loss.item(),
+        "grad_norm": norm.item(),
+        "seconds": [],
+    }
+    if args.tensors_out:
+        write_safetensors(args.tensors_out, grads)
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        one()
+        out["seconds"].append(time.perf_counter() - start)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+//! `qd bench pretrain`: one pre-training step (the masked cross-entropy's forward and
+//! backward, clipping to the global norm, AdamW) on a fixed batch of `qd pretrain`'s,
+//! timed against a PyTorch-eager reference of the same step
+//! (`scripts/reference_pretrain.py`) that loads the same weights and batch, and checked
+//! against it: the loss and the gradient, tensor by tensor.
+//!
+//! Both run with dropout off: the reference's module (`scripts/qd_model.py`, what `qd
+//! export` ships) has none, and only without it are the two computations the same.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use eval::bench::median;
+use folk::dataset::Dataset;
+use folk::pretrain::{model_config, train_step, BatchSampler};
+use model::batch::lm_loss;
+use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
+use model::config::Preset;
+use model::optim::{AdamW, AdamWConfig};
+use model::transformer::Transformer;
+
+use super::{forward_flop, gemm_peak_gflops};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct PretrainBenchConfig {
+    /// The prepared dataset (the batch is `qd pretrain`'s first, seed 0).
+    pub data: PathBuf,
+    /// Weights to start from (`None`: a fresh `preset` model; speed does not depend on
+    /// the weights).
+    pub checkpoint: Option<PathBuf>,
+    pub preset: Preset,
+    pub batch_size: usize,
+    /// Tokens per training row (`qd pretrain --context`).
+    pub context: usize,
+    pub lr: f64,
+    pub clip: f64,
+    pub reps: usize,
+    /// Python with torch, to run the reference (`None`: skip it).
+    pub python: Option<PathBuf>,
+    pub script: PathBuf,
+}
+
+/// Median step seconds, and how far the reference's numbers are from qd's.
+#[derive(Clone, Debug, Serialize)]
+pub struct PretrainBenchReport {
+    pub params: i64,
+    pub rows: usize,
+    /// Positions of the padded batch.
+    pub positions: usize,
+    /// Real (not padding) input tokens.
+    pub tokens: usize,
+    pub reps: usize,
+    pub threads: i32,
+    pub qd_step_seconds: f64,
+    /// Floating-point operations of one step, counted from the shapes: a forward and a
+    /// backward at twice the forward, over the padded batch.
+    pub step_gflop: f64,
+    pub qd_gflops: f64,
+    /// This machine's float32 matrix-product rate with the same threads, and the step's
+    /// share of it.
+    pub gemm_peak_gflops: f64,
+    pub share_of_peak: f64,
+    pub torch_step_seconds: Option<f64>,
+    /// PyTorch's step time over qd's (above 1: qd is faster).
+    pub qd_speedup: Option<f64>,
+    pub qd_loss: f64,
+    pub qd_grad_norm: f64,
+    pub torch_loss: Option<f64>,
+    pub torch_grad_norm: Option<f64>,
+    /// |loss_qd − loss_torch| of the first step.
+    pub loss_diff: Option<f64>,
+    /// Largest |g_qd − g_torch| over every weight, over the largest |g_torch|.
+    pub grad_rel_diff: Option<f64>,
+}
+
+/// Runs the benchmark on the CPU with the current libtorch threads.
+pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> {
+    let device = Device::Cpu;
+    let ds = Dataset::load(&cfg.data)?;
+    let train = ds.train_records(&cfg.data)?;
+    let vocab_hash = ds.vocab.hash();
+    let vocabulary = folk::task::vocabulary(&ds.vocab);
+    let (vs, model, config) = match &cfg.checkpoint {
+        Some(path) => {
+            let ck = Checkpoint::read_for(path, ModelKind::Policy, &vocab_hash)?;
+            let mut vs = VarStore::new(device);
+            let model = Transformer::new(&vs.root(), &ck.meta.config);
+            ck.load_into(&mut vs)?;
+            (vs, model, ck.meta.config.clone())
+        }
+        None => {
+            tch::manual_seed(0);
+            let config = model_config(cfg.preset, ds.vocab.len(), cfg.context);
+            config.validate().map_err(anyhow::Error::msg)?;
+            let vs = VarStore::new(device);
+            let model = Transformer::new(&vs.root(), &config);
+            (vs, model, config)
+        }
+    };
+    // The reference loads the same weights from a checkpoint file.
+    let dir = tempfile::tempdir()?;
+    let weights = dir.path().join("weights.safetensors");
+    save(
+        &weights,
+        &vs,
+        None,
+        Stamp {
+            kind: ModelKind::Policy,
+            config: &config,
+            vocab_hash: &vocab_hash,
+            step: 0,
+            version: 0,
+            extra: serde_json::Value::Null,
+        },
+    )?;
+    let sampler = BatchSampler {
+        ds: &ds,
+        train: &train,
+        vocabulary: &vocabulary,
+        batch_size: cfg.batch_size,
+        cond_dropout: 0.15,
+        max_len: config.max_len as usize - 1,
+        seed: 0,
+        device,
+    };
+    let batch = sampler.batch(0);
+    let (rows, positions) = batch.input.size2()?;
+    let tokens = batch.valid.sum(Kind::Int64).int64_value(&[]) as usize;
+    let mut opt = AdamW::new(&vs, AdamWConfig::default());
+
+    // The first step is the compared one: keep its gradient.
+    opt.zero_grad();
+    let loss = lm_loss(&model, &batch, false);
+    loss.backward();
+    let grads: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect();
+    let qd_grad_norm = opt.clip_grad_norm(cfg.clip);
+    opt.step(cfg.lr);
+    let qd_loss = loss.double_value(&[]);
+    let seconds: Vec<f64> = (0..cfg.reps)
+        .map(|_| {
+            let start = Instant::now();
+            train_step(&model, &mut opt, &batch, cfg.clip, cfg.lr, false);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    let qd_step_seconds = median(seconds);
+    let step_gflop = 3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9;
+    let gemm_peak = gemm_peak_gflops();
+    let mut report = PretrainBenchReport {
+        params: vs.variables().values().map(Tensor::numel).sum::<usize>() as i64,
+        rows: rows as usize,
+        positions: positions as usize,
+        tokens,
+        reps: cfg.reps,
+        threads: tch::get_num_threads(),
+        qd_step_seconds,
+        step_gflop,
+        qd_gflops: step_gflop / qd_step_seconds,
+        gemm_peak_gflops: gemm_peak,
+        share_of_peak: step_gflop / qd_step_seconds / gemm_peak,
+        torch_step_seconds: None,
+        qd_speedup: None,
+        qd_loss,
+        qd_grad_norm,
+        torch_loss: None,
+        torch_grad_norm: None,
+        loss_diff: None,
+        grad_rel_diff: None,
+    };
+    let Some(python) = &cfg.python else {
+        return Ok(report);
+    };
+    let flat_i64 = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1).to_kind(Kind::Int64));
+    let request = dir.path().join("request.json");
+    let body = serde_json::json!({
+        "shape": [rows, positions],
+        "input": flat_i64(&batch.input)?,
+        "valid": flat_i64(&batch.valid)?,
+        "target": flat_i64(&batch.target)?,
+        "loss_mask": flat_i64(&batch.loss_mask)?,
+        "optimizer": {
+            "lr": cfg.lr, "grad_clip": cfg.clip, "weight_decay": AdamWConfig::default().weight_decay,
+            "beta1": AdamWConfig::default().beta1, "beta2": AdamWConfig::default().beta2,
+            "eps": AdamWConfig::default().eps,
+        },
+    });
+    std::fs::write(&request, serde_json::to_vec(&body)?)?;
+    let tensors = dir.path().join("grads.safetensors");
+    let out = run_reference(
+        python,
+        &cfg.script,
+        &weights,
+        &request,
+        &tensors,
+        cfg.reps,
+        report.threads,
+    )?;
+    let torch_seconds: Vec<f64> = out["seconds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    let torch_step = median(torch_seconds);
+    report.torch_step_seconds = Some(torch_step);
+    report.qd_speedup = Some(torch_step / qd_step_seconds);
+    report.torch_loss = out["loss"].as_f64();
+    report.torch_grad_norm = out["grad_norm"].as_f64();
+    report.loss_diff = report.torch_loss.map(|t| (t - qd_loss).abs());
+    let theirs: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&tensors)?.into_iter().collect();
+    let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
+    let (mut diff, mut scale) = (0f64, 0f64);
+    for (name, g) in &grads {
+        let t = theirs
+            .get(&format!("grad.{name}"))
+            .with_context(|| format!("the reference wrote no gradient of {name}"))?;
+        anyhow::ensure!(
+            t.size() == g.size(),
+            "{name}: the reference's gradient has another shape"
+        );
+        diff = diff.max(max((g - t).abs())?);
+        scale = scale.max(max(t.abs())?);
+    }
+    report.grad_rel_diff = Some(diff / scale.max(f64::MIN_POSITIVE));
+    Ok(report)
+}
+
+fn run_reference(
+    python: &Path,
+    script: &Path,
+    weights: &Path,
+    request: &Path,
+    tensors: &Path,
+    reps: usize,
+    threads: i32,
+) -> Result<serde_json::Value> {
+    let out = Command::new(python)
+        .arg(script)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--request")
+        .arg(request)
+        .arg("--tensors-out")
+        .arg(tensors)
+        .args(["--reps", &reps.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("reading the reference's JSON")
+}
+
+impl PretrainBenchReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+        format!(
+            "pre-training step: {} parameters, {} rows × {} positions ({} tokens), dropout off, \
+             {} threads, median of {} steps\n\
+             {:.2} GFLOP a step: qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
+             loss qd {:.6}  torch {}  |diff| {}\n\
+             gradient max |diff| / max |g|  {}\n",
+            self.params,
+            self.rows,
+            self.positions,
+            self.tokens,
+            self.threads,
+            self.reps,
+            self.step_gflop,
+            self.qd_gflops,
+            100.0 * self.share_of_peak,
+            self.gemm_peak_gflops,
+            "qd step (s)",
+            format!("{:.4}", self.qd_step_seconds),
+            "PyTorch eager step (s)",
+            opt(self.torch_step_seconds, &|v| format!("{v:.4}")),
+            "qd speed-up over PyTorch",
+            opt(self.qd_speedup, &|v| format!("{v:.2}x")),
+            self.qd_loss,
+            opt(self.torch_loss, &|v| format!("{v:.6}")),
+            opt(self.loss_diff, &|v| format!("{v:.2e}")),
+            opt(self.grad_rel_diff, &|v| format!("{v:.2e}")),
+        )
+    }
+}
