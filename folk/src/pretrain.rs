@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::nn::VarStore;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::caption::caption;
 use crate::dataset::{Dataset, Record, Split};
-use model::batch::{lm_batch, lm_loss, LmBatch};
+use model::batch::{lm_batch, lm_loss_grouped, LmBatch};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
@@ -82,7 +82,7 @@ fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device
                 .map(|r| (r.prompt.as_slice(), r.tune.as_slice()))
                 .collect();
             let b = lm_batch(&ex, &v, (model.config.max_len - 1) as usize, device);
-            sum += lm_loss(model, &b, false).double_value(&[]) * chunk.len() as f64;
+            sum += pretrain_loss(model, &b, false).double_value(&[]) * chunk.len() as f64;
             n += chunk.len();
         }
     });
@@ -142,6 +142,17 @@ impl BatchSampler<'_> {
     }
 }
 
+/// Row groups of similar length the pre-training loss is computed in (less padding; the
+/// same loss): on `qd bench pretrain`'s batch (16 tunes, small preset, 2 threads) a step
+/// took 0.239 s in one group, 0.162 s in 2, 0.148 s in 3, 0.141 s in 4 and 0.140 s in 8.
+pub const LENGTH_GROUPS: usize = 4;
+
+/// The masked cross-entropy of `batch` (with dropout when `dropout`), computed in
+/// [`LENGTH_GROUPS`] groups of rows of similar length.
+pub fn pretrain_loss(model: &Transformer, batch: &LmBatch, dropout: bool) -> Tensor {
+    lm_loss_grouped(model, batch, dropout, LENGTH_GROUPS)
+}
+
 /// One maximum-likelihood step on `batch`: the masked cross-entropy (with dropout when
 /// `dropout`), its gradient, clipping to the global norm `clip`, AdamW at `lr`. Returns
 /// the loss and the gradient norm before clipping.
@@ -154,7 +165,7 @@ pub fn train_step(
     dropout: bool,
 ) -> (f64, f64) {
     opt.zero_grad();
-    let loss = lm_loss(model, batch, dropout);
+    let loss = pretrain_loss(model, batch, dropout);
     loss.backward();
     let grad_norm = opt.clip_grad_norm(clip);
     opt.step(lr);

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use model::batch::{lm_batch, lm_loss};
+use model::batch::{lm_batch, lm_loss, lm_loss_grouped};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
@@ -307,6 +307,55 @@ fn a_tiny_model_overfits_one_batch() {
         last = loss.double_value(&[]);
     }
     assert!(last < 0.1 * first, "loss {first} → {last}");
+}
+
+/// The loss in groups of similar length (what pre-training computes) is the one-pass
+/// loss over the padded batch, and so is its gradient, whatever the grouping.
+#[test]
+fn grouped_loss_is_the_padded_loss() {
+    let (vs, model) = tiny(11);
+    let tunes: Vec<Vec<u32>> = (0..7u32)
+        .map(|i| (0..3 + 5 * i).map(|j| 10 + (i * 7 + j) % 30).collect())
+        .collect();
+    let prompts: [&[u32]; 7] = [&[4, 5], &[6], &[], &[7, 8, 9], &[4], &[], &[5, 6]];
+    let examples: Vec<(&[u32], &[u32])> = prompts
+        .iter()
+        .copied()
+        .zip(tunes.iter().map(Vec::as_slice))
+        .collect();
+    let batch = lm_batch(&examples, &vocabulary(), 64, Device::Cpu);
+    let gradient = |loss: Tensor| {
+        for (_, t) in vs.variables() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.backward();
+        let mut grads: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.double_value(&[]), grads)
+    };
+    let (padded, reference) = gradient(lm_loss(&model, &batch, false));
+    for groups in [1, 2, 3, 7, 20] {
+        let (loss, grads) = gradient(lm_loss_grouped(&model, &batch, false, groups));
+        assert!(
+            (loss - padded).abs() < 1e-6 * padded.abs(),
+            "{groups} groups: {loss} vs {padded}"
+        );
+        for ((name, g), (_, r)) in grads.iter().zip(&reference) {
+            let diff = (g - r).abs().max().double_value(&[]);
+            let scale = r.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                diff <= 1e-5 * scale,
+                "{groups} groups, {name}: {diff} of {scale}"
+            );
+        }
+    }
 }
 
 #[test]

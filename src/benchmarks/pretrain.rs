@@ -5,7 +5,10 @@
 //! against it: the loss and the gradient, tensor by tensor.
 //!
 //! Both run with dropout off: the reference's module (`scripts/qd_model.py`, what `qd
-//! export` ships) has none, and only without it are the two computations the same.
+//! export` ships) has none, and only without it are the two computations the same. qd
+//! computes the loss as pre-training does, in groups of rows of similar length
+//! (`folk::pretrain::LENGTH_GROUPS`), the reference over the padded batch in one pass:
+//! the same loss, less padding computed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +21,8 @@ use tch::{Device, Kind, Tensor};
 
 use eval::bench::median;
 use folk::dataset::Dataset;
-use folk::pretrain::{model_config, train_step, BatchSampler};
-use model::batch::lm_loss;
+use folk::pretrain::{model_config, pretrain_loss, train_step, BatchSampler, LENGTH_GROUPS};
+use model::batch::length_groups;
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
@@ -59,9 +62,13 @@ pub struct PretrainBenchReport {
     pub reps: usize,
     pub threads: i32,
     pub qd_step_seconds: f64,
-    /// Floating-point operations of one step, counted from the shapes: a forward and a
-    /// backward at twice the forward, over the padded batch.
+    /// Floating-point operations of one step over the padded batch, counted from the
+    /// shapes (a forward, and a backward at twice the forward): what the reference
+    /// computes.
+    pub padded_gflop: f64,
+    /// The same over the row groups qd computes (less padding).
     pub step_gflop: f64,
+    /// `step_gflop / qd_step_seconds`.
     pub qd_gflops: f64,
     /// This machine's float32 matrix-product rate with the same threads, and the step's
     /// share of it.
@@ -137,7 +144,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
 
     // The first step is the compared one: keep its gradient.
     opt.zero_grad();
-    let loss = lm_loss(&model, &batch, false);
+    let loss = pretrain_loss(&model, &batch, false);
     loss.backward();
     let grads: Vec<(String, Tensor)> = vs
         .variables()
@@ -155,7 +162,11 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         })
         .collect();
     let qd_step_seconds = median(seconds);
-    let step_gflop = 3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9;
+    let padded_gflop = 3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9;
+    let step_gflop = length_groups(&batch, LENGTH_GROUPS)
+        .iter()
+        .map(|(g, t)| 3.0 * forward_flop(&config, g.len(), *t as usize) / 1e9)
+        .sum::<f64>();
     let gemm_peak = gemm_peak_gflops();
     let mut report = PretrainBenchReport {
         params: vs.variables().values().map(Tensor::numel).sum::<usize>() as i64,
@@ -165,6 +176,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         reps: cfg.reps,
         threads: tch::get_num_threads(),
         qd_step_seconds,
+        padded_gflop,
         step_gflop,
         qd_gflops: step_gflop / qd_step_seconds,
         gemm_peak_gflops: gemm_peak,
@@ -275,7 +287,8 @@ impl PretrainBenchReport {
         format!(
             "pre-training step: {} parameters, {} rows × {} positions ({} tokens), dropout off, \
              {} threads, median of {} steps\n\
-             {:.2} GFLOP a step: qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             {:.2} GFLOP a step over the padded batch, {:.2} in qd's {} length groups: \
+             qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
              {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n",
@@ -285,7 +298,9 @@ impl PretrainBenchReport {
             self.tokens,
             self.threads,
             self.reps,
+            self.padded_gflop,
             self.step_gflop,
+            LENGTH_GROUPS,
             self.qd_gflops,
             100.0 * self.share_of_peak,
             self.gemm_peak_gflops,
