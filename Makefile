@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build install test test-deploy lint demo paper bench soak mutants clean
+.PHONY: setup build install test test-deploy lint demo paper bench gpu-check soak mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -122,14 +122,25 @@ runs/embedder.safetensors: | data/folk/dataset.json
 runs/judge.safetensors: | data/folk/dataset.json
 	$(QD) judge train
 
-## bench: generation tokens/s with and without CFG, and qd against PyTorch eager; the
-## learner's step against PyTorch eager (β = 2, so both terms of the loss are timed); the
-## service's trajectories/s with 1 and 2 actors and its weight delivery time
+## bench: the benchmark suite, each line qd against its reference in one run: the learner
+## step and the pre-training step against PyTorch eager (and their share of this machine's
+## matrix-product rate), generation with and without CFG against PyTorch eager, weight
+## delivery to 2 and 8 subscribers against a raw loopback copy, the service with 1, 2 and
+## 4 actors; JSON reports and suite.json in runs/bench/, the table printed
 bench: setup | data/folk/dataset.json
-	$(QD) bench generate
-	@$(MAKE) --no-print-directory runs/pretrain/last.safetensors runs/embedder.safetensors
-	$(QD) bench learner --config configs/default.toml --set learner.beta=2
-	$(QD) bench service --config configs/default.toml
+	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors
+	@mkdir -p runs/bench
+	$(QD) bench generate --checkpoint $(BASE) --json > runs/bench/generate.json
+	$(QD) bench pretrain --json > runs/bench/pretrain.json
+	$(QD) bench learner --config configs/default.toml --set learner.beta=2 --json > runs/bench/learner.json
+	$(QD) bench service --config configs/default.toml --json > runs/bench/service.json
+	$(VENV)/bin/python scripts/bench_summary.py runs/bench
+
+## gpu-check: on a machine with an NVIDIA GPU (minutes): the CUDA build, the pre-training
+## step on cuda against PyTorch on cuda (same loss and gradient), generation on cuda, and a
+## whole `qd run` on cuda; reports in runs/gpu-check/. Without a GPU it says so and fails.
+gpu-check: setup
+	scripts/gpu-check.sh
 
 ## soak: the fault campaign (docs/reliability.md): 2,000 idle weight streams and 500
 ## silent trajectory streams, 1,000 malformed messages, 10 actor and 20 learner SIGKILLs

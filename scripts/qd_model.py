@@ -83,8 +83,8 @@ class Policy(nn.Module):
         all_valid = valid if cache is None else torch.cat([cache["valid"], valid], 1)
         t_all = all_valid.shape[1]
         positions = (all_valid.long().cumsum(1)[:, t_all - t :] - 1).clamp(0, self.max_len - 1)
-        q_idx = torch.arange(t_all - t, t_all).view(t, 1)
-        k_idx = torch.arange(t_all).view(1, t_all)
+        q_idx = torch.arange(t_all - t, t_all, device=tokens.device).view(t, 1)
+        k_idx = torch.arange(t_all, device=tokens.device).view(1, t_all)
         mask = ((k_idx <= q_idx).unsqueeze(0) & all_valid.unsqueeze(1)) | (k_idx == q_idx).unsqueeze(0)
         mask = mask.unsqueeze(1)
         x = self.tok_emb(tokens) + self.pos_emb(positions)

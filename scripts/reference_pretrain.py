@@ -28,16 +28,19 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed steps after the compared first one")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tensors-out", help="write the first step's gradient here")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with open(args.request) as f:
         req = json.load(f)
-    model = load(args.weights)
+    device = torch.device(args.device)
+    model = load(args.weights).to(device)
     shape = req["shape"]
-    ids = torch.tensor(req["input"], dtype=torch.long).view(shape)
-    valid = torch.tensor(req["valid"], dtype=torch.bool).view(shape)
-    target = torch.tensor(req["target"], dtype=torch.long).view(shape)
-    mask = torch.tensor(req["loss_mask"], dtype=torch.float32).view(shape)
+    ids = torch.tensor(req["input"], dtype=torch.long, device=device).view(shape)
+    valid = torch.tensor(req["valid"], dtype=torch.bool, device=device).view(shape)
+    target = torch.tensor(req["target"], dtype=torch.long, device=device).view(shape)
+    mask = torch.tensor(req["loss_mask"], dtype=torch.float32, device=device).view(shape)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     opt_cfg = req["optimizer"]
     params = dict(model.named_parameters())
     opt = adamw(params, opt_cfg)
@@ -62,10 +65,11 @@ def main():
         "seconds": [],
     }
     if args.tensors_out:
-        write_safetensors(args.tensors_out, grads)
+        write_safetensors(args.tensors_out, {k: v.cpu() for k, v in grads.items()})
     for _ in range(args.reps):
         start = time.perf_counter()
         one()
+        sync()
         out["seconds"].append(time.perf_counter() - start)
     print(json.dumps(out))
 

@@ -452,8 +452,9 @@ pub struct CompareArgs {
 pub enum BenchCommand {
     /// Generation tokens/s with and without CFG, and against a PyTorch-eager reference.
     Generate(BenchGenerateArgs),
-    /// Trajectories/s and learner step time with 1 and 2 actors; weight delivery to every
-    /// actor against a raw loopback copy of the same bytes.
+    /// Trajectories/s, learner step time and the learner's idle share with 1, 2 and 4
+    /// actors; weight delivery to 2 and to 8 subscribers against a raw loopback copy of
+    /// the same bytes.
     Service(BenchServiceArgs),
     /// The learner's step (teacher passes with CFG, student forward and backward, AdamW)
     /// on a fixed batch against a PyTorch-eager reference of the same step: time, and
@@ -507,9 +508,10 @@ pub struct BenchFaultsArgs {
 pub struct BenchLearnerArgs {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// Most tokens sampled per sample of the batch.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub new_tokens: u32,
+    /// Most tokens sampled per sample of the batch (default: the config's
+    /// `actor.max_new_tokens`, what the learner trains on).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub new_tokens: Option<u32>,
     /// Timed steps, after the compared first one (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,
@@ -556,9 +558,8 @@ pub struct BenchPretrainArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// libtorch intra-op threads (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -568,12 +569,12 @@ pub struct BenchServiceArgs {
     /// Learner steps per run.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=100_000))]
     pub steps: u64,
-    /// Actor counts to run, e.g. 1,2.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    /// Actor counts to run, e.g. 1,2,4.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub actors: Vec<usize>,
-    /// Weight subscribers in the delivery measurement.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub subscribers: u32,
+    /// Weight subscriber counts of the delivery measurement, e.g. 2,8.
+    #[arg(long, value_delimiter = ',', default_value = "2,8")]
+    pub subscribers: Vec<usize>,
     /// Versions delivered (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub reps: u32,

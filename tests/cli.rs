@@ -1,5 +1,6 @@
 //! The `qd` binary as a user runs it: without LD_LIBRARY_PATH, with bad arguments, and
-//! `qd data prepare --json` / `qd data export` on a small corpus and on the real one.
+//! `qd data prepare --json` / `qd data export` on a small corpus and on the real one;
+//! `make gpu-check` where no GPU is.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +25,19 @@ fn runs_without_ld_library_path() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["threads"].as_i64().unwrap() >= 1);
+}
+
+/// `make gpu-check` where there is no GPU stops at its first step, saying why.
+#[test]
+fn gpu_check_without_a_gpu_says_so() {
+    let o = Command::new("bash")
+        .arg(testkit::repo_root().join("scripts/gpu-check.sh"))
+        .env("NVIDIA_SMI", "/nonexistent/nvidia-smi")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no NVIDIA GPU here"), "{err}");
 }
 
 #[test]

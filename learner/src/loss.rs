@@ -99,13 +99,20 @@ impl Generatable {
     }
 }
 
-/// Right-padded rows and, for each generated token in order, its flat logit position.
+/// Right-padded rows, each with where its generated tokens start and how many it has.
 struct Rows {
     ids: Tensor,
     valid: Tensor,
-    /// Flat `row * T + position` of the logits that predict each generated token.
-    gather: Tensor,
+    /// Per row: its length, the position of `<sep>` (whose logits predict the first
+    /// generated token) and the number of generated tokens.
+    shape: Vec<(i64, usize, usize)>,
 }
+
+/// Row groups of similar length the model runs on (less padding; the same numbers). On
+/// `qd bench learner`'s batch with the default 256-token samples (1,832 tokens in 16
+/// rows) a step took 0.19–0.24 s in 4 groups against 0.28–0.29 s in one; with samples
+/// cut at 128 tokens, nearly all full, it made no measurable difference.
+pub const LENGTH_GROUPS: usize = 4;
 
 /// Builds `[prefix] <sep> y` rows; `with_prompt` false gives the unconditional `<sep> y`.
 fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, device: Device) -> Rows {
@@ -127,30 +134,69 @@ fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, device: Device) -> Ro
     let t = seqs.iter().map(|(s, _, _)| s.len()).max().unwrap_or(1);
     let mut ids = vec![i64::from(v.pad); seqs.len() * t];
     let mut valid = vec![false; seqs.len() * t];
-    let mut gather = Vec::new();
-    for (r, (s, plen, n)) in seqs.iter().enumerate() {
+    for (r, (s, _, _)) in seqs.iter().enumerate() {
         for (j, &x) in s.iter().enumerate() {
             ids[r * t + j] = x;
             valid[r * t + j] = true;
         }
-        // The logits at <sep> (position plen) predict y_1, and so on.
-        gather.extend((0..*n).map(|k| (r * t + plen + k) as i64));
     }
     let shape = [seqs.len() as i64, t as i64];
     Rows {
         ids: Tensor::from_slice(&ids).view(shape).to(device),
         valid: Tensor::from_slice(&valid).view(shape).to(device),
-        gather: Tensor::from_slice(&gather).to(device),
+        shape: seqs
+            .iter()
+            .map(|(s, p, n)| (s.len() as i64, *p, *n))
+            .collect(),
     }
 }
 
-/// Log-probabilities `[N, A]` over the generatable ids for every generated token.
-fn token_logprobs(model: &Transformer, r: &Rows, g: &Generatable, train: bool) -> Tensor {
-    let logits = model.forward(&r.ids, &r.valid, None, train);
-    let v = logits.size()[2];
-    logits
-        .view([-1, v])
-        .index_select(0, &r.gather)
+/// Log-probabilities `[N, A]` over the generatable ids for every generated token, in
+/// order: the model runs on `groups` groups of rows of similar length, each cut to its
+/// longest row (1: the whole padded batch at once). A right-padded row's tokens see
+/// nothing past its end, so the grouping changes no number but the order of float sums.
+fn token_logprobs(
+    model: &Transformer,
+    r: &Rows,
+    g: &Generatable,
+    train: bool,
+    groups: usize,
+) -> Tensor {
+    let device = r.ids.device();
+    // Where each row's generated tokens sit in the output.
+    let mut first = Vec::with_capacity(r.shape.len());
+    let mut n_tokens = 0i64;
+    for &(_, _, n) in &r.shape {
+        first.push(n_tokens);
+        n_tokens += n as i64;
+    }
+    let lengths: Vec<i64> = r.shape.iter().map(|s| s.0).collect();
+    let (mut parts, mut order) = (Vec::new(), Vec::with_capacity(n_tokens as usize));
+    for (rows, t) in model::batch::groups_by_length(&lengths, groups) {
+        let idx = Tensor::from_slice(&rows).to(device);
+        let take = |x: &Tensor| x.index_select(0, &idx).narrow(1, 0, t);
+        let logits = model.forward(&take(&r.ids), &take(&r.valid), None, train);
+        // The logits at <sep> (position plen) predict y_1, and so on.
+        let mut gather = Vec::new();
+        for (k, &row) in rows.iter().enumerate() {
+            let (_, plen, n) = r.shape[row as usize];
+            gather.extend((0..n).map(|j| k as i64 * t + (plen + j) as i64));
+            order.extend((0..n as i64).map(|j| first[row as usize] + j));
+        }
+        let v = logits.size()[2];
+        parts.push(
+            logits
+                .view([-1, v])
+                .index_select(0, &Tensor::from_slice(&gather).to(device)),
+        );
+    }
+    // parts hold the tokens in `order`; put each back at its place.
+    let mut back = vec![0i64; order.len()];
+    for (i, &o) in order.iter().enumerate() {
+        back[o as usize] = i as i64;
+    }
+    Tensor::cat(&parts, 0)
+        .index_select(0, &Tensor::from_slice(&back).to(device))
         .index_select(1, &g.ids_tensor)
         .log_softmax(-1, Kind::Float)
 }
@@ -168,12 +214,19 @@ pub fn teacher_logprobs(
 ) -> Tensor {
     tch::no_grad(|| {
         let device = teacher.device();
-        let c = token_logprobs(teacher, &rows(pairs, true, &g.vocabulary, device), g, false);
+        let c = token_logprobs(
+            teacher,
+            &rows(pairs, true, &g.vocabulary, device),
+            g,
+            false,
+            LENGTH_GROUPS,
+        );
         let u = token_logprobs(
             teacher,
             &rows(pairs, false, &g.vocabulary, device),
             g,
             false,
+            LENGTH_GROUPS,
         );
         let groups = match cfg.cfg_scope {
             CfgScope::All => &[][..],
@@ -212,7 +265,13 @@ fn student_terms(student: &Transformer, pairs: &[Pair], g: &Generatable) -> Stud
     let device = student.device();
     // Dropout off: the behaviour log-probs were taken without it, so at staleness 0 the
     // importance ratio is exactly 1.
-    let ls = token_logprobs(student, &rows(pairs, true, &g.vocabulary, device), g, false);
+    let ls = token_logprobs(
+        student,
+        &rows(pairs, true, &g.vocabulary, device),
+        g,
+        false,
+        LENGTH_GROUPS,
+    );
     // Which sample each token belongs to, and the token's index in the generatable set.
     let mut seq_of = Vec::new();
     let mut target = Vec::new();
@@ -326,4 +385,54 @@ pub fn loss(
         tokens: ls.size()[0] as usize,
     };
     Ok(Loss { total, stats })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Pairs of samples of very different lengths, as rollouts are.
+    fn pairs() -> Vec<Pair> {
+        (0..5u32)
+            .map(|i| Pair {
+                prompt: (0..i % 3).map(|j| 4 + j).collect(),
+                reward: 0.5,
+                samples: [1 + 9 * i, 3 + 4 * i]
+                    .iter()
+                    .map(|&n| {
+                        let y: Vec<u32> = (0..n).map(|j| 10 + (i * 3 + j) % 30).collect();
+                        let lp = vec![-1.0f32; y.len()];
+                        (y, lp)
+                    })
+                    .collect(),
+                version: 1,
+            })
+            .collect()
+    }
+
+    /// The grouped forward gives the one-pass log-probabilities, token for token and in
+    /// the same order, conditional and unconditional, and the same gradient.
+    #[test]
+    fn grouped_rows_give_the_padded_batch_numbers() {
+        let (vs, model) = testkit::tiny(3);
+        let g = Generatable::new(testkit::vocabulary(), testkit::VOCAB, Device::Cpu);
+        let grads = |loss: Tensor| testkit::gradients(&vs, &loss);
+        for with_prompt in [true, false] {
+            let r = rows(&pairs(), with_prompt, &g.vocabulary, Device::Cpu);
+            let one = token_logprobs(&model, &r, &g, false, 1);
+            let reference = grads(one.sum(Kind::Float));
+            for groups in [2, 3, 4, 10] {
+                let grouped = token_logprobs(&model, &r, &g, false, groups);
+                assert_eq!(grouped.size(), one.size());
+                let diff = (&grouped - &one).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{groups} groups: {diff}");
+                for ((name, a), (_, b)) in grads(grouped.sum(Kind::Float)).iter().zip(&reference) {
+                    let d = (a - b).abs().max().double_value(&[]);
+                    let scale = b.abs().max().double_value(&[]).max(1e-12);
+                    assert!(d <= 1e-4 * scale, "{groups} groups, {name}: {d} of {scale}");
+                }
+            }
+        }
+    }
 }

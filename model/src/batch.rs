@@ -114,6 +114,12 @@ pub fn lm_loss_grouped(model: &Transformer, batch: &LmBatch, train: bool, groups
 pub fn length_groups(batch: &LmBatch, groups: usize) -> Vec<(Vec<i64>, i64)> {
     let lengths = Vec::<i64>::try_from(batch.valid.sum_dim_intlist(1, false, Kind::Int64))
         .unwrap_or_default();
+    groups_by_length(&lengths, groups)
+}
+
+/// Row indices by decreasing `lengths` in `groups` groups of about equal size (the last
+/// may be smaller), each with its longest row's length (at least 1).
+pub fn groups_by_length(lengths: &[i64], groups: usize) -> Vec<(Vec<i64>, i64)> {
     let mut order: Vec<i64> = (0..lengths.len() as i64).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i as usize]));
     order

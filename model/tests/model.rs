@@ -324,22 +324,7 @@ fn grouped_loss_is_the_padded_loss() {
         .zip(tunes.iter().map(Vec::as_slice))
         .collect();
     let batch = lm_batch(&examples, &vocabulary(), 64, Device::Cpu);
-    let gradient = |loss: Tensor| {
-        for (_, t) in vs.variables() {
-            let mut g = t.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        loss.backward();
-        let mut grads: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.grad().copy()))
-            .collect();
-        grads.sort_by(|a, b| a.0.cmp(&b.0));
-        (loss.double_value(&[]), grads)
-    };
+    let gradient = |loss: Tensor| (loss.double_value(&[]), testkit::gradients(&vs, &loss));
     let (padded, reference) = gradient(lm_loss(&model, &batch, false));
     for groups in [1, 2, 3, 7, 20] {
         let (loss, grads) = gradient(lm_loss_grouped(&model, &batch, false, groups));

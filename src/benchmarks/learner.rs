@@ -24,7 +24,9 @@ use model::transformer::Transformer;
 use eval::bench::median;
 
 use super::{forward_flop, gemm_peak_gflops};
-use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair};
+use learner::loss::{
+    loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
+};
 use learner::trainer::{train_step, Step};
 
 /// What to measure.
@@ -54,9 +56,12 @@ pub struct StepBenchReport {
     /// two passes, the student's forward and the loss, the backward pass, clipping and
     /// AdamW.
     pub breakdown: Breakdown,
-    /// Floating-point operations of one step, counted from the shapes (the teacher's two
-    /// forward passes, the student's forward and backward at twice the forward; matrix
-    /// products and attention only, over the padded rows the step computes).
+    /// Floating-point operations of one step over the padded rows, counted from the
+    /// shapes (the teacher's two forward passes, the student's forward and backward at
+    /// twice the forward; matrix products and attention only): what the reference
+    /// computes.
+    pub padded_gflop: f64,
+    /// The same over the row groups of similar length qd computes.
     pub step_gflop: f64,
     /// `step_gflop / qd_step_seconds`.
     pub qd_gflops: f64,
@@ -143,21 +148,27 @@ fn batch(
 
 /// One learner step's FLOPs on `pairs`: the teacher's conditional and unconditional
 /// forwards, the student's forward and its backward (twice a forward).
-fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair]) -> f64 {
-    let rows = 2 * pairs.len();
-    let longest = |prompt: bool| {
+/// `groups` 1: over the padded rows (what the reference computes); more: over the row
+/// groups of similar length the loss runs (what qd computes).
+fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair], groups: usize) -> f64 {
+    let lengths = |prompt: bool| -> Vec<i64> {
         pairs
             .iter()
             .flat_map(|p| {
-                p.samples
-                    .iter()
-                    .map(move |(y, _)| y.len() + 1 + if prompt { p.prompt.len() } else { 0 })
+                p.samples.iter().map(move |(y, _)| {
+                    (y.len() + 1 + if prompt { p.prompt.len() } else { 0 }) as i64
+                })
             })
-            .max()
-            .unwrap_or(0)
+            .collect()
     };
-    let (tc, tu) = (longest(true), longest(false));
-    4.0 * forward_flop(c, rows, tc) + forward_flop(c, rows, tu)
+    let forward = |prompt: bool| -> f64 {
+        model::batch::groups_by_length(&lengths(prompt), groups)
+            .iter()
+            .map(|(rows, t)| forward_flop(c, rows.len(), *t as usize))
+            .sum()
+    };
+    // The conditional rows: the teacher's pass and the student's forward and backward.
+    4.0 * forward(true) + forward(false)
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
@@ -279,8 +290,9 @@ pub fn bench_step(
         backward: backward_s,
         optimizer: optimizer_s,
     };
-    let step_gflop = step_flop(&student.config, &pairs) / 1e9;
-    let gemm_peak_gflops = gemm_peak_gflops();
+    let padded_gflop = step_flop(&student.config, &pairs, 1) / 1e9;
+    let step_gflop = step_flop(&student.config, &pairs, LENGTH_GROUPS) / 1e9;
+    let gemm_peak_gflops = gemm_peak_gflops(device);
     let mut report = StepBenchReport {
         prompts: pairs.len(),
         samples: 2 * pairs.len(),
@@ -289,6 +301,7 @@ pub fn bench_step(
         threads: tch::get_num_threads(),
         qd_step_seconds,
         breakdown,
+        padded_gflop,
         step_gflop,
         qd_gflops: step_gflop / qd_step_seconds,
         gemm_peak_gflops,
@@ -409,7 +422,8 @@ impl StepBenchReport {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
         format!(
             "learner step: {} prompts, {} samples, {} generated tokens, {} threads, median of {} steps\n\
-             {:.2} GFLOP a step: qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             {:.2} GFLOP a step over the padded rows, {:.2} in qd's {} length groups: \
+             qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
              qd's step: teacher {:.4} s, student forward and loss {:.4} s, backward {:.4} s, clipping and AdamW {:.4} s\n\
              {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
@@ -420,7 +434,9 @@ impl StepBenchReport {
             self.tokens,
             self.threads,
             self.reps,
+            self.padded_gflop,
             self.step_gflop,
+            LENGTH_GROUPS,
             self.qd_gflops,
             100.0 * self.share_of_peak,
             self.gemm_peak_gflops,

@@ -28,16 +28,24 @@ pub(crate) fn forward_flop(c: &model::config::ModelConfig, rows: usize, t: usize
     rows as f64 * t as f64 * per_position
 }
 
-/// Median GFLOP/s of float32 1024×1024 matrix products with the current threads.
-pub(crate) fn gemm_peak_gflops() -> f64 {
-    let n = 1024;
-    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+/// Median GFLOP/s of float32 matrix products on `device` (1024×1024 on the CPU with the
+/// current threads, 4096×4096 on a GPU).
+pub(crate) fn gemm_peak_gflops(device: Device) -> f64 {
+    let n = if device.is_cuda() { 4096 } else { 1024 };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
     let _ = a.matmul(&b); // warm-up
+    sync();
     let rates: Vec<f64> = (0..7)
         .map(|_| {
             let start = Instant::now();
             let c = a.matmul(&b);
+            sync();
             let s = start.elapsed().as_secs_f64();
             drop(c);
             2.0 * (n as f64).powi(3) / s / 1e9

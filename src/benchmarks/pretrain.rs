@@ -33,6 +33,8 @@ use super::{forward_flop, gemm_peak_gflops};
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct PretrainBenchConfig {
+    /// Where both qd and the reference run.
+    pub device: Device,
     /// The prepared dataset (the batch is `qd pretrain`'s first, seed 0).
     pub data: PathBuf,
     /// Weights to start from (`None`: a fresh `preset` model; speed does not depend on
@@ -61,6 +63,8 @@ pub struct PretrainBenchReport {
     pub tokens: usize,
     pub reps: usize,
     pub threads: i32,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
     pub qd_step_seconds: f64,
     /// Floating-point operations of one step over the padded batch, counted from the
     /// shapes (a forward, and a backward at twice the forward): what the reference
@@ -87,9 +91,9 @@ pub struct PretrainBenchReport {
     pub grad_rel_diff: Option<f64>,
 }
 
-/// Runs the benchmark on the CPU with the current libtorch threads.
+/// Runs the benchmark on `cfg.device` (on the CPU with the current libtorch threads).
 pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> {
-    let device = Device::Cpu;
+    let device = cfg.device;
     let ds = Dataset::load(&cfg.data)?;
     let train = ds.train_records(&cfg.data)?;
     let vocab_hash = ds.vocab.hash();
@@ -158,6 +162,9 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         .map(|_| {
             let start = Instant::now();
             train_step(&model, &mut opt, &batch, cfg.clip, cfg.lr, false);
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
             start.elapsed().as_secs_f64()
         })
         .collect();
@@ -167,7 +174,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         .iter()
         .map(|(g, t)| 3.0 * forward_flop(&config, g.len(), *t as usize) / 1e9)
         .sum::<f64>();
-    let gemm_peak = gemm_peak_gflops();
+    let gemm_peak = gemm_peak_gflops(device);
     let mut report = PretrainBenchReport {
         params: vs.variables().values().map(Tensor::numel).sum::<usize>() as i64,
         rows: rows as usize,
@@ -175,6 +182,10 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         tokens,
         reps: cfg.reps,
         threads: tch::get_num_threads(),
+        device: match device {
+            Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".into(),
+        },
         qd_step_seconds,
         padded_gflop,
         step_gflop,
@@ -217,6 +228,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         &tensors,
         cfg.reps,
         report.threads,
+        &report.device,
     )?;
     let torch_seconds: Vec<f64> = out["seconds"]
         .as_array()
@@ -257,6 +269,7 @@ fn run_reference(
     tensors: &Path,
     reps: usize,
     threads: i32,
+    device: &str,
 ) -> Result<serde_json::Value> {
     let out = Command::new(python)
         .arg(script)
@@ -268,6 +281,7 @@ fn run_reference(
         .arg(tensors)
         .args(["--reps", &reps.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args(["--device", device])
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {
@@ -285,13 +299,14 @@ impl PretrainBenchReport {
     pub fn table(&self) -> String {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
         format!(
-            "pre-training step: {} parameters, {} rows × {} positions ({} tokens), dropout off, \
+            "pre-training step on {}: {} parameters, {} rows × {} positions ({} tokens), dropout off, \
              {} threads, median of {} steps\n\
              {:.2} GFLOP a step over the padded batch, {:.2} in qd's {} length groups: \
              qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
              {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n",
+            self.device,
             self.params,
             self.rows,
             self.positions,

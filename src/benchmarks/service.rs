@@ -1,11 +1,12 @@
 //! `qd bench service`: the service's throughput, measured side by side in one run.
 //!
-//! 1. Trajectories per second and learner step time with 1 and 2 actors: `qd run` with
-//!    the given config (evaluator off, a temporary run folder, free ports) for a fixed
-//!    number of steps, read back from its `train.jsonl`.
+//! 1. Trajectories per second, learner step time and the learner's idle share with 1, 2
+//!    and 4 actors: `qd run` with the given config (evaluator off, a temporary run
+//!    folder, free ports) for a fixed number of steps, read back from its `train.jsonl`.
 //! 2. Weight delivery: the time for one published version of the base model to reach
 //!    every subscriber through `WatchWeights` (real server, real clients, loopback),
-//!    against the time to copy the same bytes to as many raw TCP sockets on loopback.
+//!    against the time to copy the same bytes to as many raw TCP sockets on loopback,
+//!    for 2 and for 8 subscribers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +34,12 @@ pub struct ServiceBench {
     pub steps: u64,
     pub runs: Vec<RunBench>,
     pub weight_bytes: usize,
+    pub deliveries: Vec<DeliveryBench>,
+}
+
+/// One version delivered to `subscribers` subscribers.
+#[derive(Debug, Serialize)]
+pub struct DeliveryBench {
     pub subscribers: usize,
     /// Median seconds for one version to reach every subscriber over gRPC.
     pub delivery_seconds: f64,
@@ -52,6 +59,10 @@ pub struct RunBench {
     pub step_seconds: f64,
     /// Median wall time between steps (waiting for trajectories included).
     pub step_interval_seconds: f64,
+    /// Share of the run's time the learner was not computing a step (waiting for
+    /// trajectories, publishing): 1 − Σ step compute / the time from the first step to
+    /// the last.
+    pub learner_idle_share: f64,
 }
 
 /// Runs the whole benchmark.
@@ -60,7 +71,7 @@ pub fn bench_service(
     sets: &[String],
     steps: u64,
     actors: &[usize],
-    subscribers: usize,
+    subscribers: &[usize],
     reps: usize,
 ) -> Result<ServiceBench> {
     let settings = Settings::load(config, sets)?;
@@ -69,20 +80,27 @@ pub fn bench_service(
         eprintln!("bench service: {steps} learner steps with {k} actor(s)…");
         runs.push(run_with_actors(config, sets, steps, k)?);
     }
-    eprintln!("bench service: weight delivery to {subscribers} subscribers ({reps} versions)…");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (bytes, delivery, copy) = rt.block_on(delivery(&settings, subscribers, reps))?;
+    let (mut weight_bytes, mut deliveries) = (0, Vec::new());
+    for &n in subscribers {
+        eprintln!("bench service: weight delivery to {n} subscribers ({reps} versions)…");
+        let (bytes, delivery, copy) = rt.block_on(delivery(&settings, n, reps))?;
+        weight_bytes = bytes;
+        deliveries.push(DeliveryBench {
+            subscribers: n,
+            delivery_seconds: delivery,
+            loopback_copy_seconds: copy,
+            delivery_over_copy: delivery / copy.max(1e-12),
+        });
+    }
     Ok(ServiceBench {
         steps,
         runs,
-        weight_bytes: bytes,
-        subscribers,
-        delivery_seconds: delivery,
-        loopback_copy_seconds: copy,
-        delivery_over_copy: delivery / copy.max(1e-12),
+        weight_bytes,
+        deliveries,
     })
 }
 
@@ -135,11 +153,13 @@ fn run_with_actors(
         .windows(2)
         .map(|w| f(&w[1], "unix_time") - f(&w[0], "unix_time"))
         .collect();
+    let computing: f64 = lines[1..].iter().map(|l| f(l, "step_seconds")).sum();
     Ok(RunBench {
         actors,
         trajectories_per_s: pairs / seconds.max(1e-9),
         step_seconds: median(lines.iter().map(|l| f(l, "step_seconds")).collect()),
         step_interval_seconds: median(intervals),
+        learner_idle_share: (1.0 - computing / seconds.max(1e-9)).max(0.0),
     })
 }
 
@@ -288,11 +308,15 @@ async fn loopback_copy(blob: &[u8], n: usize, reps: usize) -> Result<f64> {
 impl ServiceBench {
     pub fn table(&self) -> String {
         let mut s = format!("service benchmark ({} learner steps per run)\n", self.steps);
-        s.push_str("actors  trajectories/s  step compute s  step interval s\n");
+        s.push_str("actors  trajectories/s  step compute s  step interval s  learner idle\n");
         for r in &self.runs {
             s.push_str(&format!(
-                "{:>6}  {:>14.2}  {:>14.3}  {:>15.3}\n",
-                r.actors, r.trajectories_per_s, r.step_seconds, r.step_interval_seconds
+                "{:>6}  {:>14.2}  {:>14.3}  {:>15.3}  {:>11.0}%\n",
+                r.actors,
+                r.trajectories_per_s,
+                r.step_seconds,
+                r.step_interval_seconds,
+                100.0 * r.learner_idle_share
             ));
         }
         if let (Some(a), Some(b)) = (
@@ -304,14 +328,16 @@ impl ServiceBench {
                 b.trajectories_per_s / a.trajectories_per_s.max(1e-12)
             ));
         }
-        s.push_str(&format!(
-            "weights: {:.1} MB to {} subscribers in {:.1} ms (median); raw loopback copy {:.1} ms; ratio {:.2}\n",
-            self.weight_bytes as f64 / 1e6,
-            self.subscribers,
-            self.delivery_seconds * 1e3,
-            self.loopback_copy_seconds * 1e3,
-            self.delivery_over_copy
-        ));
+        for d in &self.deliveries {
+            s.push_str(&format!(
+                "weights: {:.1} MB to {} subscribers in {:.1} ms (median); raw loopback copy {:.1} ms; ratio {:.2}\n",
+                self.weight_bytes as f64 / 1e6,
+                d.subscribers,
+                d.delivery_seconds * 1e3,
+                d.loopback_copy_seconds * 1e3,
+                d.delivery_over_copy
+            ));
+        }
         s
     }
 }

@@ -67,12 +67,16 @@ pub fn service(a: BenchServiceArgs) -> Result<()> {
         !a.actors.is_empty() && a.actors.iter().all(|&k| (1..=64).contains(&k)),
         "--actors takes counts from 1 to 64"
     );
+    anyhow::ensure!(
+        a.subscribers.iter().all(|&k| (1..=64).contains(&k)),
+        "--subscribers takes counts from 1 to 64"
+    );
     let r = bench_service(
         a.service.config.as_deref(),
         &a.service.set,
         a.steps,
         &a.actors,
-        a.subscribers as usize,
+        &a.subscribers,
         a.reps as usize,
     )?;
     if a.json {
@@ -93,7 +97,9 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
     );
     let cfg = StepBenchConfig {
         learner: settings.learner.clone(),
-        new_tokens: a.new_tokens as usize,
+        new_tokens: a
+            .new_tokens
+            .map_or(settings.actor.max_new_tokens, |n| n as usize),
         reps: a.reps as usize,
         python: (!a.no_reference).then_some(a.python),
         script: PathBuf::from("scripts/reference_learner.py"),
@@ -108,8 +114,9 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
 }
 
 pub fn pretrain(a: BenchPretrainArgs) -> Result<()> {
-    model::device::use_device(tch::Device::Cpu, a.threads.unwrap_or(0))?;
+    let device = a.compute.apply()?;
     let cfg = PretrainBenchConfig {
+        device,
         data: a.data,
         checkpoint: a.checkpoint,
         preset: a.preset,

@@ -84,6 +84,25 @@ pub fn vocabulary() -> model::sampling::Vocabulary {
     }
 }
 
+/// The gradient of `loss` for every variable of `vs`, sorted by name (earlier gradients
+/// zeroed first, so that two losses of one model can be compared).
+pub fn gradients(vs: &tch::nn::VarStore, loss: &tch::Tensor) -> Vec<(String, tch::Tensor)> {
+    for (_, t) in vs.variables() {
+        let mut g = t.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    loss.backward();
+    let mut grads: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
