@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +22,7 @@ use model::transformer::Transformer;
 
 use eval::bench::median;
 
-use super::{forward_flop, gemm_peak_gflops};
+use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference};
 use learner::loss::{
     loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
 };
@@ -345,36 +344,25 @@ pub fn bench_step(
         },
     });
     std::fs::write(&request, serde_json::to_vec(&body)?)?;
-    let out = Command::new(python)
-        .arg(&cfg.script)
-        .arg("--teacher")
-        .arg(checkpoint)
-        .arg("--student")
-        .arg(checkpoint)
-        .arg("--request")
-        .arg(&request)
-        .arg("--tensors-out")
-        .arg(&tensors)
-        .args(["--reps", &cfg.reps.to_string()])
-        .args(["--threads", &report.threads.to_string()])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), cfg.script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
-    let torch_seconds: Vec<f64> = r["seconds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_f64)
-        .collect();
-    let torch_step = median(torch_seconds);
+    let r = run_reference(
+        python,
+        &cfg.script,
+        &[
+            "--teacher".as_ref(),
+            checkpoint.as_os_str(),
+            "--student".as_ref(),
+            checkpoint.as_os_str(),
+            "--request".as_ref(),
+            request.as_os_str(),
+            "--tensors-out".as_ref(),
+            tensors.as_os_str(),
+            "--reps".as_ref(),
+            cfg.reps.to_string().as_ref(),
+            "--threads".as_ref(),
+            report.threads.to_string().as_ref(),
+        ],
+    )?;
+    let torch_step = median_seconds(&r);
     report.torch_step_seconds = Some(torch_step);
     report.qd_speedup = Some(torch_step / report.qd_step_seconds);
     report.torch_loss = r["loss"].as_f64();

@@ -53,3 +53,38 @@ pub(crate) fn gemm_peak_gflops(device: Device) -> f64 {
         .collect();
     median(rates)
 }
+
+/// Runs a PyTorch reference script (`python script args…`) and reads the one JSON object
+/// it prints.
+pub(crate) fn run_reference(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("reading the reference's JSON")
+}
+
+/// The median of the `seconds` a reference reported.
+pub(crate) fn median_seconds(report: &serde_json::Value) -> f64 {
+    median(
+        report["seconds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_f64)
+            .collect(),
+    )
+}

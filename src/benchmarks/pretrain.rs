@@ -10,11 +10,10 @@
 //! (`folk::pretrain::LENGTH_GROUPS`), the reference over the padded batch in one pass:
 //! the same loss, less padding computed.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -28,7 +27,7 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{forward_flop, gemm_peak_gflops};
+use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -223,20 +222,22 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     let out = run_reference(
         python,
         &cfg.script,
-        &weights,
-        &request,
-        &tensors,
-        cfg.reps,
-        report.threads,
-        &report.device,
+        &[
+            "--weights".as_ref(),
+            weights.as_os_str(),
+            "--request".as_ref(),
+            request.as_os_str(),
+            "--tensors-out".as_ref(),
+            tensors.as_os_str(),
+            "--reps".as_ref(),
+            cfg.reps.to_string().as_ref(),
+            "--threads".as_ref(),
+            report.threads.to_string().as_ref(),
+            "--device".as_ref(),
+            report.device.as_ref(),
+        ],
     )?;
-    let torch_seconds: Vec<f64> = out["seconds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_f64)
-        .collect();
-    let torch_step = median(torch_seconds);
+    let torch_step = median_seconds(&out);
     report.torch_step_seconds = Some(torch_step);
     report.qd_speedup = Some(torch_step / qd_step_seconds);
     report.torch_loss = out["loss"].as_f64();
@@ -259,39 +260,6 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     }
     report.grad_rel_diff = Some(diff / scale.max(f64::MIN_POSITIVE));
     Ok(report)
-}
-
-fn run_reference(
-    python: &Path,
-    script: &Path,
-    weights: &Path,
-    request: &Path,
-    tensors: &Path,
-    reps: usize,
-    threads: i32,
-    device: &str,
-) -> Result<serde_json::Value> {
-    let out = Command::new(python)
-        .arg(script)
-        .arg("--weights")
-        .arg(weights)
-        .arg("--request")
-        .arg(request)
-        .arg("--tensors-out")
-        .arg(tensors)
-        .args(["--reps", &reps.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .args(["--device", device])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("reading the reference's JSON")
 }
 
 impl PretrainBenchReport {
