@@ -470,6 +470,10 @@ pub enum BenchCommand {
     /// the same weights: time, share of the machine's matrix-product rate, and agreement
     /// of the loss and the gradient. Dropout off in both (the reference has none).
     Pretrain(BenchPretrainArgs),
+    /// How the cost grows: the learner's step against prompts per batch, sample length
+    /// and model preset, and generation tokens/s against the batch (fresh weights,
+    /// `<eos>` disallowed); `scaling.csv` and `scaling.png`/`.svg` in --out.
+    Scaling(BenchScalingArgs),
     /// The fault campaign against a learner and two actors on loopback (minutes): idle
     /// and silent streams (memory, Status latency), generated malformed messages, actor
     /// and learner SIGKILLs (resume, version identity, reconnect times, the training
@@ -560,6 +564,40 @@ pub struct BenchPretrainArgs {
     pub json: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScalingArgs {
+    /// The learner's loss and optimizer settings, and `paths.data`.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Prompts per learner batch (at --length tokens, small preset).
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64")]
+    pub prompts: Vec<usize>,
+    /// Tokens per sample (at 8 prompts, small preset).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    pub lengths: Vec<usize>,
+    /// Model presets (at 8 prompts × --length tokens).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small,base")]
+    pub presets: Vec<Preset>,
+    /// Generation batch sizes (128 tokens a row, small preset).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    pub batches: Vec<usize>,
+    /// Tokens per sample of the prompts and presets series.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub length: u32,
+    /// Timed repetitions per point (median reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reps: u32,
+    /// Folder for scaling.csv and the figure.
+    #[arg(long, default_value = "runs/bench")]
+    pub out: PathBuf,
+    /// Print the points as one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// libtorch intra-op threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

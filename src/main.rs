@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Service(a)) => bench::service(a),
         Command::Bench(BenchCommand::Learner(a)) => bench::learner(a),
         Command::Bench(BenchCommand::Pretrain(a)) => bench::pretrain(a),
+        Command::Bench(BenchCommand::Scaling(a)) => bench::scaling(a),
         Command::Bench(BenchCommand::Faults(a)) => bench::faults(a),
         Command::Learner(a) => service::learner(&a, log),
         Command::Actor(a) => service::actor(&a, log),

@@ -591,6 +591,81 @@ fn model_commands_end_to_end() {
     assert!(v["qd"]["distill"].as_f64().unwrap() > 1e-6, "{v}");
     assert!(v["qd"]["clip_fraction"].as_f64().unwrap() > 0.0, "{v}");
 
+    // The pre-training step (in length groups) against its one-pass PyTorch reference.
+    let out = run(&[
+        "bench",
+        "pretrain",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &p("folk"),
+        "--batch-size",
+        "6",
+        "--reps",
+        "1",
+        "--python",
+        python.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let x = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("no {key}: {v}"));
+    assert!(x("loss_diff") < 1e-4, "the losses disagree: {v}");
+    assert!(x("grad_rel_diff") < 1e-4, "the gradients disagree: {v}");
+    assert!(
+        (x("torch_grad_norm") - x("qd_grad_norm")).abs() < 1e-4 * x("qd_grad_norm"),
+        "{v}"
+    );
+    // qd computes no more than the padded batch, and its rate is of what it computes.
+    assert!(x("step_gflop") <= x("padded_gflop") + 1e-12, "{v}");
+    assert!(
+        (x("qd_gflops") - x("step_gflop") / x("qd_step_seconds")).abs() < 1e-9 * x("qd_gflops"),
+        "{v}"
+    );
+
+    // How the cost grows: one point of each series, written as CSV and a figure.
+    let out = run(&[
+        "bench",
+        "scaling",
+        "--set",
+        &format!("paths.data={}", p("folk")),
+        "--prompts",
+        "1,2",
+        "--lengths",
+        "8",
+        "--presets",
+        "tiny",
+        "--batches",
+        "2",
+        "--length",
+        "8",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        &p("scaling"),
+        "--json",
+    ]);
+    let points: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let series: Vec<&str> = points
+        .iter()
+        .map(|p| p["series"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        series,
+        ["prompts", "prompts", "length", "preset", "generation"]
+    );
+    assert_eq!(points[1]["batch"], 2, "{out}");
+    assert!(points[..4]
+        .iter()
+        .all(|p| p["step_seconds"].as_f64().unwrap() > 0.0));
+    assert!(points[4]["tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    let csv = std::fs::read_to_string(p("scaling/scaling.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + points.len(), "{csv}");
+    assert!(Path::new(&p("scaling/scaling.png")).exists());
+
     // An exported policy loads in PyTorch with torch alone and gives qd's logits.
     let out = run(&[
         "export",

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use common::settings::LearnerSettings;
 use model::checkpoint::{Checkpoint, ModelKind};
 use model::optim::{AdamW, AdamWConfig};
-use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::sampling::{sample, CfgScope, SamplingConfig, Vocabulary};
 use model::task::{Split, Task};
 use model::transformer::Transformer;
 
@@ -100,11 +100,14 @@ pub struct Breakdown {
 /// from `model`, with rewards that vary by pair and behaviour log-probabilities offset so
 /// that half the pairs look stale (their importance weight clipped at ρ̄ = 1) and half
 /// look fresher than the student (weight below 1).
-fn batch(
+///
+/// With `full_length`, `<eos>` is not drawn: every sample has exactly `new_tokens` tokens.
+pub(crate) fn batch(
     model: &Transformer,
     task: &dyn Task,
     prompts: usize,
     new_tokens: usize,
+    full_length: bool,
 ) -> Result<Vec<Pair>> {
     let prompts: Vec<Vec<u32>> = task
         .prompts(Split::Train)
@@ -121,7 +124,23 @@ fn batch(
         max_new_tokens: new_tokens,
         ..SamplingConfig::default()
     };
-    let s = sample(model, &rows, &seeds, task.vocabulary(), &cfg)?;
+    let v = task.vocabulary();
+    let v = if full_length {
+        Vocabulary {
+            eos: u32::MAX,
+            allowed: v
+                .allowed
+                .iter()
+                .copied()
+                .filter(|&id| id != v.eos)
+                .collect(),
+            content_groups: Vec::new(),
+            ..v.clone()
+        }
+    } else {
+        v.clone()
+    };
+    let s = sample(model, &rows, &seeds, &v, &cfg)?;
     let mut samples = s
         .tokens
         .into_iter()
@@ -149,7 +168,7 @@ fn batch(
 /// forwards, the student's forward and its backward (twice a forward).
 /// `groups` 1: over the padded rows (what the reference computes); more: over the row
 /// groups of similar length the loss runs (what qd computes).
-fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair], groups: usize) -> f64 {
+pub(crate) fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair], groups: usize) -> f64 {
     let lengths = |prompt: bool| -> Vec<i64> {
         pairs
             .iter()
@@ -168,6 +187,65 @@ fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair], groups: usize) -> f
     };
     // The conditional rows: the teacher's pass and the student's forward and backward.
     4.0 * forward(true) + forward(false)
+}
+
+/// The loss's settings of the learner's.
+pub(crate) fn loss_config(l: &LearnerSettings) -> LossConfig {
+    LossConfig {
+        beta: l.beta,
+        cfg_gamma: l.cfg_gamma,
+        cfg_plausibility: l.cfg_plausibility,
+        cfg_scope: l.cfg_scope,
+        divergence: l.divergence,
+        jsd_alpha: l.jsd_alpha,
+        rho_bar: l.rho_bar,
+    }
+}
+
+/// The learner's optimizer settings.
+pub(crate) fn adamw_config(l: &LearnerSettings) -> AdamWConfig {
+    AdamWConfig {
+        weight_decay: l.weight_decay,
+        ..AdamWConfig::default()
+    }
+}
+
+/// The mean reward of `pairs`, the baseline the benchmark's steps subtract.
+pub(crate) fn mean_reward(pairs: &[Pair]) -> f64 {
+    pairs.iter().map(|p| f64::from(p.reward)).sum::<f64>() / pairs.len().max(1) as f64
+}
+
+/// Median seconds of `reps` whole learner steps (`trainer::train_step`) on `pairs`.
+pub(crate) fn timed_steps(
+    student: &Transformer,
+    teacher: &Transformer,
+    opt: &mut AdamW,
+    g: &Generatable,
+    pairs: &[Pair],
+    l: &LearnerSettings,
+    reps: usize,
+) -> Result<f64> {
+    let (baseline, loss_cfg) = (mean_reward(pairs), loss_config(l));
+    let mut seconds = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        let step = train_step(
+            student,
+            teacher,
+            opt,
+            g,
+            pairs,
+            baseline,
+            &loss_cfg,
+            l.lr,
+            l.grad_clip,
+        )?;
+        if let Step::Skipped { reason } = step {
+            bail!("the benchmark's step was skipped: {reason}");
+        }
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(seconds))
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
@@ -190,7 +268,7 @@ pub fn bench_step(
     let (mut teacher_vs, teacher) = load(checkpoint, &hash, device)?;
     teacher_vs.freeze();
     let (student_vs, student) = load(checkpoint, &hash, device)?;
-    let pairs = batch(&student, task, l.batch_prompts, cfg.new_tokens)?;
+    let pairs = batch(&student, task, l.batch_prompts, cfg.new_tokens, false)?;
     if pairs.len() < l.batch_prompts {
         bail!(
             "the task has fewer than {} training prompts",
@@ -202,34 +280,10 @@ pub fn bench_step(
         student.config.vocab_size as usize,
         device,
     );
-    let loss_cfg = LossConfig {
-        beta: l.beta,
-        cfg_gamma: l.cfg_gamma,
-        cfg_plausibility: l.cfg_plausibility,
-        cfg_scope: l.cfg_scope,
-        divergence: l.divergence,
-        jsd_alpha: l.jsd_alpha,
-        rho_bar: l.rho_bar,
-    };
-    let opt_cfg = AdamWConfig {
-        weight_decay: l.weight_decay,
-        ..AdamWConfig::default()
-    };
+    let loss_cfg = loss_config(l);
+    let opt_cfg = adamw_config(l);
     let mut opt = AdamW::new(&student_vs, opt_cfg.clone());
-    let baseline = pairs.iter().map(|p| f64::from(p.reward)).sum::<f64>() / pairs.len() as f64;
-    let step = |opt: &mut AdamW| {
-        train_step(
-            &student,
-            &teacher,
-            opt,
-            &g,
-            &pairs,
-            baseline,
-            &loss_cfg,
-            l.lr,
-            l.grad_clip,
-        )
-    };
+    let baseline = mean_reward(&pairs);
 
     // The first step is the compared one: keep its gradient and the weights after it.
     opt.zero_grad();
@@ -250,20 +304,12 @@ pub fn bench_step(
         .into_iter()
         .map(|(n, t)| (n, t.detach().copy()))
         .collect();
-    let mut seconds = Vec::new();
-    for _ in 0..cfg.reps {
-        let start = Instant::now();
-        if let Step::Skipped { reason } = step(&mut opt)? {
-            bail!("the benchmark's step was skipped: {reason}");
-        }
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    let qd_step_seconds = timed_steps(&student, &teacher, &mut opt, &g, &pairs, l, cfg.reps)?;
     let tokens = pairs
         .iter()
         .flat_map(|p| &p.samples)
         .map(|(t, _)| t.len())
         .sum();
-    let qd_step_seconds = median(seconds);
     let mut parts: [Vec<f64>; 4] = Default::default();
     for _ in 0..cfg.reps {
         opt.zero_grad();

@@ -1,7 +1,8 @@
 //! The benchmarks of the binary: the learner step and the pre-training step against
-//! PyTorch ([`learner`], [`pretrain`]), the running service ([`service`]) and the fault
-//! campaign ([`faults`]); and what the step benchmarks share: FLOPs counted from the
-//! shapes, and this machine's matrix-product rate.
+//! PyTorch ([`learner`], [`pretrain`]), how the cost grows ([`scaling`]), the running
+//! service ([`service`]) and the fault campaign ([`faults`]); and what the step
+//! benchmarks share: FLOPs counted from the shapes, this machine's matrix-product rate,
+//! running a PyTorch reference.
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 pub mod faults;
 pub mod learner;
 pub mod pretrain;
+pub mod scaling;
 pub mod service;
 
 /// Forward FLOPs of `rows` right-padded rows of `t` positions: the matrix products of

@@ -1,5 +1,4 @@
-//! `qd bench generate`, `qd bench learner`, `qd bench pretrain`, `qd bench service` and
-//! `qd bench faults`.
+//! `qd bench generate`, `learner`, `pretrain`, `scaling`, `service` and `faults`.
 
 use std::path::PathBuf;
 
@@ -13,9 +12,11 @@ use model::task::Task;
 use crate::benchmarks::faults::{bench_faults, FaultsConfig};
 use crate::benchmarks::learner::{bench_step, StepBenchConfig};
 use crate::benchmarks::pretrain::{bench_pretrain, PretrainBenchConfig};
+use crate::benchmarks::scaling::{bench_scaling, ScalingConfig};
 use crate::benchmarks::service::bench_service;
 use crate::cli::{
-    BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchPretrainArgs, BenchServiceArgs,
+    BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchPretrainArgs, BenchScalingArgs,
+    BenchServiceArgs,
 };
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
@@ -134,6 +135,64 @@ pub fn pretrain(a: BenchPretrainArgs) -> Result<()> {
     } else {
         print!("{}", r.table());
     }
+    Ok(())
+}
+
+pub fn scaling(a: BenchScalingArgs) -> Result<()> {
+    let settings = a.service.settings()?;
+    model::device::use_device(tch::Device::Cpu, a.threads.unwrap_or(0))?;
+    for (flag, values) in [("--prompts", &a.prompts), ("--batches", &a.batches)] {
+        anyhow::ensure!(
+            values.iter().all(|&v| (1..=1024).contains(&v)),
+            "{flag} takes counts from 1 to 1024"
+        );
+    }
+    anyhow::ensure!(
+        a.lengths.iter().all(|&v| (1..=4096).contains(&v)),
+        "--lengths takes token counts from 1 to 4096"
+    );
+    let task = FolkTask::new(
+        Dataset::load(&settings.paths.data)?,
+        PathBuf::new(),
+        PathBuf::new(),
+    );
+    let cfg = ScalingConfig {
+        learner: settings.learner.clone(),
+        prompts: a.prompts,
+        lengths: a.lengths,
+        presets: a.presets,
+        batches: a.batches,
+        length: a.length as usize,
+        reps: a.reps as usize,
+        out: a.out,
+    };
+    let points = bench_scaling(&task, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&points)?);
+        return Ok(());
+    }
+    println!("series      preset  parameters  batch  tokens  step s   GFLOP   tokens/s  with CFG");
+    for p in &points {
+        let opt =
+            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        println!(
+            "{:<11} {:<7} {:>10}  {:>5}  {:>6}  {:>6}  {:>6}  {:>9}  {:>8}",
+            p.series,
+            p.preset,
+            p.parameters,
+            p.batch,
+            p.tokens_per_sample,
+            opt(p.step_seconds, 3),
+            opt(p.step_gflop, 1),
+            opt(p.tokens_per_s, 0),
+            opt(p.tokens_per_s_cfg, 0)
+        );
+    }
+    println!(
+        "wrote {} and {} (and .svg)",
+        cfg.out.join("scaling.csv").display(),
+        cfg.out.join("scaling.png").display()
+    );
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use anyhow::Result;
 
 use crate::evaluate::EvalReport;
 
-use super::plot;
 use super::{Family, Row, RunInfo, Summary};
+use crate::plot;
 
 /// A moving average over `w` points (fewer at the start).
 fn smooth(v: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {

@@ -27,7 +27,6 @@
 mod cache;
 mod figures;
 mod markdown;
-mod plot;
 mod summary;
 
 use std::path::{Path, PathBuf};

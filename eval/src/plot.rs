@@ -12,7 +12,7 @@ use plotters::style::{register_font, FontStyle};
 
 use model::fsutil::write_atomic;
 
-const FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const PANEL: (u32, u32) = (640, 480);
 const TITLE: u32 = 36;
 const LEGEND_ROW: u32 = 24;
