@@ -22,7 +22,7 @@ use model::transformer::Transformer;
 
 use eval::bench::median;
 
-use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference};
+use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference, Reference};
 use learner::loss::{
     loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
 };
@@ -390,22 +390,21 @@ pub fn bench_step(
         },
     });
     std::fs::write(&request, serde_json::to_vec(&body)?)?;
-    let r = run_reference(
+    let reference = Reference {
         python,
-        &cfg.script,
+        script: &cfg.script,
+        request: &request,
+        tensors: &tensors,
+        reps: cfg.reps,
+        threads: report.threads,
+    };
+    let r = run_reference(
+        &reference,
         &[
             "--teacher".as_ref(),
             checkpoint.as_os_str(),
             "--student".as_ref(),
             checkpoint.as_os_str(),
-            "--request".as_ref(),
-            request.as_os_str(),
-            "--tensors-out".as_ref(),
-            tensors.as_os_str(),
-            "--reps".as_ref(),
-            cfg.reps.to_string().as_ref(),
-            "--threads".as_ref(),
-            report.threads.to_string().as_ref(),
         ],
     )?;
     let torch_step = median_seconds(&r);

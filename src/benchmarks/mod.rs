@@ -56,17 +56,34 @@ pub(crate) fn gemm_peak_gflops(device: Device) -> f64 {
     median(rates)
 }
 
-/// Runs a PyTorch reference script (`python script args…`) and reads the one JSON object
-/// it prints.
+/// A PyTorch reference script of a step benchmark and what every such script takes: the
+/// batch (`--request`), where to write its first gradient (`--tensors-out`), the timed
+/// repetitions and the threads.
+pub(crate) struct Reference<'a> {
+    pub python: &'a std::path::Path,
+    pub script: &'a std::path::Path,
+    pub request: &'a std::path::Path,
+    pub tensors: &'a std::path::Path,
+    pub reps: usize,
+    pub threads: i32,
+}
+
+/// Runs the reference with its own `args` too and reads the one JSON object it prints.
 pub(crate) fn run_reference(
-    python: &std::path::Path,
-    script: &std::path::Path,
+    r: &Reference<'_>,
     args: &[&std::ffi::OsStr],
 ) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
+    let (python, script) = (r.python, r.script);
     let out = std::process::Command::new(python)
         .arg(script)
         .args(args)
+        .arg("--request")
+        .arg(r.request)
+        .arg("--tensors-out")
+        .arg(r.tensors)
+        .args(["--reps", &r.reps.to_string()])
+        .args(["--threads", &r.threads.to_string()])
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {

@@ -27,7 +27,7 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference};
+use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference, Reference};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -219,20 +219,19 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     });
     std::fs::write(&request, serde_json::to_vec(&body)?)?;
     let tensors = dir.path().join("grads.safetensors");
-    let out = run_reference(
+    let reference = Reference {
         python,
-        &cfg.script,
+        script: &cfg.script,
+        request: &request,
+        tensors: &tensors,
+        reps: cfg.reps,
+        threads: report.threads,
+    };
+    let out = run_reference(
+        &reference,
         &[
             "--weights".as_ref(),
             weights.as_os_str(),
-            "--request".as_ref(),
-            request.as_os_str(),
-            "--tensors-out".as_ref(),
-            tensors.as_os_str(),
-            "--reps".as_ref(),
-            cfg.reps.to_string().as_ref(),
-            "--threads".as_ref(),
-            report.threads.to_string().as_ref(),
             "--device".as_ref(),
             report.device.as_ref(),
         ],
