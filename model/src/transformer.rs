@@ -11,7 +11,7 @@ use super::config::ModelConfig;
 /// key positions are real tokens (not left padding).
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     /// `[B, T_cached]` bool: key position holds a real token.
     key_valid: Option<Tensor>,
 }
@@ -31,6 +31,51 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One layer's keys and values, `[B, H, capacity, d_head]`, of which the first `len`
+/// positions are filled. The buffers grow by doubling, so a decoding step copies only its
+/// own token's keys and values, not the whole cache (as concatenating would).
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: i64,
+}
+
+impl LayerCache {
+    /// Appends `k` and `v` (`[B, H, t, d_head]`) to `slot` and returns views of every
+    /// cached position, the new ones included.
+    fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        let (len, capacity) = slot.as_ref().map_or((0, 0), |c| (c.len, c.k.size()[2]));
+        if len + t > capacity {
+            let mut shape = k.size();
+            shape[2] = (2 * capacity).max(len + t + 64);
+            let grown = |old: Option<&Tensor>| {
+                let buf = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
+                if let Some(old) = old {
+                    buf.narrow(2, 0, len).copy_(&old.narrow(2, 0, len));
+                }
+                buf
+            };
+            *slot = Some(LayerCache {
+                k: grown(slot.as_ref().map(|c| &c.k)),
+                v: grown(slot.as_ref().map(|c| &c.v)),
+                len,
+            });
+        }
+        match slot {
+            Some(c) => {
+                c.k.narrow(2, len, t).copy_(k);
+                c.v.narrow(2, len, t).copy_(v);
+                c.len = len + t;
+                (c.k.narrow(2, 0, c.len), c.v.narrow(2, 0, c.len))
+            }
+            // Filled just above.
+            None => (k.shallow_clone(), v.shallow_clone()),
+        }
     }
 }
 
@@ -58,7 +103,7 @@ impl Attention {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         train: bool,
     ) -> Tensor {
         let (b, t, d) = x.size3().unwrap_or((0, 0, 0));
@@ -69,11 +114,7 @@ impl Attention {
         let qkv = x.apply(&self.qkv).split(d, -1);
         let (q, mut k, mut v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
         if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2);
-                v = Tensor::cat(&[pv, &v], 2);
-            }
-            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+            (k, v) = LayerCache::append(slot, &k, &v);
         }
         let p = if train { self.dropout } else { 0.0 };
         let y =
@@ -124,7 +165,7 @@ impl Block {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         train: bool,
     ) -> Tensor {
         let x = x + self

@@ -23,23 +23,24 @@ fn prompts() -> Vec<Vec<u32>> {
 #[test]
 fn kv_cache_matches_full_forward() {
     let (_vs, model) = tiny(1);
-    // Left-padded rows of different lengths, then 6 more tokens decoded one at a time.
+    // Left-padded rows of different lengths, then 150 more tokens decoded one at a time:
+    // past the cache's first buffer (the prompt and 64 more) and its first doubling.
     let rows: Vec<Vec<i64>> = vec![
         vec![0, 0, 4, 5, 1],
         vec![0, 0, 0, 7, 1],
         vec![8, 9, 4, 5, 1],
     ];
-    let cont: Vec<Vec<i64>> = vec![
-        vec![10, 11, 12, 13, 14, 15],
-        vec![20, 21, 22, 23, 24, 25],
-        vec![30, 31, 32, 33, 34, 35],
-    ];
+    const STEPS: i64 = 150;
+    let cont: Vec<Vec<i64>> = (0..3)
+        .map(|r| (0..STEPS).map(|j| 10 + (7 * r + 3 * j) % 30).collect())
+        .collect();
     let full: Vec<i64> = rows
         .iter()
         .zip(&cont)
         .flat_map(|(r, c)| r.iter().chain(c).copied())
         .collect();
-    let full = Tensor::from_slice(&full).view([3, 11]);
+    let total = 5 + STEPS;
+    let full = Tensor::from_slice(&full).view([3, total]);
     let valid = full.ne(0);
     let reference =
         tch::no_grad(|| model.forward(&full, &valid, Some(&mut KvCache::new(2)), false));
@@ -49,13 +50,13 @@ fn kv_cache_matches_full_forward() {
     let mut steps = vec![tch::no_grad(|| {
         model.forward(&prefix, &valid.narrow(1, 0, 5), Some(&mut cache), false)
     })];
-    for j in 5..11 {
+    for j in 5..total {
         let tok = full.narrow(1, j, 1);
         steps.push(tch::no_grad(|| {
             model.forward(&tok, &valid.narrow(1, j, 1), Some(&mut cache), false)
         }));
     }
-    assert_eq!(cache.len(), 11);
+    assert_eq!(cache.len(), total);
     let incremental = Tensor::cat(&steps, 1);
     // Compare at real-token positions only.
     let diff = (reference - incremental)
