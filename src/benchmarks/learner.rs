@@ -22,7 +22,10 @@ use model::transformer::Transformer;
 
 use eval::bench::median;
 
-use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference, Reference};
+use super::{
+    forward_flop, grad_rel_diff, median_seconds, reference_tensor, run_reference, Reference,
+    StepRate,
+};
 use learner::loss::{
     loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
 };
@@ -50,27 +53,13 @@ pub struct StepBenchReport {
     pub tokens: usize,
     pub reps: usize,
     pub threads: i32,
-    pub qd_step_seconds: f64,
+    /// The step's time and rate, against PyTorch's.
+    #[serde(flatten)]
+    pub rate: StepRate,
     /// Where qd's step goes (medians of separately timed repetitions): the teacher's
     /// two passes, the student's forward and the loss, the backward pass, clipping and
     /// AdamW.
     pub breakdown: Breakdown,
-    /// Floating-point operations of one step over the padded rows, counted from the
-    /// shapes (the teacher's two forward passes, the student's forward and backward at
-    /// twice the forward; matrix products and attention only): what the reference
-    /// computes.
-    pub padded_gflop: f64,
-    /// The same over the row groups of similar length qd computes.
-    pub step_gflop: f64,
-    /// `step_gflop / qd_step_seconds`.
-    pub qd_gflops: f64,
-    /// This machine's float32 matrix-product rate with the same threads (median of
-    /// 1024×1024 products), and the step's share of it.
-    pub gemm_peak_gflops: f64,
-    pub share_of_peak: f64,
-    pub torch_step_seconds: Option<f64>,
-    /// PyTorch's step time over qd's (above 1: qd is faster).
-    pub qd_speedup: Option<f64>,
     /// qd's first step on the batch.
     pub qd: LossStats,
     pub qd_grad_norm: f64,
@@ -335,24 +324,21 @@ pub fn bench_step(
         backward: backward_s,
         optimizer: optimizer_s,
     };
-    let padded_gflop = step_flop(&student.config, &pairs, 1) / 1e9;
-    let step_gflop = step_flop(&student.config, &pairs, LENGTH_GROUPS) / 1e9;
-    let gemm_peak_gflops = gemm_peak_gflops(device);
+    // The teacher's two forward passes and the student's forward and backward.
+    let rate = StepRate::new(
+        qd_step_seconds,
+        step_flop(&student.config, &pairs, 1) / 1e9,
+        step_flop(&student.config, &pairs, LENGTH_GROUPS) / 1e9,
+        device,
+    );
     let mut report = StepBenchReport {
         prompts: pairs.len(),
         samples: 2 * pairs.len(),
         tokens,
         reps: cfg.reps,
         threads: tch::get_num_threads(),
-        qd_step_seconds,
+        rate,
         breakdown,
-        padded_gflop,
-        step_gflop,
-        qd_gflops: step_gflop / qd_step_seconds,
-        gemm_peak_gflops,
-        share_of_peak: step_gflop / qd_step_seconds / gemm_peak_gflops,
-        torch_step_seconds: None,
-        qd_speedup: None,
         qd: first,
         qd_grad_norm: grad_norm,
         torch_loss: None,
@@ -407,33 +393,14 @@ pub fn bench_step(
             checkpoint.as_os_str(),
         ],
     )?;
-    let torch_step = median_seconds(&r);
-    report.torch_step_seconds = Some(torch_step);
-    report.qd_speedup = Some(torch_step / report.qd_step_seconds);
+    report.rate.against(median_seconds(&r));
     report.torch_loss = r["loss"].as_f64();
     report.torch_grad_norm = r["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - report.qd.loss).abs());
     let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(&tensors)?.into_iter().collect();
-    let get = |key: String, like: &Tensor| -> Result<&Tensor> {
-        let t = theirs
-            .get(&key)
-            .with_context(|| format!("the reference wrote no {key}"))?;
-        anyhow::ensure!(
-            t.size() == like.size(),
-            "{key}: shape {:?}, qd has {:?}",
-            t.size(),
-            like.size()
-        );
-        Ok(t)
-    };
+    let (rel, grad_scale) = grad_rel_diff(&grads, &theirs)?;
+    report.grad_rel_diff = Some(rel);
     let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
-    let (mut grad_diff, mut grad_scale) = (0f64, 0f64);
-    for (name, g) in &grads {
-        let theirs = get(format!("grad.{name}"), g)?;
-        grad_diff = grad_diff.max(max((g - theirs).abs())?);
-        grad_scale = grad_scale.max(max(theirs.abs())?);
-    }
-    report.grad_rel_diff = Some(grad_diff / grad_scale.max(f64::MIN_POSITIVE));
     // Adam's first update is about lr·sign(g): where |g| is within float noise of 0 the
     // sign is noise, so the updates are compared where |g| ≥ 1e-4 · max |g|.
     let mut param_diff = 0f64;
@@ -441,7 +408,7 @@ pub fn bench_step(
         let p = params
             .get(name)
             .with_context(|| format!("no weight {name}"))?;
-        let theirs = get(format!("param.{name}"), p)?;
+        let theirs = reference_tensor(&theirs, &format!("param.{name}"), p)?;
         let clear = g.abs().ge(1e-4 * grad_scale);
         param_diff = param_diff.max(max((p - theirs).abs() * clear)?);
     }
@@ -455,10 +422,8 @@ impl StepBenchReport {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
         format!(
             "learner step: {} prompts, {} samples, {} generated tokens, {} threads, median of {} steps\n\
-             {:.2} GFLOP a step over the padded rows, {:.2} in qd's {} length groups: \
-             qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             {}\
              qd's step: teacher {:.4} s, student forward and loss {:.4} s, backward {:.4} s, clipping and AdamW {:.4} s\n\
-             {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n\
              weights after one update, max |diff| / lr  {}\n",
@@ -467,22 +432,11 @@ impl StepBenchReport {
             self.tokens,
             self.threads,
             self.reps,
-            self.padded_gflop,
-            self.step_gflop,
-            LENGTH_GROUPS,
-            self.qd_gflops,
-            100.0 * self.share_of_peak,
-            self.gemm_peak_gflops,
+            self.rate.lines(LENGTH_GROUPS),
             self.breakdown.teacher,
             self.breakdown.student_forward,
             self.breakdown.backward,
             self.breakdown.optimizer,
-            "qd step (s)",
-            format!("{:.4}", self.qd_step_seconds),
-            "PyTorch eager step (s)",
-            opt(self.torch_step_seconds, &|v| format!("{v:.4}")),
-            "qd speed-up over PyTorch",
-            opt(self.qd_speedup, &|v| format!("{v:.2}x")),
             self.qd.loss,
             opt(self.torch_loss, &|v| format!("{v:.6}")),
             opt(self.loss_diff, &|v| format!("{v:.2e}")),

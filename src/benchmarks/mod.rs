@@ -32,7 +32,7 @@ pub(crate) fn forward_flop(c: &model::config::ModelConfig, rows: usize, t: usize
 
 /// Median GFLOP/s of float32 matrix products on `device` (1024×1024 on the CPU with the
 /// current threads, 4096×4096 on a GPU).
-pub(crate) fn gemm_peak_gflops(device: Device) -> f64 {
+fn gemm_peak_gflops(device: Device) -> f64 {
     let n = if device.is_cuda() { 4096 } else { 1024 };
     let sync = || {
         if let Device::Cuda(i) = device {
@@ -106,4 +106,111 @@ pub(crate) fn median_seconds(report: &serde_json::Value) -> f64 {
             .filter_map(serde_json::Value::as_f64)
             .collect(),
     )
+}
+
+/// A step's time and arithmetic rate against this machine's matrix-product rate, and
+/// the PyTorch reference's time beside it (flattened into the step benchmarks' reports).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepRate {
+    pub qd_step_seconds: f64,
+    /// Floating-point operations of one step over the padded rows, counted from the
+    /// shapes (a backward at twice a forward; matrix products and attention only): what
+    /// the reference computes.
+    pub padded_gflop: f64,
+    /// The same over the row groups of similar length qd computes.
+    pub step_gflop: f64,
+    /// `step_gflop / qd_step_seconds`.
+    pub qd_gflops: f64,
+    /// This machine's float32 matrix-product rate with the same threads, and the step's
+    /// share of it.
+    pub gemm_peak_gflops: f64,
+    pub share_of_peak: f64,
+    pub torch_step_seconds: Option<f64>,
+    /// PyTorch's step time over qd's (above 1: qd is faster).
+    pub qd_speedup: Option<f64>,
+}
+
+impl StepRate {
+    /// qd's side; measures the matrix-product rate on `device`.
+    pub(crate) fn new(
+        qd_step_seconds: f64,
+        padded_gflop: f64,
+        step_gflop: f64,
+        device: Device,
+    ) -> StepRate {
+        let gemm_peak_gflops = gemm_peak_gflops(device);
+        let qd_gflops = step_gflop / qd_step_seconds;
+        StepRate {
+            qd_step_seconds,
+            padded_gflop,
+            step_gflop,
+            qd_gflops,
+            gemm_peak_gflops,
+            share_of_peak: qd_gflops / gemm_peak_gflops,
+            torch_step_seconds: None,
+            qd_speedup: None,
+        }
+    }
+
+    /// The reference's median step time, beside qd's.
+    pub(crate) fn against(&mut self, torch_step_seconds: f64) {
+        self.torch_step_seconds = Some(torch_step_seconds);
+        self.qd_speedup = Some(torch_step_seconds / self.qd_step_seconds);
+    }
+
+    /// The table lines: the work and its rate, then the two step times and their ratio.
+    pub(crate) fn lines(&self, groups: usize) -> String {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+        format!(
+            "{:.2} GFLOP a step over the padded rows, {:.2} in qd's {groups} length groups: \
+             qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
+             {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n",
+            self.padded_gflop,
+            self.step_gflop,
+            self.qd_gflops,
+            100.0 * self.share_of_peak,
+            self.gemm_peak_gflops,
+            "qd step (s)",
+            format!("{:.4}", self.qd_step_seconds),
+            "PyTorch eager step (s)",
+            opt(self.torch_step_seconds, &|v| format!("{v:.4}")),
+            "qd speed-up over PyTorch",
+            opt(self.qd_speedup, &|v| format!("{v:.2}x")),
+        )
+    }
+}
+
+/// The tensor `key` a reference wrote, checked to have `like`'s shape.
+pub(crate) fn reference_tensor<'a>(
+    theirs: &'a std::collections::HashMap<String, Tensor>,
+    key: &str,
+    like: &Tensor,
+) -> anyhow::Result<&'a Tensor> {
+    use anyhow::Context;
+    let t = theirs
+        .get(key)
+        .with_context(|| format!("the reference wrote no {key}"))?;
+    anyhow::ensure!(
+        t.size() == like.size(),
+        "{key}: shape {:?}, qd has {:?}",
+        t.size(),
+        like.size()
+    );
+    Ok(t)
+}
+
+/// The largest |g_qd − g_ref| over every weight's gradient (`grads`, compared with the
+/// reference's `grad.<name>`), over the largest |g_ref|; and that largest |g_ref|.
+pub(crate) fn grad_rel_diff(
+    grads: &[(String, Tensor)],
+    theirs: &std::collections::HashMap<String, Tensor>,
+) -> anyhow::Result<(f64, f64)> {
+    let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
+    let (mut diff, mut scale) = (0f64, 0f64);
+    for (name, g) in grads {
+        let t = reference_tensor(theirs, &format!("grad.{name}"), g)?;
+        diff = diff.max(max((g - t).abs())?);
+        scale = scale.max(max(t.abs())?);
+    }
+    Ok((diff / scale.max(f64::MIN_POSITIVE), scale))
 }

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -27,7 +27,7 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{forward_flop, gemm_peak_gflops, median_seconds, run_reference, Reference};
+use super::{forward_flop, grad_rel_diff, median_seconds, run_reference, Reference, StepRate};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -64,22 +64,9 @@ pub struct PretrainBenchReport {
     pub threads: i32,
     /// `cpu` or `cuda:N`.
     pub device: String,
-    pub qd_step_seconds: f64,
-    /// Floating-point operations of one step over the padded batch, counted from the
-    /// shapes (a forward, and a backward at twice the forward): what the reference
-    /// computes.
-    pub padded_gflop: f64,
-    /// The same over the row groups qd computes (less padding).
-    pub step_gflop: f64,
-    /// `step_gflop / qd_step_seconds`.
-    pub qd_gflops: f64,
-    /// This machine's float32 matrix-product rate with the same threads, and the step's
-    /// share of it.
-    pub gemm_peak_gflops: f64,
-    pub share_of_peak: f64,
-    pub torch_step_seconds: Option<f64>,
-    /// PyTorch's step time over qd's (above 1: qd is faster).
-    pub qd_speedup: Option<f64>,
+    /// The step's time and rate, against PyTorch's.
+    #[serde(flatten)]
+    pub rate: StepRate,
     pub qd_loss: f64,
     pub qd_grad_norm: f64,
     pub torch_loss: Option<f64>,
@@ -167,13 +154,16 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
             start.elapsed().as_secs_f64()
         })
         .collect();
-    let qd_step_seconds = median(seconds);
-    let padded_gflop = 3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9;
-    let step_gflop = length_groups(&batch, LENGTH_GROUPS)
-        .iter()
-        .map(|(g, t)| 3.0 * forward_flop(&config, g.len(), *t as usize) / 1e9)
-        .sum::<f64>();
-    let gemm_peak = gemm_peak_gflops(device);
+    // A forward and a backward at twice the forward.
+    let rate = StepRate::new(
+        median(seconds),
+        3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9,
+        length_groups(&batch, LENGTH_GROUPS)
+            .iter()
+            .map(|(g, t)| 3.0 * forward_flop(&config, g.len(), *t as usize) / 1e9)
+            .sum::<f64>(),
+        device,
+    );
     let mut report = PretrainBenchReport {
         params: vs.variables().values().map(Tensor::numel).sum::<usize>() as i64,
         rows: rows as usize,
@@ -185,14 +175,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
             Device::Cuda(i) => format!("cuda:{i}"),
             _ => "cpu".into(),
         },
-        qd_step_seconds,
-        padded_gflop,
-        step_gflop,
-        qd_gflops: step_gflop / qd_step_seconds,
-        gemm_peak_gflops: gemm_peak,
-        share_of_peak: step_gflop / qd_step_seconds / gemm_peak,
-        torch_step_seconds: None,
-        qd_speedup: None,
+        rate,
         qd_loss,
         qd_grad_norm,
         torch_loss: None,
@@ -236,28 +219,13 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
             report.device.as_ref(),
         ],
     )?;
-    let torch_step = median_seconds(&out);
-    report.torch_step_seconds = Some(torch_step);
-    report.qd_speedup = Some(torch_step / qd_step_seconds);
+    report.rate.against(median_seconds(&out));
     report.torch_loss = out["loss"].as_f64();
     report.torch_grad_norm = out["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - qd_loss).abs());
     let theirs: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(&tensors)?.into_iter().collect();
-    let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
-    let (mut diff, mut scale) = (0f64, 0f64);
-    for (name, g) in &grads {
-        let t = theirs
-            .get(&format!("grad.{name}"))
-            .with_context(|| format!("the reference wrote no gradient of {name}"))?;
-        anyhow::ensure!(
-            t.size() == g.size(),
-            "{name}: the reference's gradient has another shape"
-        );
-        diff = diff.max(max((g - t).abs())?);
-        scale = scale.max(max(t.abs())?);
-    }
-    report.grad_rel_diff = Some(diff / scale.max(f64::MIN_POSITIVE));
+    report.grad_rel_diff = Some(grad_rel_diff(&grads, &theirs)?.0);
     Ok(report)
 }
 
@@ -268,9 +236,7 @@ impl PretrainBenchReport {
         format!(
             "pre-training step on {}: {} parameters, {} rows × {} positions ({} tokens), dropout off, \
              {} threads, median of {} steps\n\
-             {:.2} GFLOP a step over the padded batch, {:.2} in qd's {} length groups: \
-             qd {:.2} GFLOP/s, {:.0}% of this machine's {:.1} GFLOP/s float32 matrix products\n\
-             {:<34}{:>12}\n{:<34}{:>12}\n{:<34}{:>12}\n\
+             {}\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient max |diff| / max |g|  {}\n",
             self.device,
@@ -280,18 +246,7 @@ impl PretrainBenchReport {
             self.tokens,
             self.threads,
             self.reps,
-            self.padded_gflop,
-            self.step_gflop,
-            LENGTH_GROUPS,
-            self.qd_gflops,
-            100.0 * self.share_of_peak,
-            self.gemm_peak_gflops,
-            "qd step (s)",
-            format!("{:.4}", self.qd_step_seconds),
-            "PyTorch eager step (s)",
-            opt(self.torch_step_seconds, &|v| format!("{v:.4}")),
-            "qd speed-up over PyTorch",
-            opt(self.qd_speedup, &|v| format!("{v:.2}x")),
+            self.rate.lines(LENGTH_GROUPS),
             self.qd_loss,
             opt(self.torch_loss, &|v| format!("{v:.6}")),
             opt(self.loss_diff, &|v| format!("{v:.2e}")),
