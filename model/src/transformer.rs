@@ -49,33 +49,33 @@ impl LayerCache {
     /// cached position, the new ones included.
     fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let t = k.size()[2];
-        let (len, capacity) = slot.as_ref().map_or((0, 0), |c| (c.len, c.k.size()[2]));
-        if len + t > capacity {
-            let mut shape = k.size();
-            shape[2] = (2 * capacity).max(len + t + 64);
-            let grown = |old: Option<&Tensor>| {
-                let buf = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
-                if let Some(old) = old {
-                    buf.narrow(2, 0, len).copy_(&old.narrow(2, 0, len));
+        let mut c = match slot.take() {
+            Some(c) if c.len + t <= c.k.size()[2] => c,
+            old => {
+                let len = old.as_ref().map_or(0, |c| c.len);
+                let capacity = old.as_ref().map_or(0, |c| c.k.size()[2]);
+                let mut shape = k.size();
+                shape[2] = (2 * capacity).max(len + t + 64);
+                let grown = |old: Option<&Tensor>| {
+                    let buf = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
+                    if let Some(old) = old {
+                        buf.narrow(2, 0, len).copy_(&old.narrow(2, 0, len));
+                    }
+                    buf
+                };
+                LayerCache {
+                    k: grown(old.as_ref().map(|c| &c.k)),
+                    v: grown(old.as_ref().map(|c| &c.v)),
+                    len,
                 }
-                buf
-            };
-            *slot = Some(LayerCache {
-                k: grown(slot.as_ref().map(|c| &c.k)),
-                v: grown(slot.as_ref().map(|c| &c.v)),
-                len,
-            });
-        }
-        match slot {
-            Some(c) => {
-                c.k.narrow(2, len, t).copy_(k);
-                c.v.narrow(2, len, t).copy_(v);
-                c.len = len + t;
-                (c.k.narrow(2, 0, c.len), c.v.narrow(2, 0, c.len))
             }
-            // Filled just above.
-            None => (k.shallow_clone(), v.shallow_clone()),
-        }
+        };
+        c.k.narrow(2, c.len, t).copy_(k);
+        c.v.narrow(2, c.len, t).copy_(v);
+        c.len += t;
+        let views = (c.k.narrow(2, 0, c.len), c.v.narrow(2, 0, c.len));
+        *slot = Some(c);
+        views
     }
 }
 
