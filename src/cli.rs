@@ -519,12 +519,8 @@ pub struct BenchLearnerArgs {
     /// Timed steps, after the compared first one (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,
-    /// Python with torch for the reference (default: the project venv's).
-    #[arg(long, default_value = ".venv/bin/python")]
-    pub python: PathBuf,
-    /// Skip the PyTorch reference.
-    #[arg(long)]
-    pub no_reference: bool,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -553,12 +549,8 @@ pub struct BenchPretrainArgs {
     /// Timed steps, after the compared first one (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,
-    /// Python with torch for the reference (default: the project venv's).
-    #[arg(long, default_value = ".venv/bin/python")]
-    pub python: PathBuf,
-    /// Skip the PyTorch reference.
-    #[arg(long)]
-    pub no_reference: bool,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -642,17 +634,31 @@ pub struct BenchGenerateArgs {
     /// CFG strength γ of the guided runs.
     #[arg(long = "cfg", default_value_t = 3.0)]
     pub cfg_gamma: f64,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// The PyTorch reference a benchmark compares qd with.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
     /// Python with torch for the reference (default: the project venv's).
     #[arg(long, default_value = ".venv/bin/python")]
     pub python: PathBuf,
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub compute: ComputeArgs,
+}
+
+impl ReferenceArgs {
+    /// The Python to run the reference with, or `None` to skip it.
+    pub fn python(self) -> Option<PathBuf> {
+        (!self.no_reference).then_some(self.python)
+    }
 }
 
 #[derive(Debug, Args)]

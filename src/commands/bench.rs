@@ -51,7 +51,7 @@ pub fn generate(a: BenchGenerateArgs) -> Result<()> {
         new_tokens: a.new_tokens as usize,
         reps: a.reps as usize,
         cfg_gamma: a.cfg_gamma,
-        python: (!a.no_reference).then_some(a.python),
+        python: a.reference.python(),
         script: PathBuf::from("scripts/reference_generate.py"),
     };
     let r = bench_generate(&model, &checkpoint, &task, &cfg)?;
@@ -102,7 +102,7 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
             .new_tokens
             .map_or(settings.actor.max_new_tokens, |n| n as usize),
         reps: a.reps as usize,
-        python: (!a.no_reference).then_some(a.python),
+        python: a.reference.python(),
         script: PathBuf::from("scripts/reference_learner.py"),
     };
     let r = bench_step(&settings.paths.base, &task, &cfg)?;
@@ -126,7 +126,7 @@ pub fn pretrain(a: BenchPretrainArgs) -> Result<()> {
         lr: 3e-3,
         clip: 1.0,
         reps: a.reps as usize,
-        python: (!a.no_reference).then_some(a.python),
+        python: a.reference.python(),
         script: PathBuf::from("scripts/reference_pretrain.py"),
     };
     let r = bench_pretrain(&cfg)?;
