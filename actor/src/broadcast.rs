@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use qd_proto::WeightChunk;
 use tonic::Status;
 
@@ -17,7 +18,7 @@ pub const MAX_WEIGHT_BYTES: u64 = 16 << 30;
 pub struct Weights {
     pub version: u64,
     pub step: u64,
-    pub blob: Vec<u8>,
+    pub blob: Bytes,
     /// From the first chunk to the last.
     pub sync_seconds: f64,
 }
@@ -29,10 +30,21 @@ impl Weights {
     }
 }
 
-/// Reassembles a weight stream's chunks into verified versions.
+/// A version being reassembled: its first chunk's header, the bytes so far and their
+/// running CRC32 (each chunk is hashed as it is copied, while it is in cache).
+#[derive(Debug)]
+struct Partial {
+    head: WeightChunk,
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+    started: Instant,
+}
+
+/// Reassembles a weight stream's chunks into verified versions. A version sent as one
+/// chunk is taken as it arrived, without a copy.
 #[derive(Debug, Default)]
 pub struct Assembler {
-    current: Option<(WeightChunk, Vec<u8>, Instant)>,
+    current: Option<Partial>,
 }
 
 impl Assembler {
@@ -45,44 +57,78 @@ impl Assembler {
                     c.total_len
                 )));
             }
-            let buf = Vec::with_capacity(c.total_len as usize);
-            self.current = Some((c.clone(), buf, Instant::now()));
+            self.current = None;
+            if c.data.len() as u64 == c.total_len {
+                let started = Instant::now();
+                let crc = crc32fast::hash(&c.data);
+                return verified(c.version, c.step, &c.checksum, crc, c.data, started).map(Some);
+            }
+            let head = WeightChunk {
+                data: Bytes::new(),
+                ..c.clone()
+            };
+            self.current = Some(Partial {
+                buf: Vec::with_capacity(c.total_len as usize),
+                head,
+                crc: crc32fast::Hasher::new(),
+                started: Instant::now(),
+            });
         }
-        let Some((head, buf, started)) = self.current.as_mut() else {
+        let Some(mut p) = self.current.take() else {
             return Err(Status::data_loss("weight chunk without its beginning"));
         };
-        if c.version != head.version || c.offset != buf.len() as u64 {
+        if c.version != p.head.version || c.offset != p.buf.len() as u64 {
             return Err(Status::data_loss(format!(
                 "weight chunk out of order (version {} offset {}, expected version {} offset {})",
                 c.version,
                 c.offset,
-                head.version,
-                buf.len()
+                p.head.version,
+                p.buf.len()
             )));
         }
-        buf.extend_from_slice(&c.data);
-        if buf.len() as u64 > head.total_len {
+        if p.buf.len() as u64 + c.data.len() as u64 > p.head.total_len {
             return Err(Status::data_loss("weight chunks longer than announced"));
         }
-        if (buf.len() as u64) < head.total_len {
+        p.buf.extend_from_slice(&c.data);
+        p.crc.update(&c.data);
+        if (p.buf.len() as u64) < p.head.total_len {
+            self.current = Some(p);
             return Ok(None);
         }
-        let (head, buf, started) = (head.clone(), std::mem::take(buf), *started);
-        self.current = None;
-        let sum = format!("{:08x}", crc32fast::hash(&buf));
-        if sum != head.checksum {
-            return Err(Status::data_loss(format!(
-                "weights version {}: checksum {sum}, announced {}",
-                head.version, head.checksum
-            )));
-        }
-        Ok(Some(Weights {
-            version: head.version,
-            step: head.step,
-            blob: buf,
-            sync_seconds: started.elapsed().as_secs_f64(),
-        }))
+        let (h, crc) = (p.head, p.crc.finalize());
+        verified(
+            h.version,
+            h.step,
+            &h.checksum,
+            crc,
+            Bytes::from(p.buf),
+            p.started,
+        )
+        .map(Some)
     }
+}
+
+/// The whole version, if its CRC32 `crc` is the one announced.
+fn verified(
+    version: u64,
+    step: u64,
+    announced: &str,
+    crc: u32,
+    blob: Bytes,
+    started: Instant,
+) -> Result<Weights, Status> {
+    let sum = format!("{crc:08x}");
+    if sum != announced {
+        return Err(Status::data_loss(format!(
+            "weights version {version}: checksum {sum}, announced {announced}"
+        )));
+    }
+    Ok(Weights {
+        version,
+        step,
+        blob,
+        sync_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -190,7 +236,34 @@ mod tests {
         // A blob of exactly `max_bytes` is within the limit.
         let b = blob(4096, 9);
         let w = a.push(chunks(5, 0, &b, 4096).remove(0), 4096).unwrap();
-        assert_eq!(w.map(|w| w.blob), Some(b));
+        assert_eq!(w.map(|w| w.blob), Some(b.into()));
+    }
+
+    /// A version sent as one chunk is the chunk's own bytes (no copy), and equals what
+    /// the same blob gives when it arrives in pieces and is copied together.
+    #[test]
+    fn a_version_in_one_chunk_is_taken_as_it_arrived() {
+        let b = blob(5000, 3);
+        let whole = chunks(1, 1, &b, 1 << 20).remove(0);
+        let arrived = whole.data.as_ptr();
+        let mut a = Assembler::default();
+        let one = a
+            .push(whole, MAX)
+            .unwrap()
+            .expect("one chunk is a whole version");
+        assert_eq!(one.blob.as_ptr(), arrived, "the blob was copied");
+        let pieces = push_all(&mut a, chunks(2, 1, &b, 700))
+            .unwrap()
+            .expect("a whole version");
+        assert_ne!(pieces.blob.as_ptr(), one.blob.as_ptr());
+        assert_eq!(one.blob, pieces.blob);
+        assert_eq!(one.blob, b);
+        // A corrupted single chunk is refused like any other.
+        let mut bad = chunks(3, 1, &b, 1 << 20).remove(0);
+        let mut data = bad.data.to_vec();
+        data[17] ^= 1;
+        bad.data = data.into();
+        assert_eq!(refused(a.push(bad, MAX)).code(), Code::DataLoss);
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub async fn connect(s: &ClientSettings, creds: &Credentials) -> Result<Client, 
         .tcp_keepalive(Some(Duration::from_secs(s.keepalive_s)))
         .initial_stream_window_size(qd_proto::STREAM_WINDOW)
         .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
+        .max_frame_size(qd_proto::CLIENT_MAX_FRAME)
         .tcp_nodelay(true);
     if let Some(tls) = &creds.tls {
         endpoint = endpoint

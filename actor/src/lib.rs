@@ -84,7 +84,6 @@ impl Student {
             .with_context(|| format!("weights version {}", w.version))?;
         ck.load_into(&mut self.vs)?;
         let sync_seconds = w.sync_seconds + t0.elapsed().as_secs_f64();
-        self.version = w.version;
         ::metrics::gauge!(m::WEIGHT_VERSION).set(w.version as f64);
         ::metrics::histogram!(m::WEIGHT_SYNC_SECONDS).record(sync_seconds);
         ::metrics::counter!(m::WEIGHT_SYNC_BYTES).increment(w.blob.len() as u64);

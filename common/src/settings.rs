@@ -139,7 +139,9 @@ pub struct LearnerSettings {
     pub finish_grace_s: u64,
     /// Trajectories the queue holds before PushTrajectories waits.
     pub queue_capacity: usize,
-    /// Size of the chunks weights are streamed in.
+    /// Size of the chunks weights are streamed in. A version that fits in one chunk
+    /// reaches an actor without being copied out of its message; larger ones are copied
+    /// together (at most one chunk per subscriber is held while being sent).
     pub chunk_bytes: usize,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
@@ -176,7 +178,7 @@ impl Default for LearnerSettings {
             max_steps: 150,
             finish_grace_s: 30,
             queue_capacity: 16,
-            chunk_bytes: 1 << 20,
+            chunk_bytes: 16 << 20,
             max_message_bytes: 64 << 20,
             threads: 0,
             device: "cpu".into(),
