@@ -1,16 +1,23 @@
 """PyTorch-eager reference for `qd bench generate`.
 
 Loads a qd policy checkpoint (safetensors, PyTorch-style names) into the same
-architecture written in plain PyTorch, samples with a KV cache on the given prompts
-(left-padded, `<sep>`-terminated, exactly --new-tokens steps, optionally with CFG), and
-prints one JSON object: the seconds of each repetition per mode and, so that qd can check
-both implementations agree, the log-probability vector over the allowed ids at every
-step of every row when fed the tokens qd sampled (the request's `follow`, per mode),
-through the same KV-cache decoding.
+architecture written in plain PyTorch and samples with a KV cache on the given prompts
+(left-padded, `<sep>`-terminated, exactly --new-tokens steps, optionally with CFG).
+
+It answers one command per line on standard input, so that qd can interleave its own
+repetitions with the reference's, each answered with one JSON line on standard output
+(the first line, before any command, names the torch build and its threads):
+
+- `plain` or `cfg`: one timed generation, `{"seconds": s}`;
+- `score`: so that qd can check both implementations agree, the log-probability vector
+  over the allowed ids at every step of every row when fed the tokens qd sampled (the
+  request's `follow`, per mode), through the same KV-cache decoding:
+  `{"logprobs": {"plain": ..., "cfg": ...}}`.
 """
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -74,11 +81,10 @@ def score(model, prompts, sep, pad, allowed, follow, gamma):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--request", required=True, help="JSON: prompts, sep, pad, allowed, follow")
     ap.add_argument("--new-tokens", type=int, required=True)
-    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -86,24 +92,26 @@ def main():
     model = load(args.checkpoint)
     with open(args.request) as f:
         req = json.load(f)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": {}}
+    gammas = {"plain": None, "cfg": args.cfg}
+    rows = (req["prompts"], req["sep"], req["pad"], req["allowed"])
     generator = torch.Generator().manual_seed(0)
+
+    def answer(obj):
+        print(json.dumps(obj), flush=True)
+
+    answer({"torch": torch.__version__, "threads": torch.get_num_threads()})
     with torch.inference_mode():
-        for mode, gamma in [("plain", None), ("cfg", args.cfg)]:
-            if mode == "cfg" and gamma is None:
-                continue
-            times = []
-            for _ in range(args.reps):
+        for line in sys.stdin:
+            command = line.strip()
+            if command in gammas and (command == "plain" or args.cfg is not None):
                 start = time.perf_counter()
-                generate(model, req["prompts"], req["sep"], req["pad"], req["allowed"], args.new_tokens, gamma, generator)
-                times.append(time.perf_counter() - start)
-            out["seconds"][mode] = times
-            follow = req.get("follow", {}).get(mode)
-            if follow:
-                out.setdefault("logprobs", {})[mode] = score(
-                    model, req["prompts"], req["sep"], req["pad"], req["allowed"], follow, gamma
-                )
-    print(json.dumps(out))
+                generate(model, *rows, args.new_tokens, gammas[command], generator)
+                answer({"seconds": time.perf_counter() - start})
+            elif command == "score":
+                follow = req.get("follow", {})
+                answer({"logprobs": {m: score(model, *rows, f, gammas[m]) for m, f in follow.items() if m in gammas}})
+            else:
+                sys.exit(f"unknown command {command!r} (plain, cfg or score)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 //! `qd bench generate`: tokens per second of batched generation with and without CFG for
-//! the same model, prompts and batch, measured side by side (interleaved repetitions,
-//! medians), and the same against a PyTorch-eager reference of the architecture
-//! (`scripts/reference_generate.py`) that loads the same checkpoint.
+//! the same model, prompts and batch, against a PyTorch-eager reference of the
+//! architecture (`scripts/reference_generate.py`) that loads the same checkpoint and runs
+//! beside qd: each repetition times qd and the reference one after the other, plain then
+//! CFG (medians of the interleaved repetitions).
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -99,24 +101,51 @@ pub fn bench_generate(
         ..plain.clone()
     };
     let tokens = (cfg.batch * cfg.new_tokens) as f64;
-    let (mut t_plain, mut t_cfg) = (Vec::new(), Vec::new());
-    sample(model, &prompts, &seeds, &v, &plain)?; // warm-up
-    let mut drawn = (Vec::new(), Vec::new());
+    // A warm-up of each, which also draws the tokens the reference is checked on.
+    let drawn = (
+        sample(model, &prompts, &seeds, &v, &plain)?.tokens,
+        sample(model, &prompts, &seeds, &v, &guided)?.tokens,
+    );
+    let mut reference = match &cfg.python {
+        Some(python) => {
+            let body = serde_json::json!({
+                "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
+                "follow": {"plain": drawn.0, "cfg": drawn.1},
+            });
+            let r = Reference::start(python, &cfg.script, checkpoint, &body, cfg)?;
+            Some(r)
+        }
+        None => None,
+    };
+    // Each repetition runs qd and the reference one after the other, plain then CFG, so
+    // that a change in the machine's load reaches both sides of each ratio.
+    let timed = |s: &SamplingConfig| -> Result<f64> {
+        let start = Instant::now();
+        sample(model, &prompts, &seeds, &v, s)?;
+        Ok(tokens / start.elapsed().as_secs_f64())
+    };
+    let (mut t_plain, mut t_cfg, mut r_plain, mut r_cfg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if let Some(r) = reference.as_mut() {
+        r.seconds("plain")?; // the reference's warm-up
+        r.seconds("cfg")?;
+    }
     for _ in 0..cfg.reps {
-        let start = Instant::now();
-        drawn.0 = sample(model, &prompts, &seeds, &v, &plain)?.tokens;
-        t_plain.push(tokens / start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        drawn.1 = sample(model, &prompts, &seeds, &v, &guided)?.tokens;
-        t_cfg.push(tokens / start.elapsed().as_secs_f64());
+        t_plain.push(timed(&plain)?);
+        if let Some(r) = reference.as_mut() {
+            r_plain.push(tokens / r.seconds("plain")?);
+        }
+        t_cfg.push(timed(&guided)?);
+        if let Some(r) = reference.as_mut() {
+            r_cfg.push(tokens / r.seconds("cfg")?);
+        }
     }
     let (qd_plain, qd_cfg) = (median(t_plain), median(t_cfg));
-    let threads = tch::get_num_threads();
     let mut report = BenchReport {
         batch: cfg.batch,
         new_tokens: cfg.new_tokens,
         reps: cfg.reps,
-        threads,
+        threads: tch::get_num_threads(),
         qd_plain,
         qd_cfg,
         cfg_over_plain: qd_cfg / qd_plain,
@@ -127,60 +156,110 @@ pub fn bench_generate(
         max_logprob_diff: None,
         max_logprob_diff_cfg: None,
     };
-    let Some(python) = &cfg.python else {
+    let Some(mut r) = reference else {
         return Ok(report);
     };
-    let request = std::env::temp_dir().join(format!("qd-bench-{}.json", std::process::id()));
-    let body = serde_json::json!({
-        "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
-        "follow": {"plain": drawn.0, "cfg": drawn.1},
-    });
-    std::fs::write(&request, serde_json::to_vec(&body)?)?;
-    let out = Command::new(python)
-        .arg(&cfg.script)
-        .arg("--checkpoint")
-        .arg(checkpoint)
-        .arg("--request")
-        .arg(&request)
-        .args([
-            "--new-tokens",
-            &cfg.new_tokens.to_string(),
-            "--reps",
-            &cfg.reps.to_string(),
-        ])
-        .args([
-            "--cfg",
-            &cfg.cfg_gamma.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), cfg.script.display()))?;
-    let _ = std::fs::remove_file(&request);
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading the reference's output")?;
-    let rate = |mode: &str| -> Option<f64> {
-        let secs: Vec<f64> = r["seconds"][mode]
-            .as_array()?
-            .iter()
-            .filter_map(serde_json::Value::as_f64)
-            .collect();
-        Some(median(secs.iter().map(|s| tokens / s).collect()))
-    };
-    report.torch_plain = rate("plain");
-    report.torch_cfg = rate("cfg");
-    report.qd_over_torch_plain = report.torch_plain.map(|t| qd_plain / t);
-    report.qd_over_torch_cfg = report.torch_cfg.map(|t| qd_cfg / t);
+    let (torch_plain, torch_cfg) = (median(r_plain), median(r_cfg));
+    report.torch_plain = Some(torch_plain);
+    report.torch_cfg = Some(torch_cfg);
+    report.qd_over_torch_plain = Some(qd_plain / torch_plain);
+    report.qd_over_torch_cfg = Some(qd_cfg / torch_cfg);
+    let scored = r.ask("score")?;
     let ours = |s: &SamplingConfig, tokens| guided_logprobs(model, &prompts, tokens, &v, s);
-    report.max_logprob_diff = max_diff(&ours(&plain, &drawn.0)?, &r["logprobs"]["plain"]);
-    report.max_logprob_diff_cfg = max_diff(&ours(&guided, &drawn.1)?, &r["logprobs"]["cfg"]);
+    report.max_logprob_diff = max_diff(&ours(&plain, &drawn.0)?, &scored["logprobs"]["plain"]);
+    report.max_logprob_diff_cfg = max_diff(&ours(&guided, &drawn.1)?, &scored["logprobs"]["cfg"]);
+    r.finish()?;
     Ok(report)
+}
+
+/// `scripts/reference_generate.py` running beside qd, one command at a time.
+struct Reference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    request: tempfile::NamedTempFile,
+}
+
+impl Reference {
+    fn start(
+        python: &Path,
+        script: &Path,
+        checkpoint: &Path,
+        body: &serde_json::Value,
+        cfg: &BenchConfig,
+    ) -> Result<Reference> {
+        let request = tempfile::Builder::new()
+            .prefix("qd-bench-")
+            .suffix(".json")
+            .tempfile()?;
+        std::fs::write(request.path(), serde_json::to_vec(body)?)?;
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("--checkpoint")
+            .arg(checkpoint)
+            .arg("--request")
+            .arg(request.path())
+            .args(["--new-tokens", &cfg.new_tokens.to_string()])
+            .args(["--cfg", &cfg.cfg_gamma.to_string()])
+            .args(["--threads", &tch::get_num_threads().to_string()])
+            // Its errors reach the terminal; torch's warning that numpy is missing does not.
+            .env("PYTHONWARNINGS", "ignore")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("the PyTorch reference's pipes were not opened");
+        };
+        let mut r = Reference {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            request,
+        };
+        r.answer().context("the PyTorch reference did not start")?;
+        Ok(r)
+    }
+
+    /// The next JSON line the reference prints.
+    fn answer(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            bail!("the PyTorch reference ended ({status}); its error is printed above");
+        }
+        serde_json::from_str(&line).context("reading the reference's answer")
+    }
+
+    fn ask(&mut self, command: &str) -> Result<serde_json::Value> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        self.answer()
+    }
+
+    /// Seconds of one timed generation (`plain` or `cfg`).
+    fn seconds(&mut self, mode: &str) -> Result<f64> {
+        self.ask(mode)?["seconds"]
+            .as_f64()
+            .context("the reference's answer has no seconds")
+    }
+
+    /// Closes its input and waits for it to exit; the request file is removed.
+    fn finish(self) -> Result<()> {
+        let Reference {
+            mut child,
+            stdin,
+            request,
+            ..
+        } = self;
+        drop(stdin);
+        let status = child.wait()?;
+        drop(request);
+        if !status.success() {
+            bail!("the PyTorch reference exited with {status}");
+        }
+        Ok(())
+    }
 }
 
 /// The largest |a − b| over every row, step and id of qd's log-probabilities and the
