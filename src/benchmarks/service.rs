@@ -5,8 +5,9 @@
 //!    folder, free ports) for a fixed number of steps, read back from its `train.jsonl`.
 //! 2. Weight delivery: the time for one published version of the base model to reach
 //!    every subscriber through `WatchWeights` (real server, real clients, loopback),
-//!    against the time to copy the same bytes to as many raw TCP sockets on loopback,
-//!    for 2 and for 8 subscribers.
+//!    against the time to copy the same bytes to as many raw TCP connections on
+//!    loopback (open and warm, like the streams; one copy after each version), for 2 and
+//!    for 8 subscribers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -254,10 +255,11 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     let mut raw = RawCopy::connect(Arc::from(blob.as_slice()), n).await?;
     let (mut times, mut copies) = (Vec::new(), Vec::new());
     for v in 1..=reps as u64 + 1 {
-        // The learner publishes the buffer it serialised into; copying it is not timed.
-        let bytes = blob.clone();
+        // What the trainer hands over: the buffer it serialised into and its CRC32
+        // (serialising and checksumming are the trainer's work, not the delivery's).
+        let version = Published::new(v, 0, blob.clone());
         let t0 = Instant::now();
-        shared.publish(Published::new(v, 0, bytes));
+        shared.publish(version);
         let mut got = 0;
         while got < n {
             let version = tokio::time::timeout(Duration::from_secs(60), done_rx.recv())
