@@ -4,9 +4,10 @@ Loads a qd policy checkpoint (safetensors, PyTorch-style names) into the same
 architecture written in plain PyTorch and samples with a KV cache on the given prompts
 (left-padded, `<sep>`-terminated, exactly --new-tokens steps, optionally with CFG).
 
-It answers one command per line on standard input, so that qd can interleave its own
-repetitions with the reference's, each answered with one JSON line on standard output
-(the first line, before any command, names the torch build and its threads):
+It answers one command per line on standard input (reference_learner.serve), so that
+qd can interleave its own repetitions with the reference's, each answered with one JSON
+line on standard output (the first line, before any command, names the torch build and
+its threads):
 
 - `plain` or `cfg`: one timed generation, `{"seconds": s}`;
 - `score`: so that qd can check both implementations agree, the log-probability vector
@@ -17,12 +18,11 @@ repetitions with the reference's, each answered with one JSON line on standard o
 
 import argparse
 import json
-import sys
-import time
 
 import torch
 
 from qd_model import load
+from reference_learner import serve
 
 
 class Decoder:
@@ -92,26 +92,16 @@ def main():
     model = load(args.checkpoint)
     with open(args.request) as f:
         req = json.load(f)
-    gammas = {"plain": None, "cfg": args.cfg}
+    gammas = {"plain": None} if args.cfg is None else {"plain": None, "cfg": args.cfg}
     rows = (req["prompts"], req["sep"], req["pad"], req["allowed"])
     generator = torch.Generator().manual_seed(0)
 
-    def answer(obj):
-        print(json.dumps(obj), flush=True)
-
-    answer({"torch": torch.__version__, "threads": torch.get_num_threads()})
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     with torch.inference_mode():
-        for line in sys.stdin:
-            command = line.strip()
-            if command in gammas and (command == "plain" or args.cfg is not None):
-                start = time.perf_counter()
-                generate(model, *rows, args.new_tokens, gammas[command], generator)
-                answer({"seconds": time.perf_counter() - start})
-            elif command == "score":
-                follow = req.get("follow", {})
-                answer({"logprobs": {m: score(model, *rows, f, gammas[m]) for m, f in follow.items() if m in gammas}})
-            else:
-                sys.exit(f"unknown command {command!r} (plain, cfg or score)")
+        serve(
+            {m: (lambda g=g: generate(model, *rows, args.new_tokens, g, generator)) for m, g in gammas.items()},
+            {"score": lambda: {"logprobs": {m: score(model, *rows, f, gammas[m]) for m, f in req.get("follow", {}).items() if m in gammas}}},
+        )
 
 
 if __name__ == "__main__":

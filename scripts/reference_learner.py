@@ -7,16 +7,19 @@ generated token, and REINFORCE on the pair reward with truncated importance weig
 global-norm gradient clipping and AdamW (decoupled weight decay on matrices only).
 
 It loads the teacher and the student from qd checkpoints (the model is the one in
-reference_generate.py), reads the batch qd trained on from --request, and prints one
-JSON object: the loss terms and gradient norm of the first step, the seconds of each
-repetition, and the threads used. With --tensors-out it also writes, as safetensors,
-the first step's gradient (`grad.<name>`, before clipping) and the parameters after it
-(`param.<name>`), so that qd can compare both with its own, tensor by tensor.
+reference_generate.py), reads the batch qd trained on from --request, runs the first
+step and prints one JSON line: its loss terms and gradient norm, and the threads used.
+With --tensors-out it also writes, as safetensors, the first step's gradient
+(`grad.<name>`, before clipping) and the parameters after it (`param.<name>`), so that
+qd can compare both with its own, tensor by tensor. Then it answers `step` on standard
+input with one more timed step, `{"seconds": s}` (see `serve`), so that qd can
+interleave its own steps with the reference's.
 """
 
 import argparse
 import json
 import struct
+import sys
 import time
 
 import torch
@@ -144,6 +147,25 @@ def adamw(params, cfg):
     )
 
 
+def serve(timed, answers=None):
+    """Answers one command a line on standard input until it closes, one JSON line each:
+    a command of `timed` (name -> function) runs once and answers `{"seconds": s}`, one
+    of `answers` answers what its function returns. qd times its own side between two
+    commands, so each repetition of qd and of the reference sees the same machine."""
+    answers = answers or {}
+    for line in sys.stdin:
+        command = line.strip()
+        if command in timed:
+            start = time.perf_counter()
+            timed[command]()
+            reply = {"seconds": time.perf_counter() - start}
+        elif command in answers:
+            reply = answers[command]()
+        else:
+            sys.exit(f"unknown command {command!r} (one of {', '.join([*timed, *answers])})")
+        print(json.dumps(reply), flush=True)
+
+
 def write_safetensors(path, tensors):
     header, offset, blobs = {}, 0, []
     for name, t in tensors.items():
@@ -163,7 +185,6 @@ def main():
     ap.add_argument("--teacher", required=True, help="the base model (qd policy checkpoint)")
     ap.add_argument("--student", required=True, help="the student's starting weights")
     ap.add_argument("--request", required=True, help="JSON: the batch, vocabulary, loss and optimizer settings")
-    ap.add_argument("--reps", type=int, default=5, help="timed steps after one warm-up step")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tensors-out", help="write the first step's gradient and updated parameters here")
     args = ap.parse_args()
@@ -202,15 +223,11 @@ def main():
         "distill": distill.item(),
         "pg": pg.item(),
         "grad_norm": norm.item(),
-        "seconds": [],
     }
     if args.tensors_out:
         write_safetensors(args.tensors_out, {**grads, **{f"param.{n}": p for n, p in params.items()}})
-    for _ in range(args.reps):
-        start = time.perf_counter()
-        one()
-        out["seconds"].append(time.perf_counter() - start)
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
+    serve({"step": one})
 
 
 if __name__ == "__main__":

@@ -6,26 +6,25 @@ backward, global-norm gradient clipping and AdamW (decoupled weight decay on mat
 only), on the model `qd export` ships (qd_model.py; no dropout, as qd runs it here).
 
 It loads the weights from a qd checkpoint, reads the batch qd trained on from
---request, and prints one JSON object: the loss and gradient norm of the first step, the
-seconds of each later repetition, and the threads used. With --tensors-out it also
-writes the first step's gradient (`grad.<name>`, before clipping) as safetensors.
+--request, runs the first step and prints one JSON line: its loss and gradient norm, and
+the threads used. With --tensors-out it also writes the first step's gradient
+(`grad.<name>`, before clipping) as safetensors. Then it answers `step` on standard
+input with one more timed step (reference_learner.serve).
 """
 
 import argparse
 import json
-import time
 
 import torch
 
 from qd_model import load
-from reference_learner import adamw, write_safetensors
+from reference_learner import adamw, serve, write_safetensors
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True, help="the model (qd policy checkpoint)")
     ap.add_argument("--request", required=True, help="JSON: the batch and the optimizer settings")
-    ap.add_argument("--reps", type=int, default=5, help="timed steps after the compared first one")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tensors-out", help="write the first step's gradient here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
@@ -62,16 +61,16 @@ def main():
         "threads": torch.get_num_threads(),
         "loss": loss.item(),
         "grad_norm": norm.item(),
-        "seconds": [],
     }
     if args.tensors_out:
         write_safetensors(args.tensors_out, {k: v.cpu() for k, v in grads.items()})
-    for _ in range(args.reps):
-        start = time.perf_counter()
+    print(json.dumps(out), flush=True)
+
+    def timed_step():
         one()
         sync()
-        out["seconds"].append(time.perf_counter() - start)
-    print(json.dumps(out))
+
+    serve({"step": timed_step})
 
 
 if __name__ == "__main__":

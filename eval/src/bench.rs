@@ -106,14 +106,28 @@ pub fn bench_generate(
         sample(model, &prompts, &seeds, &v, &plain)?.tokens,
         sample(model, &prompts, &seeds, &v, &guided)?.tokens,
     );
+    let request = tempfile::Builder::new()
+        .prefix("qd-bench-")
+        .suffix(".json")
+        .tempfile()?;
     let mut reference = match &cfg.python {
         Some(python) => {
             let body = serde_json::json!({
                 "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
                 "follow": {"plain": drawn.0, "cfg": drawn.1},
             });
-            let r = Reference::start(python, &cfg.script, checkpoint, &body, cfg)?;
-            Some(r)
+            std::fs::write(request.path(), serde_json::to_vec(&body)?)?;
+            let mut command = Command::new(python);
+            command
+                .arg(&cfg.script)
+                .arg("--checkpoint")
+                .arg(checkpoint)
+                .arg("--request")
+                .arg(request.path())
+                .args(["--new-tokens", &cfg.new_tokens.to_string()])
+                .args(["--cfg", &cfg.cfg_gamma.to_string()])
+                .args(["--threads", &tch::get_num_threads().to_string()]);
+            Some(Reference::start(command)?.0)
         }
         None => None,
     };
@@ -172,42 +186,28 @@ pub fn bench_generate(
     Ok(report)
 }
 
-/// `scripts/reference_generate.py` running beside qd, one command at a time.
-struct Reference {
+/// A PyTorch reference script running beside qd (`scripts/reference_*.py`): it prints
+/// one JSON line when ready, then answers one command a line (`reference_learner.serve`),
+/// so that qd can time its own repetitions between the reference's.
+#[derive(Debug)]
+pub struct Reference {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    request: tempfile::NamedTempFile,
 }
 
 impl Reference {
-    fn start(
-        python: &Path,
-        script: &Path,
-        checkpoint: &Path,
-        body: &serde_json::Value,
-        cfg: &BenchConfig,
-    ) -> Result<Reference> {
-        let request = tempfile::Builder::new()
-            .prefix("qd-bench-")
-            .suffix(".json")
-            .tempfile()?;
-        std::fs::write(request.path(), serde_json::to_vec(body)?)?;
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg("--checkpoint")
-            .arg(checkpoint)
-            .arg("--request")
-            .arg(request.path())
-            .args(["--new-tokens", &cfg.new_tokens.to_string()])
-            .args(["--cfg", &cfg.cfg_gamma.to_string()])
-            .args(["--threads", &tch::get_num_threads().to_string()])
-            // Its errors reach the terminal; torch's warning that numpy is missing does not.
+    /// Starts `command` with piped standard input and output (its errors reach the
+    /// terminal) and reads the line it prints when ready.
+    pub fn start(mut command: Command) -> Result<(Reference, serde_json::Value)> {
+        let what = format!("{}", command.get_program().to_string_lossy());
+        let mut child = command
+            // torch's warning that numpy is missing is not worth a line.
             .env("PYTHONWARNINGS", "ignore")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+            .with_context(|| format!("running the PyTorch reference ({what})"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             bail!("the PyTorch reference's pipes were not opened");
         };
@@ -215,10 +215,9 @@ impl Reference {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-            request,
         };
-        r.answer().context("the PyTorch reference did not start")?;
-        Ok(r)
+        let first = r.answer().context("the PyTorch reference did not start")?;
+        Ok((r, first))
     }
 
     /// The next JSON line the reference prints.
@@ -231,30 +230,27 @@ impl Reference {
         serde_json::from_str(&line).context("reading the reference's answer")
     }
 
-    fn ask(&mut self, command: &str) -> Result<serde_json::Value> {
+    /// Sends one command and reads its answer.
+    pub fn ask(&mut self, command: &str) -> Result<serde_json::Value> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         self.answer()
     }
 
-    /// Seconds of one timed generation (`plain` or `cfg`).
-    fn seconds(&mut self, mode: &str) -> Result<f64> {
-        self.ask(mode)?["seconds"]
+    /// The seconds of one timed repetition of `command`.
+    pub fn seconds(&mut self, command: &str) -> Result<f64> {
+        self.ask(command)?["seconds"]
             .as_f64()
             .context("the reference's answer has no seconds")
     }
 
-    /// Closes its input and waits for it to exit; the request file is removed.
-    fn finish(self) -> Result<()> {
+    /// Closes its input and waits for it to exit.
+    pub fn finish(self) -> Result<()> {
         let Reference {
-            mut child,
-            stdin,
-            request,
-            ..
+            mut child, stdin, ..
         } = self;
         drop(stdin);
         let status = child.wait()?;
-        drop(request);
         if !status.success() {
             bail!("the PyTorch reference exited with {status}");
         }

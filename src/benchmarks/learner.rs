@@ -23,7 +23,7 @@ use model::transformer::Transformer;
 use eval::bench::median;
 
 use super::{
-    forward_flop, grad_rel_diff, median_seconds, reference_tensor, run_reference, Reference,
+    forward_flop, grad_rel_diff, interleaved, reference_tensor, start_reference, ReferenceScript,
     StepRate,
 };
 use learner::loss::{
@@ -215,26 +215,40 @@ pub(crate) fn timed_steps(
     reps: usize,
 ) -> Result<f64> {
     let (baseline, loss_cfg) = (mean_reward(pairs), loss_config(l));
-    let mut seconds = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        let step = train_step(
-            student,
-            teacher,
-            opt,
-            g,
-            pairs,
-            baseline,
-            &loss_cfg,
-            l.lr,
-            l.grad_clip,
-        )?;
-        if let Step::Skipped { reason } = step {
-            bail!("the benchmark's step was skipped: {reason}");
-        }
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    let seconds = (0..reps)
+        .map(|_| one_step(student, teacher, opt, g, pairs, baseline, &loss_cfg, l))
+        .collect::<Result<Vec<f64>>>()?;
     Ok(median(seconds))
+}
+
+/// Seconds of one whole learner step (`trainer::train_step`) on `pairs`.
+#[allow(clippy::too_many_arguments)]
+fn one_step(
+    student: &Transformer,
+    teacher: &Transformer,
+    opt: &mut AdamW,
+    g: &Generatable,
+    pairs: &[Pair],
+    baseline: f64,
+    loss_cfg: &LossConfig,
+    l: &LearnerSettings,
+) -> Result<f64> {
+    let start = Instant::now();
+    let step = train_step(
+        student,
+        teacher,
+        opt,
+        g,
+        pairs,
+        baseline,
+        loss_cfg,
+        l.lr,
+        l.grad_clip,
+    )?;
+    if let Step::Skipped { reason } = step {
+        bail!("the benchmark's step was skipped: {reason}");
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
@@ -293,7 +307,64 @@ pub fn bench_step(
         .into_iter()
         .map(|(n, t)| (n, t.detach().copy()))
         .collect();
-    let qd_step_seconds = timed_steps(&student, &teacher, &mut opt, &g, &pairs, l, cfg.reps)?;
+    // The reference starts now (it runs the compared first step at once), so that its
+    // timed steps can alternate with qd's.
+    let dir = tempfile::tempdir()?;
+    let request = dir.path().join("request.json");
+    let tensors = dir.path().join("tensors.safetensors");
+    let mut reference = match &cfg.python {
+        None => None,
+        Some(python) => {
+            let v = task.vocabulary();
+            let groups: Vec<Vec<usize>> = match l.cfg_scope {
+                CfgScope::All => Vec::new(),
+                CfgScope::Content => v.content_groups.clone(),
+            };
+            let body = serde_json::json!({
+                "pairs": pairs.iter().map(|p| serde_json::json!({
+                    "prompt": p.prompt,
+                    "reward": p.reward,
+                    "samples": p.samples.iter().map(|(t, lp)| serde_json::json!({"tokens": t, "logprobs": lp})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "baseline": baseline,
+                "sep": v.sep, "pad": v.pad, "allowed": v.allowed, "groups": groups,
+                "loss": {
+                    "beta": l.beta, "cfg_gamma": l.cfg_gamma, "cfg_plausibility": l.cfg_plausibility,
+                    "divergence": l.divergence, "jsd_alpha": l.jsd_alpha, "rho_bar": l.rho_bar,
+                },
+                "optimizer": {
+                    "lr": l.lr, "grad_clip": l.grad_clip, "weight_decay": opt_cfg.weight_decay,
+                    "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
+                },
+            });
+            std::fs::write(&request, serde_json::to_vec(&body)?)?;
+            let script = ReferenceScript {
+                python,
+                script: &cfg.script,
+                request: &request,
+                tensors: &tensors,
+                threads: tch::get_num_threads(),
+            };
+            Some(start_reference(
+                &script,
+                &[
+                    "--teacher".as_ref(),
+                    checkpoint.as_os_str(),
+                    "--student".as_ref(),
+                    checkpoint.as_os_str(),
+                ],
+            )?)
+        }
+    };
+    let (qd_step_seconds, torch_step_seconds) = interleaved(
+        cfg.reps,
+        || {
+            one_step(
+                &student, &teacher, &mut opt, &g, &pairs, baseline, &loss_cfg, l,
+            )
+        },
+        reference.as_mut().map(|(r, _)| r),
+    )?;
     let tokens = pairs
         .iter()
         .flat_map(|p| &p.samples)
@@ -347,55 +418,15 @@ pub fn bench_step(
         grad_rel_diff: None,
         param_diff_over_lr: None,
     };
-    let Some(python) = &cfg.python else {
+    let Some((r, first)) = reference else {
         return Ok(report);
     };
-    let dir = tempfile::tempdir()?;
-    let request = dir.path().join("request.json");
-    let tensors = dir.path().join("tensors.safetensors");
-    let v = task.vocabulary();
-    let groups: Vec<Vec<usize>> = match l.cfg_scope {
-        CfgScope::All => Vec::new(),
-        CfgScope::Content => v.content_groups.clone(),
-    };
-    let body = serde_json::json!({
-        "pairs": pairs.iter().map(|p| serde_json::json!({
-            "prompt": p.prompt,
-            "reward": p.reward,
-            "samples": p.samples.iter().map(|(t, lp)| serde_json::json!({"tokens": t, "logprobs": lp})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "baseline": baseline,
-        "sep": v.sep, "pad": v.pad, "allowed": v.allowed, "groups": groups,
-        "loss": {
-            "beta": l.beta, "cfg_gamma": l.cfg_gamma, "cfg_plausibility": l.cfg_plausibility,
-            "divergence": l.divergence, "jsd_alpha": l.jsd_alpha, "rho_bar": l.rho_bar,
-        },
-        "optimizer": {
-            "lr": l.lr, "grad_clip": l.grad_clip, "weight_decay": opt_cfg.weight_decay,
-            "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
-        },
-    });
-    std::fs::write(&request, serde_json::to_vec(&body)?)?;
-    let reference = Reference {
-        python,
-        script: &cfg.script,
-        request: &request,
-        tensors: &tensors,
-        reps: cfg.reps,
-        threads: report.threads,
-    };
-    let r = run_reference(
-        &reference,
-        &[
-            "--teacher".as_ref(),
-            checkpoint.as_os_str(),
-            "--student".as_ref(),
-            checkpoint.as_os_str(),
-        ],
-    )?;
-    report.rate.against(median_seconds(&r));
-    report.torch_loss = r["loss"].as_f64();
-    report.torch_grad_norm = r["grad_norm"].as_f64();
+    r.finish()?;
+    if let Some(t) = torch_step_seconds {
+        report.rate.against(t);
+    }
+    report.torch_loss = first["loss"].as_f64();
+    report.torch_grad_norm = first["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - report.qd.loss).abs());
     let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(&tensors)?.into_iter().collect();
     let (rel, grad_scale) = grad_rel_diff(&grads, &theirs)?;

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use eval::bench::median;
+use eval::bench::{median, Reference};
 use tch::{Device, Kind, Tensor};
 
 pub mod faults;
@@ -57,55 +57,52 @@ fn gemm_peak_gflops(device: Device) -> f64 {
 }
 
 /// A PyTorch reference script of a step benchmark and what every such script takes: the
-/// batch (`--request`), where to write its first gradient (`--tensors-out`), the timed
-/// repetitions and the threads.
-pub(crate) struct Reference<'a> {
+/// batch (`--request`), where to write its first gradient (`--tensors-out`) and the
+/// threads.
+pub(crate) struct ReferenceScript<'a> {
     pub python: &'a std::path::Path,
     pub script: &'a std::path::Path,
     pub request: &'a std::path::Path,
     pub tensors: &'a std::path::Path,
-    pub reps: usize,
     pub threads: i32,
 }
 
-/// Runs the reference with its own `args` too and reads the one JSON object it prints.
-pub(crate) fn run_reference(
-    r: &Reference<'_>,
+/// Starts the reference with its own `args` too: it runs the compared first step, and
+/// its first line (loss, gradient norm) comes back with it; it then times a step at
+/// each `step` command.
+pub(crate) fn start_reference(
+    r: &ReferenceScript<'_>,
     args: &[&std::ffi::OsStr],
-) -> anyhow::Result<serde_json::Value> {
-    use anyhow::Context;
-    let (python, script) = (r.python, r.script);
-    let out = std::process::Command::new(python)
-        .arg(script)
+) -> anyhow::Result<(Reference, serde_json::Value)> {
+    let mut command = std::process::Command::new(r.python);
+    command
+        .arg(r.script)
         .args(args)
         .arg("--request")
         .arg(r.request)
         .arg("--tensors-out")
         .arg(r.tensors)
-        .args(["--reps", &r.reps.to_string()])
-        .args(["--threads", &r.threads.to_string()])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "the PyTorch reference failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("reading the reference's JSON")
+        .args(["--threads", &r.threads.to_string()]);
+    Reference::start(command)
 }
 
-/// The median of the `seconds` a reference reported.
-pub(crate) fn median_seconds(report: &serde_json::Value) -> f64 {
-    median(
-        report["seconds"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(serde_json::Value::as_f64)
-            .collect(),
-    )
+/// `reps` rounds of one qd step (`qd` returns its seconds) and, when a reference runs
+/// beside, one of its steps right after, so that both see the same machine; the median
+/// seconds of each.
+pub(crate) fn interleaved(
+    reps: usize,
+    mut qd: impl FnMut() -> anyhow::Result<f64>,
+    mut reference: Option<&mut Reference>,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let (mut ours, mut theirs) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        ours.push(qd()?);
+        if let Some(r) = reference.as_deref_mut() {
+            theirs.push(r.seconds("step")?);
+        }
+    }
+    let theirs = (!theirs.is_empty()).then(|| median(theirs));
+    Ok((median(ours), theirs))
 }
 
 /// A step's time and arithmetic rate against this machine's matrix-product rate, and

@@ -18,7 +18,6 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use eval::bench::median;
 use folk::dataset::Dataset;
 use folk::pretrain::{model_config, pretrain_loss, train_step, BatchSampler, LENGTH_GROUPS};
 use model::batch::length_groups;
@@ -27,7 +26,7 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{forward_flop, grad_rel_diff, median_seconds, run_reference, Reference, StepRate};
+use super::{forward_flop, grad_rel_diff, interleaved, start_reference, ReferenceScript, StepRate};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -144,19 +143,60 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     let qd_grad_norm = opt.clip_grad_norm(cfg.clip);
     opt.step(cfg.lr);
     let qd_loss = loss.double_value(&[]);
-    let seconds: Vec<f64> = (0..cfg.reps)
-        .map(|_| {
-            let start = Instant::now();
-            train_step(&model, &mut opt, &batch, cfg.clip, cfg.lr, false);
-            if let Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
+    let device_name = match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    // The reference starts now (it runs the compared first step at once), so that its
+    // timed steps can alternate with qd's.
+    let tensors = dir.path().join("grads.safetensors");
+    let mut reference = match &cfg.python {
+        None => None,
+        Some(python) => {
+            let flat_i64 = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1).to_kind(Kind::Int64));
+            let request = dir.path().join("request.json");
+            let adamw = AdamWConfig::default();
+            let body = serde_json::json!({
+                "shape": [rows, positions],
+                "input": flat_i64(&batch.input)?,
+                "valid": flat_i64(&batch.valid)?,
+                "target": flat_i64(&batch.target)?,
+                "loss_mask": flat_i64(&batch.loss_mask)?,
+                "optimizer": {
+                    "lr": cfg.lr, "grad_clip": cfg.clip, "weight_decay": adamw.weight_decay,
+                    "beta1": adamw.beta1, "beta2": adamw.beta2, "eps": adamw.eps,
+                },
+            });
+            std::fs::write(&request, serde_json::to_vec(&body)?)?;
+            let script = ReferenceScript {
+                python,
+                script: &cfg.script,
+                request: &request,
+                tensors: &tensors,
+                threads: tch::get_num_threads(),
+            };
+            let args = [
+                "--weights".as_ref(),
+                weights.as_os_str(),
+                "--device".as_ref(),
+                device_name.as_ref(),
+            ];
+            Some(start_reference(&script, &args)?)
+        }
+    };
+    let one_step = || {
+        let start = Instant::now();
+        train_step(&model, &mut opt, &batch, cfg.clip, cfg.lr, false);
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let (qd_step_seconds, torch_step_seconds) =
+        interleaved(cfg.reps, one_step, reference.as_mut().map(|(r, _)| r))?;
     // A forward and a backward at twice the forward.
-    let rate = StepRate::new(
-        median(seconds),
+    let mut rate = StepRate::new(
+        qd_step_seconds,
         3.0 * forward_flop(&config, rows as usize, positions as usize) / 1e9,
         length_groups(&batch, LENGTH_GROUPS)
             .iter()
@@ -164,6 +204,9 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
             .sum::<f64>(),
         device,
     );
+    if let Some(t) = torch_step_seconds {
+        rate.against(t);
+    }
     let mut report = PretrainBenchReport {
         params: vs.variables().values().map(Tensor::numel).sum::<usize>() as i64,
         rows: rows as usize,
@@ -171,10 +214,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         tokens,
         reps: cfg.reps,
         threads: tch::get_num_threads(),
-        device: match device {
-            Device::Cuda(i) => format!("cuda:{i}"),
-            _ => "cpu".into(),
-        },
+        device: device_name,
         rate,
         qd_loss,
         qd_grad_norm,
@@ -183,43 +223,10 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         loss_diff: None,
         grad_rel_diff: None,
     };
-    let Some(python) = &cfg.python else {
+    let Some((r, out)) = reference else {
         return Ok(report);
     };
-    let flat_i64 = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1).to_kind(Kind::Int64));
-    let request = dir.path().join("request.json");
-    let body = serde_json::json!({
-        "shape": [rows, positions],
-        "input": flat_i64(&batch.input)?,
-        "valid": flat_i64(&batch.valid)?,
-        "target": flat_i64(&batch.target)?,
-        "loss_mask": flat_i64(&batch.loss_mask)?,
-        "optimizer": {
-            "lr": cfg.lr, "grad_clip": cfg.clip, "weight_decay": AdamWConfig::default().weight_decay,
-            "beta1": AdamWConfig::default().beta1, "beta2": AdamWConfig::default().beta2,
-            "eps": AdamWConfig::default().eps,
-        },
-    });
-    std::fs::write(&request, serde_json::to_vec(&body)?)?;
-    let tensors = dir.path().join("grads.safetensors");
-    let reference = Reference {
-        python,
-        script: &cfg.script,
-        request: &request,
-        tensors: &tensors,
-        reps: cfg.reps,
-        threads: report.threads,
-    };
-    let out = run_reference(
-        &reference,
-        &[
-            "--weights".as_ref(),
-            weights.as_os_str(),
-            "--device".as_ref(),
-            report.device.as_ref(),
-        ],
-    )?;
-    report.rate.against(median_seconds(&out));
+    r.finish()?;
     report.torch_loss = out["loss"].as_f64();
     report.torch_grad_norm = out["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - qd_loss).abs());
