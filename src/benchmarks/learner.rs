@@ -23,8 +23,8 @@ use model::transformer::Transformer;
 use eval::bench::median;
 
 use super::{
-    forward_flop, grad_rel_diff, interleaved, reference_tensor, start_reference, ReferenceScript,
-    StepRate,
+    forward_flop, grad_rel_diff, interleaved, reference_tensor, start_reference, StepRate,
+    REFERENCE_TENSORS,
 };
 use learner::loss::{
     loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
@@ -214,41 +214,40 @@ pub(crate) fn timed_steps(
     l: &LearnerSettings,
     reps: usize,
 ) -> Result<f64> {
-    let (baseline, loss_cfg) = (mean_reward(pairs), loss_config(l));
-    let seconds = (0..reps)
-        .map(|_| one_step(student, teacher, opt, g, pairs, baseline, &loss_cfg, l))
-        .collect::<Result<Vec<f64>>>()?;
+    let mut step = stepper(student, teacher, opt, g, pairs, l);
+    let seconds = (0..reps).map(|_| step()).collect::<Result<Vec<f64>>>()?;
     Ok(median(seconds))
 }
 
-/// Seconds of one whole learner step (`trainer::train_step`) on `pairs`.
-#[allow(clippy::too_many_arguments)]
-fn one_step(
-    student: &Transformer,
-    teacher: &Transformer,
-    opt: &mut AdamW,
-    g: &Generatable,
-    pairs: &[Pair],
-    baseline: f64,
-    loss_cfg: &LossConfig,
-    l: &LearnerSettings,
-) -> Result<f64> {
-    let start = Instant::now();
-    let step = train_step(
-        student,
-        teacher,
-        opt,
-        g,
-        pairs,
-        baseline,
-        loss_cfg,
-        l.lr,
-        l.grad_clip,
-    )?;
-    if let Step::Skipped { reason } = step {
-        bail!("the benchmark's step was skipped: {reason}");
+/// Runs one whole learner step (`trainer::train_step`) on `pairs` at each call and
+/// returns its seconds.
+fn stepper<'a>(
+    student: &'a Transformer,
+    teacher: &'a Transformer,
+    opt: &'a mut AdamW,
+    g: &'a Generatable,
+    pairs: &'a [Pair],
+    l: &'a LearnerSettings,
+) -> impl FnMut() -> Result<f64> + 'a {
+    let (baseline, loss_cfg) = (mean_reward(pairs), loss_config(l));
+    move || {
+        let start = Instant::now();
+        let step = train_step(
+            student,
+            teacher,
+            &mut *opt,
+            g,
+            pairs,
+            baseline,
+            &loss_cfg,
+            l.lr,
+            l.grad_clip,
+        )?;
+        if let Step::Skipped { reason } = step {
+            bail!("the benchmark's step was skipped: {reason}");
+        }
+        Ok(start.elapsed().as_secs_f64())
     }
-    Ok(start.elapsed().as_secs_f64())
 }
 
 fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
@@ -310,8 +309,6 @@ pub fn bench_step(
     // The reference starts now (it runs the compared first step at once), so that its
     // timed steps can alternate with qd's.
     let dir = tempfile::tempdir()?;
-    let request = dir.path().join("request.json");
-    let tensors = dir.path().join("tensors.safetensors");
     let mut reference = match &cfg.python {
         None => None,
         Some(python) => {
@@ -337,16 +334,11 @@ pub fn bench_step(
                     "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
                 },
             });
-            std::fs::write(&request, serde_json::to_vec(&body)?)?;
-            let script = ReferenceScript {
-                python,
-                script: &cfg.script,
-                request: &request,
-                tensors: &tensors,
-                threads: tch::get_num_threads(),
-            };
             Some(start_reference(
-                &script,
+                python,
+                &cfg.script,
+                dir.path(),
+                &body,
                 &[
                     "--teacher".as_ref(),
                     checkpoint.as_os_str(),
@@ -358,11 +350,7 @@ pub fn bench_step(
     };
     let (qd_step_seconds, torch_step_seconds) = interleaved(
         cfg.reps,
-        || {
-            one_step(
-                &student, &teacher, &mut opt, &g, &pairs, baseline, &loss_cfg, l,
-            )
-        },
+        stepper(&student, &teacher, &mut opt, &g, &pairs, l),
         reference.as_mut().map(|(r, _)| r),
     )?;
     let tokens = pairs
@@ -428,7 +416,10 @@ pub fn bench_step(
     report.torch_loss = first["loss"].as_f64();
     report.torch_grad_norm = first["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - report.qd.loss).abs());
-    let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(&tensors)?.into_iter().collect();
+    let theirs: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join(REFERENCE_TENSORS))?
+            .into_iter()
+            .collect();
     let (rel, grad_scale) = grad_rel_diff(&grads, &theirs)?;
     report.grad_rel_diff = Some(rel);
     let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));

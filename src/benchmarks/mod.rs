@@ -56,33 +56,33 @@ fn gemm_peak_gflops(device: Device) -> f64 {
     median(rates)
 }
 
-/// A PyTorch reference script of a step benchmark and what every such script takes: the
-/// batch (`--request`), where to write its first gradient (`--tensors-out`) and the
-/// threads.
-pub(crate) struct ReferenceScript<'a> {
-    pub python: &'a std::path::Path,
-    pub script: &'a std::path::Path,
-    pub request: &'a std::path::Path,
-    pub tensors: &'a std::path::Path,
-    pub threads: i32,
-}
+/// Where a step benchmark's reference writes its first gradient (and the weights after
+/// it), in the folder it was started with.
+pub(crate) const REFERENCE_TENSORS: &str = "tensors.safetensors";
 
-/// Starts the reference with its own `args` too: it runs the compared first step, and
-/// its first line (loss, gradient norm) comes back with it; it then times a step at
-/// each `step` command.
+/// Starts a step benchmark's PyTorch reference `script`: the batch `request` is written
+/// into `dir` (`--request`), the first step's tensors are to go to [`REFERENCE_TENSORS`]
+/// there (`--tensors-out`), and `args` are its own. It runs the compared first step at
+/// once, and its first line (loss, gradient norm) comes back with it; it then times a
+/// step at each `step` command.
 pub(crate) fn start_reference(
-    r: &ReferenceScript<'_>,
+    python: &std::path::Path,
+    script: &std::path::Path,
+    dir: &std::path::Path,
+    request: &serde_json::Value,
     args: &[&std::ffi::OsStr],
 ) -> anyhow::Result<(Reference, serde_json::Value)> {
-    let mut command = std::process::Command::new(r.python);
+    let path = dir.join("request.json");
+    std::fs::write(&path, serde_json::to_vec(request)?)?;
+    let mut command = std::process::Command::new(python);
     command
-        .arg(r.script)
+        .arg(script)
         .args(args)
         .arg("--request")
-        .arg(r.request)
+        .arg(path)
         .arg("--tensors-out")
-        .arg(r.tensors)
-        .args(["--threads", &r.threads.to_string()]);
+        .arg(dir.join(REFERENCE_TENSORS))
+        .args(["--threads", &tch::get_num_threads().to_string()]);
     Reference::start(command)
 }
 

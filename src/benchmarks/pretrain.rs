@@ -26,7 +26,9 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{forward_flop, grad_rel_diff, interleaved, start_reference, ReferenceScript, StepRate};
+use super::{
+    forward_flop, grad_rel_diff, interleaved, start_reference, StepRate, REFERENCE_TENSORS,
+};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -149,12 +151,10 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     };
     // The reference starts now (it runs the compared first step at once), so that its
     // timed steps can alternate with qd's.
-    let tensors = dir.path().join("grads.safetensors");
     let mut reference = match &cfg.python {
         None => None,
         Some(python) => {
             let flat_i64 = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1).to_kind(Kind::Int64));
-            let request = dir.path().join("request.json");
             let adamw = AdamWConfig::default();
             let body = serde_json::json!({
                 "shape": [rows, positions],
@@ -167,21 +167,19 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
                     "beta1": adamw.beta1, "beta2": adamw.beta2, "eps": adamw.eps,
                 },
             });
-            std::fs::write(&request, serde_json::to_vec(&body)?)?;
-            let script = ReferenceScript {
-                python,
-                script: &cfg.script,
-                request: &request,
-                tensors: &tensors,
-                threads: tch::get_num_threads(),
-            };
             let args = [
                 "--weights".as_ref(),
                 weights.as_os_str(),
                 "--device".as_ref(),
                 device_name.as_ref(),
             ];
-            Some(start_reference(&script, &args)?)
+            Some(start_reference(
+                python,
+                &cfg.script,
+                dir.path(),
+                &body,
+                &args,
+            )?)
         }
     };
     let one_step = || {
@@ -231,7 +229,9 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
     report.torch_grad_norm = out["grad_norm"].as_f64();
     report.loss_diff = report.torch_loss.map(|t| (t - qd_loss).abs());
     let theirs: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(&tensors)?.into_iter().collect();
+        Tensor::read_safetensors(dir.path().join(REFERENCE_TENSORS))?
+            .into_iter()
+            .collect();
     report.grad_rel_diff = Some(grad_rel_diff(&grads, &theirs)?.0);
     Ok(report)
 }
