@@ -1,8 +1,8 @@
 //! `qd bench generate`: tokens per second of batched generation with and without CFG for
 //! the same model, prompts and batch, against a PyTorch-eager reference of the
 //! architecture (`scripts/reference_generate.py`) that loads the same checkpoint and runs
-//! beside qd: each repetition times qd and the reference one after the other, plain then
-//! CFG (medians of the interleaved repetitions).
+//! beside qd: each repetition times qd and then the reference ([`interleaved`]), the
+//! plain repetitions first, then those with CFG (medians).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -106,16 +106,17 @@ pub fn bench_generate(
         sample(model, &prompts, &seeds, &v, &plain)?.tokens,
         sample(model, &prompts, &seeds, &v, &guided)?.tokens,
     );
-    let request = tempfile::Builder::new()
-        .prefix("qd-bench-")
-        .suffix(".json")
-        .tempfile()?;
     let mut reference = match &cfg.python {
         Some(python) => {
             let body = serde_json::json!({
                 "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
                 "follow": {"plain": drawn.0, "cfg": drawn.1},
             });
+            // Read by the reference before it says it is ready.
+            let request = tempfile::Builder::new()
+                .prefix("qd-bench-")
+                .suffix(".json")
+                .tempfile()?;
             std::fs::write(request.path(), serde_json::to_vec(&body)?)?;
             let mut command = Command::new(python);
             command
@@ -127,34 +128,22 @@ pub fn bench_generate(
                 .args(["--new-tokens", &cfg.new_tokens.to_string()])
                 .args(["--cfg", &cfg.cfg_gamma.to_string()])
                 .args(["--threads", &tch::get_num_threads().to_string()]);
-            Some(Reference::start(command)?.0)
+            let (mut r, _) = Reference::start(command)?;
+            r.seconds("plain")?; // the reference's warm-up
+            r.seconds("cfg")?;
+            Some(r)
         }
         None => None,
     };
-    // Each repetition runs qd and the reference one after the other, plain then CFG, so
-    // that a change in the machine's load reaches both sides of each ratio.
     let timed = |s: &SamplingConfig| -> Result<f64> {
         let start = Instant::now();
         sample(model, &prompts, &seeds, &v, s)?;
-        Ok(tokens / start.elapsed().as_secs_f64())
+        Ok(start.elapsed().as_secs_f64())
     };
-    let (mut t_plain, mut t_cfg, mut r_plain, mut r_cfg) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    if let Some(r) = reference.as_mut() {
-        r.seconds("plain")?; // the reference's warm-up
-        r.seconds("cfg")?;
-    }
-    for _ in 0..cfg.reps {
-        t_plain.push(timed(&plain)?);
-        if let Some(r) = reference.as_mut() {
-            r_plain.push(tokens / r.seconds("plain")?);
-        }
-        t_cfg.push(timed(&guided)?);
-        if let Some(r) = reference.as_mut() {
-            r_cfg.push(tokens / r.seconds("cfg")?);
-        }
-    }
-    let (qd_plain, qd_cfg) = (median(t_plain), median(t_cfg));
+    let (t_plain, r_plain) = interleaved(cfg.reps, "plain", || timed(&plain), reference.as_mut())?;
+    let (t_cfg, r_cfg) = interleaved(cfg.reps, "cfg", || timed(&guided), reference.as_mut())?;
+    let rate = |seconds: f64| tokens / seconds;
+    let (qd_plain, qd_cfg) = (rate(t_plain), rate(t_cfg));
     let mut report = BenchReport {
         batch: cfg.batch,
         new_tokens: cfg.new_tokens,
@@ -170,10 +159,10 @@ pub fn bench_generate(
         max_logprob_diff: None,
         max_logprob_diff_cfg: None,
     };
-    let Some(mut r) = reference else {
+    let (Some(mut r), Some(r_plain), Some(r_cfg)) = (reference, r_plain, r_cfg) else {
         return Ok(report);
     };
-    let (torch_plain, torch_cfg) = (median(r_plain), median(r_cfg));
+    let (torch_plain, torch_cfg) = (rate(r_plain), rate(r_cfg));
     report.torch_plain = Some(torch_plain);
     report.torch_cfg = Some(torch_cfg);
     report.qd_over_torch_plain = Some(qd_plain / torch_plain);
@@ -256,6 +245,26 @@ impl Reference {
         }
         Ok(())
     }
+}
+
+/// `reps` rounds of qd's side (`qd` returns its seconds) and, when a reference runs
+/// beside, one repetition of its `command` right after, so that both see the same
+/// machine; the median seconds of each.
+pub fn interleaved(
+    reps: usize,
+    command: &str,
+    mut qd: impl FnMut() -> Result<f64>,
+    mut reference: Option<&mut Reference>,
+) -> Result<(f64, Option<f64>)> {
+    let (mut ours, mut theirs) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        ours.push(qd()?);
+        if let Some(r) = reference.as_deref_mut() {
+            theirs.push(r.seconds(command)?);
+        }
+    }
+    let theirs = (!theirs.is_empty()).then(|| median(theirs));
+    Ok((median(ours), theirs))
 }
 
 /// The largest |a − b| over every row, step and id of qd's log-probabilities and the

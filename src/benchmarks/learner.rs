@@ -350,6 +350,7 @@ pub fn bench_step(
     };
     let (qd_step_seconds, torch_step_seconds) = interleaved(
         cfg.reps,
+        "step",
         stepper(&student, &teacher, &mut opt, &g, &pairs, l),
         reference.as_mut().map(|(r, _)| r),
     )?;

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+pub(crate) use eval::bench::interleaved;
 use eval::bench::{median, Reference};
 use tch::{Device, Kind, Tensor};
 
@@ -84,25 +85,6 @@ pub(crate) fn start_reference(
         .arg(dir.join(REFERENCE_TENSORS))
         .args(["--threads", &tch::get_num_threads().to_string()]);
     Reference::start(command)
-}
-
-/// `reps` rounds of one qd step (`qd` returns its seconds) and, when a reference runs
-/// beside, one of its steps right after, so that both see the same machine; the median
-/// seconds of each.
-pub(crate) fn interleaved(
-    reps: usize,
-    mut qd: impl FnMut() -> anyhow::Result<f64>,
-    mut reference: Option<&mut Reference>,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let (mut ours, mut theirs) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
-    for _ in 0..reps {
-        ours.push(qd()?);
-        if let Some(r) = reference.as_deref_mut() {
-            theirs.push(r.seconds("step")?);
-        }
-    }
-    let theirs = (!theirs.is_empty()).then(|| median(theirs));
-    Ok((median(ours), theirs))
 }
 
 /// A step's time and arithmetic rate against this machine's matrix-product rate, and

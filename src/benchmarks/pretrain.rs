@@ -190,8 +190,12 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         }
         Ok(start.elapsed().as_secs_f64())
     };
-    let (qd_step_seconds, torch_step_seconds) =
-        interleaved(cfg.reps, one_step, reference.as_mut().map(|(r, _)| r))?;
+    let (qd_step_seconds, torch_step_seconds) = interleaved(
+        cfg.reps,
+        "step",
+        one_step,
+        reference.as_mut().map(|(r, _)| r),
+    )?;
     // A forward and a backward at twice the forward.
     let mut rate = StepRate::new(
         qd_step_seconds,
