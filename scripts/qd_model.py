@@ -4,11 +4,14 @@ references (reference_generate.py, reference_learner.py) run.
     import torch, qd_model
     model = qd_model.load("exported/")            # a `qd export` folder, or a qd checkpoint
     ids = torch.tensor([[5, 17, 1, 40, 41]])      # [prompt] <sep> [tune]: see vocab.json
-    logits, _ = model(ids, torch.ones_like(ids, dtype=torch.bool), None)
+    logits, _ = model(ids, torch.ones_like(ids, dtype=torch.bool), None, features)
 
-`forward(tokens, valid, cache)` takes `[B, T]` ids and a `[B, T]` mask of real tokens
-(left or right padding) and returns the next-id logits `[B, T, vocab]` and a KV cache to
-continue from. It needs torch only (the checkpoint reader is included).
+`forward(tokens, valid, cache, features)` takes `[B, T]` ids, a `[B, T]` mask of real
+tokens (left or right padding) and, for a policy whose config names a `structure`, the
+task's `[B, T, K]` structure ids of each position (the folk task's metrical position:
+`folk_metrical.py`, shipped beside this file); it returns the next-id logits
+`[B, T, vocab]` and a KV cache to continue from. It needs torch only (the checkpoint
+reader is included).
 """
 
 import json
@@ -72,12 +75,14 @@ class Policy(nn.Module):
         d = c["d_model"]
         self.tok_emb = nn.Embedding(c["vocab_size"], d)
         self.pos_emb = nn.Embedding(c["max_len"], d)
+        structure = c.get("structure")
+        self.struct_emb = nn.Embedding(structure["ids"], d) if structure else None
         self.blocks = nn.ModuleList(Block(d, c["n_heads"], c["d_ff"]) for _ in range(c["n_layers"]))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, c["vocab_size"])
         self.max_len = c["max_len"]
 
-    def forward(self, tokens, valid, cache):
+    def forward(self, tokens, valid, cache, features=None):
         """Logits for tokens continuing the cached ones; returns the new cache."""
         t = tokens.shape[1]
         all_valid = valid if cache is None else torch.cat([cache["valid"], valid], 1)
@@ -88,6 +93,10 @@ class Policy(nn.Module):
         mask = ((k_idx <= q_idx).unsqueeze(0) & all_valid.unsqueeze(1)) | (k_idx == q_idx).unsqueeze(0)
         mask = mask.unsqueeze(1)
         x = self.tok_emb(tokens) + self.pos_emb(positions)
+        if self.struct_emb is not None:
+            if features is None:
+                raise ValueError("this policy embeds its task's structure: pass its features")
+            x = x + self.struct_emb(features).sum(2)
         layers = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, mask, None if cache is None else cache["layers"][i])

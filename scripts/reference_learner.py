@@ -17,6 +17,7 @@ interleave its own steps with the reference's.
 """
 
 import argparse
+import importlib
 import json
 import struct
 import sys
@@ -29,9 +30,18 @@ from qd_model import load
 TEACHER_LOG_FLOOR = -30.0
 
 
-def rows(pairs, with_prompt, sep, pad):
-    """Right-padded `[prompt] <sep> y` rows, their mask, and the flat index of the logits
-    that predict each generated token, in order."""
+def structure(req):
+    """The task's structure (a module's `Metrical`-like class over the vocabulary's
+    texts) when the request names one, for policies that embed it; else None."""
+    s = req.get("structure")
+    if not s:
+        return None
+    return importlib.import_module(s["module"]).Metrical(s["vocab"], s["generatable"])
+
+
+def rows(pairs, with_prompt, sep, pad, struct=None):
+    """Right-padded `[prompt] <sep> y` rows, their mask, the flat index of the logits
+    that predict each generated token, in order, and the rows' structure features."""
     seqs = []
     for p in pairs:
         for s in p["samples"]:
@@ -45,12 +55,13 @@ def rows(pairs, with_prompt, sep, pad):
         ids[r, : len(s)] = torch.tensor(s)
         valid[r, : len(s)] = True
         gather.extend(r * t + plen + k for k in range(n))
-    return ids, valid, torch.tensor(gather)
+    features = struct.batch(ids.tolist(), sep) if struct else None
+    return ids, valid, torch.tensor(gather), features
 
 
 def token_logprobs(model, batch, allowed):
-    ids, valid, gather = batch
-    logits, _ = model(ids, valid, None)
+    ids, valid, gather, features = batch
+    logits, _ = model(ids, valid, None, features)
     return logits.reshape(-1, logits.shape[-1])[gather][:, allowed].log_softmax(-1)
 
 
@@ -93,8 +104,9 @@ class Step:
     def __init__(self, req, teacher, student, allowed, groups):
         self.req, self.student, self.allowed = req, student, allowed
         pairs, sep, pad = req["pairs"], req["sep"], req["pad"]
-        self.cond = rows(pairs, True, sep, pad)
-        self.uncond = rows(pairs, False, sep, pad)
+        struct = structure(req)
+        self.cond = rows(pairs, True, sep, pad, struct)
+        self.uncond = rows(pairs, False, sep, pad, struct)
         self.teacher, self.groups = teacher, groups
         index_of = {a: i for i, a in enumerate(req["allowed"])}
         seq_of, target, behaviour, adv, pair_of = [], [], [], [], []

@@ -18,7 +18,7 @@ import json
 import torch
 
 from qd_model import load
-from reference_learner import adamw, serve, write_safetensors
+from reference_learner import adamw, serve, structure, write_safetensors
 
 
 def main():
@@ -39,6 +39,8 @@ def main():
     valid = torch.tensor(req["valid"], dtype=torch.bool, device=device).view(shape)
     target = torch.tensor(req["target"], dtype=torch.long, device=device).view(shape)
     mask = torch.tensor(req["loss_mask"], dtype=torch.float32, device=device).view(shape)
+    struct = structure(req)
+    features = struct.batch(ids.tolist(), req["sep"]).to(device) if struct else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     opt_cfg = req["optimizer"]
     params = dict(model.named_parameters())
@@ -46,7 +48,7 @@ def main():
 
     def one(keep_grads=False):
         opt.zero_grad(set_to_none=False)
-        logits, _ = model(ids, valid, None)
+        logits, _ = model(ids, valid, None, features)
         nll = -logits.log_softmax(-1).gather(2, target.unsqueeze(2)).squeeze(2)
         loss = (nll * mask).sum() / mask.sum().clamp_min(1.0)
         loss.backward()

@@ -86,8 +86,9 @@ pub enum Command {
     /// (`--average`). The output is an ordinary checkpoint.
     Merge(MergeArgs),
     /// Write a policy for PyTorch users: `model.safetensors` (the weights alone, PyTorch
-    /// names), `config.json`, `vocab.json` (the text of every id) and `qd_model.py` (the
-    /// architecture in plain PyTorch, with a loader; needs torch only).
+    /// names), `config.json`, `vocab.json` (the text of every id), `qd_model.py` (the
+    /// architecture in plain PyTorch, with a loader; needs torch only) and
+    /// `folk_metrical.py` (the metrical position the policy embeds beside each token).
     Export(ModelExportArgs),
     /// Compare CFG, temperature, the β-sweep students and weight interpolation on the same
     /// held-out prompts and seeds: a CSV, plots, hypervolumes (each point cached).
@@ -205,6 +206,10 @@ pub struct PretrainArgs {
     /// Model size: tiny, small or base.
     #[arg(long, default_value = "small")]
     pub preset: Preset,
+    /// Train without the metrical position (where each token falls in its bar, embedded
+    /// beside the token): the comparison `docs/results.md` reports.
+    #[arg(long)]
+    pub no_metrical: bool,
     /// Total training steps (the learning-rate schedule spans them).
     #[arg(long, default_value_t = 1600)]
     pub steps: u64,

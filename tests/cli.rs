@@ -4,8 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use model::task::Task;
 
 fn qd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qd"))
@@ -683,18 +685,30 @@ fn model_commands_end_to_end() {
         serde_json::from_slice(&std::fs::read(p("exported/vocab.json")).unwrap()).unwrap();
     let sep = config["sep"].as_u64().unwrap() as i64;
     assert_eq!(vocab[sep as usize], "<sep>");
-    let ids: Vec<i64> = [4, 5, sep]
-        .into_iter()
-        .chain(
-            config["generatable"].as_array().unwrap()[..6]
-                .iter()
-                .map(|x| x.as_i64().unwrap()),
-        )
+    assert_eq!(
+        config["structure"]["name"],
+        folk::metrical::NAME,
+        "{config}"
+    );
+    // A held-out tune of the corpus after its prompt: the metrical position computed in
+    // Python (folk_metrical.py) must be qd's for the logits to agree.
+    let ds = folk::dataset::Dataset::load(Path::new(&p("folk"))).unwrap();
+    let r = ds.split(model::task::Split::Test).next().unwrap().clone();
+    let ids: Vec<i64> = r
+        .prompt
+        .iter()
+        .map(|&x| i64::from(x))
+        .chain([sep])
+        .chain(r.tune.iter().map(|&x| i64::from(x)))
+        .take(60)
         .collect();
     let script = format!(
-        "import json, sys, torch\nsys.path.insert(0, {dir:?})\nimport qd_model\n\
-         m = qd_model.load({dir:?})\nids = torch.tensor([{ids:?}])\n\
-         with torch.no_grad():\n    l, _ = m(ids, torch.ones_like(ids, dtype=torch.bool), None)\n\
+        "import json, sys, torch\nsys.path.insert(0, {dir:?})\nimport qd_model, folk_metrical\n\
+         m = qd_model.load({dir:?})\nconfig = json.load(open({dir:?} + '/config.json'))\n\
+         vocab = json.load(open({dir:?} + '/vocab.json'))\n\
+         f = folk_metrical.Metrical(vocab, config['generatable']).batch([{ids:?}], config['sep'])\n\
+         ids = torch.tensor([{ids:?}])\n\
+         with torch.no_grad():\n    l, _ = m(ids, torch.ones_like(ids, dtype=torch.bool), None, f)\n\
          print(json.dumps(l[0].tolist()))\n",
         dir = p("exported"),
     );
@@ -709,11 +723,26 @@ fn model_commands_end_to_end() {
         !String::from_utf8_lossy(&std::fs::read(p("exported/model.safetensors")).unwrap())
             .contains("optimizer.")
     );
-    let ds = folk::dataset::Dataset::load(Path::new(&p("folk"))).unwrap();
+    let task = folk::FolkTask::new(ds, PathBuf::new(), PathBuf::new());
     let (_vs, m, _) =
-        model::checkpoint::load_policy(Path::new(&ck), &ds.vocab.hash(), tch::Device::Cpu).unwrap();
+        model::checkpoint::load_policy(Path::new(&ck), &task, tch::Device::Cpu).unwrap();
     let t = tch::Tensor::from_slice(&ids).unsqueeze(0);
-    let ours = tch::no_grad(|| m.forward(&t, &t.ones_like().to_kind(tch::Kind::Bool), None, false));
+    let structure = task.vocabulary().structure.clone().unwrap();
+    let f = model::structure::row_features(structure.as_ref(), r.prompt.len(), &r.tune);
+    let f = tch::Tensor::from_slice(&f[..ids.len() * folk::metrical::PER_TOKEN]).view([
+        1,
+        ids.len() as i64,
+        folk::metrical::PER_TOKEN as i64,
+    ]);
+    let ours = tch::no_grad(|| {
+        m.forward(
+            &t,
+            &t.ones_like().to_kind(tch::Kind::Bool),
+            Some(&f),
+            None,
+            false,
+        )
+    });
     let ours: Vec<Vec<f64>> =
         Vec::try_from(ours.squeeze_dim(0).to_kind(tch::Kind::Double)).unwrap();
     assert_eq!((ours.len(), ours[0].len()), (theirs.len(), theirs[0].len()));

@@ -130,7 +130,7 @@ async fn learner_and_actor_train_a_second_task_over_grpc() {
 
     // Evaluation and samples go through the same boundary.
     let (_vs, policy, _ck) =
-        load_policy(&outcome.student, &task.vocab_hash(), tch::Device::Cpu).unwrap();
+        load_policy(&outcome.student, task.as_ref(), tch::Device::Cpu).unwrap();
     let embedder = task.embedder(tch::Device::Cpu).unwrap();
     let judge = task.judge(tch::Device::Cpu).unwrap();
     let cfg = EvalConfig {

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
 use common::settings::{ClientSettings, Settings};
-use model::checkpoint::{Checkpoint, ModelKind};
+use model::checkpoint::read_policy;
 use model::config::ModelConfig;
 use model::task::Task;
 use model::transformer::Transformer;
@@ -162,7 +162,7 @@ impl Setup {
     ) -> Result<Setup> {
         let device = model::device::use_device(model::device::parse_device(device)?, threads)?;
         let vocab_hash = task.vocab_hash();
-        let base = Checkpoint::read_for(&settings.paths.base, ModelKind::Policy, &vocab_hash)
+        let base = read_policy(&settings.paths.base, task.as_ref())
             .context("reading the base model's architecture")?;
         Ok(Setup {
             model_config: base.meta.config.clone(),

@@ -27,6 +27,9 @@ pub struct BenchConfig {
     /// Python with torch, to run the reference (`None`: skip it).
     pub python: Option<PathBuf>,
     pub script: PathBuf,
+    /// How the reference computes the task's structure features (its Python module and
+    /// vocabulary: `folk::metrical::python_port`), for a policy that embeds them.
+    pub structure: Option<serde_json::Value>,
 }
 
 /// Medians in tokens per second.
@@ -108,9 +111,10 @@ pub fn bench_generate(
     );
     let mut reference = match &cfg.python {
         Some(python) => {
+            let structure = model.config.structure.as_ref().and(cfg.structure.as_ref());
             let body = serde_json::json!({
                 "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
-                "follow": {"plain": drawn.0, "cfg": drawn.1},
+                "follow": {"plain": drawn.0, "cfg": drawn.1}, "structure": structure,
             });
             // Read by the reference before it says it is ready.
             let request = tempfile::Builder::new()

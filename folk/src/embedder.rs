@@ -46,6 +46,7 @@ impl TuneEmbedder {
             d_ff: 256,
             max_len: 256,
             dropout: 0.1,
+            structure: None,
         }
     }
 

@@ -94,6 +94,7 @@ impl TuneJudge {
             d_ff: 256,
             max_len: 256,
             dropout: 0.1,
+            structure: None,
         }
     }
 

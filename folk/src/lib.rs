@@ -7,6 +7,7 @@
 //! - [`abc`]: the ABC parser (text → tokens, or a skip reason);
 //! - [`tune`]: the token type and its grouping into notes;
 //! - [`bars`]: bar-length accounting against the meter;
+//! - [`metrical`]: where each token falls in its bar, the structure policies embed;
 //! - [`render`], [`midi`]: tokens → ABC text, tokens → Standard MIDI File;
 //! - [`caption`]: attributes and prompts from metadata;
 //! - [`vocab`]: ids for prompt words and tune tokens;
@@ -21,6 +22,7 @@ pub mod caption;
 pub mod dataset;
 pub mod embedder;
 pub mod judge;
+pub mod metrical;
 pub mod midi;
 pub mod music;
 pub mod pretrain;

@@ -14,11 +14,14 @@ use tch::{Device, Tensor};
 
 use crate::caption::caption;
 use crate::dataset::{Dataset, Record, Split};
+use crate::metrical::Metrical;
+use crate::vocab::Vocab;
 use model::batch::{lm_batch, lm_loss_grouped, LmBatch};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::Vocabulary;
+use model::structure::Structure;
 use model::train::{progress_bar, Schedule};
 use model::transformer::Transformer;
 
@@ -29,6 +32,8 @@ pub struct PretrainConfig {
     /// Folder for `last.safetensors` (the run resumes from it when present).
     pub out: PathBuf,
     pub preset: Preset,
+    /// Embed where each token falls in its bar (`crate::metrical`) beside the token.
+    pub metrical: bool,
     /// Total steps: the learning-rate schedule spans them.
     pub steps: u64,
     /// Stop after this step for now (a later run with the same settings continues).
@@ -63,10 +68,12 @@ pub struct PretrainReport {
 
 /// The preset's architecture with exactly `context` learned positions (at most the
 /// preset's): every position a sampler or the learner can reach was trained, so nothing
-/// is ever generated from an untrained position embedding.
-pub fn model_config(preset: Preset, vocab_size: usize, context: usize) -> ModelConfig {
-    let mut c = preset.config(vocab_size);
+/// is ever generated from an untrained position embedding. With `metrical`, the policy
+/// embeds where each token falls in its bar.
+pub fn model_config(preset: Preset, vocab: &Vocab, context: usize, metrical: bool) -> ModelConfig {
+    let mut c = preset.config(vocab.len());
     c.max_len = c.max_len.min(context as i64);
+    c.structure = metrical.then(|| Metrical::new(vocab).spec());
     c
 }
 
@@ -176,7 +183,7 @@ pub fn train_step(
 pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let ds = Dataset::load(&cfg.data)?;
     let train = ds.train_records(&cfg.data)?;
-    let model_cfg = model_config(cfg.preset, ds.vocab.len(), cfg.context);
+    let model_cfg = model_config(cfg.preset, &ds.vocab, cfg.context, cfg.metrical);
     model_cfg.validate().map_err(anyhow::Error::msg)?;
     let vocab_hash = ds.vocab.hash();
     tch::manual_seed(cfg.seed as i64);
@@ -202,7 +209,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    tracing::info!(preset = ?cfg.preset, params, train = train.len(), steps = cfg.steps, "pre-training");
+    tracing::info!(preset = ?cfg.preset, metrical = cfg.metrical, params, train = train.len(), steps = cfg.steps, "pre-training");
 
     let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
     let bar = progress_bar(cfg.progress, end, step);

@@ -19,12 +19,14 @@ use model::task::{self, Prompt, Score, Split, Task};
 use crate::dataset::Dataset;
 use crate::embedder::{embed_tunes, load_embedder, TuneEmbedder};
 use crate::judge::{load_judge, named, TuneJudge};
+use crate::metrical::Metrical;
 use crate::tune::Token;
 use crate::vocab::{Vocab, EOS, PAD, SEP};
 use crate::{midi, render};
 
-/// What a policy trained on `vocab` may generate — its tune tokens and `<eos>` — and the
-/// groups content-scoped guidance re-weighs within: the pitches, the keys, the meters.
+/// What a policy trained on `vocab` may generate — its tune tokens and `<eos>` —, the
+/// groups content-scoped guidance re-weighs within (the pitches, the keys, the meters) and
+/// the structure policies may embed: where each token falls in its bar.
 pub fn vocabulary(vocab: &Vocab) -> Vocabulary {
     let allowed: Vec<u32> = std::iter::once(EOS).chain(vocab.tune_ids()).collect();
     let kinds: [fn(&Token) -> bool; 3] = [
@@ -50,6 +52,7 @@ pub fn vocabulary(vocab: &Vocab) -> Vocabulary {
         eos: EOS,
         allowed,
         content_groups,
+        structure: Some(Arc::new(Metrical::new(vocab))),
     }
 }
 

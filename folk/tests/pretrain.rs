@@ -13,6 +13,7 @@ fn config(data: &std::path::Path, out: &std::path::Path, until: u64) -> Pretrain
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         preset: Preset::Tiny,
+        metrical: true,
         steps: 30,
         until: Some(until),
         batch_size: 8,

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use common::settings::Divergence;
 use model::sampling::{guide, CfgScope, Vocabulary};
+use model::structure;
 use model::transformer::Transformer;
 use tch::TchError;
 
@@ -103,6 +104,8 @@ impl Generatable {
 struct Rows {
     ids: Tensor,
     valid: Tensor,
+    /// Structure features, for a policy that embeds them.
+    features: Option<Tensor>,
     /// Per row: its length, the position of `<sep>` (whose logits predict the first
     /// generated token) and the number of generated tokens.
     shape: Vec<(i64, usize, usize)>,
@@ -114,8 +117,11 @@ struct Rows {
 /// cut at 128 tokens, nearly all full, it made no measurable difference.
 pub const LENGTH_GROUPS: usize = 4;
 
-/// Builds `[prefix] <sep> y` rows; `with_prompt` false gives the unconditional `<sep> y`.
-fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, device: Device) -> Rows {
+/// Builds `[prefix] <sep> y` rows for `model`; `with_prompt` false gives the
+/// unconditional `<sep> y`.
+fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, model: &Transformer) -> Rows {
+    let device = model.device();
+    let structure = structure::of(&model.config, v);
     let seqs: Vec<(Vec<i64>, usize, usize)> = pairs
         .iter()
         .flat_map(|p| {
@@ -140,10 +146,24 @@ fn rows(pairs: &[Pair], with_prompt: bool, v: &Vocabulary, device: Device) -> Ro
             valid[r * t + j] = true;
         }
     }
+    let features = structure.map(|st| {
+        let f: Vec<Vec<i64>> = pairs
+            .iter()
+            .flat_map(|p| {
+                let plen = if with_prompt { p.prompt.len() } else { 0 };
+                p.samples
+                    .iter()
+                    .map(move |(y, _)| structure::row_features(st, plen, y))
+            })
+            .collect();
+        let k = st.spec().per_token as usize;
+        structure::batch_tensor(&f, &vec![0; f.len()], t, k, device)
+    });
     let shape = [seqs.len() as i64, t as i64];
     Rows {
         ids: Tensor::from_slice(&ids).view(shape).to(device),
         valid: Tensor::from_slice(&valid).view(shape).to(device),
+        features,
         shape: seqs
             .iter()
             .map(|(s, p, n)| (s.len() as i64, *p, *n))
@@ -175,7 +195,14 @@ fn token_logprobs(
     for (rows, t) in model::batch::groups_by_length(&lengths, groups) {
         let idx = Tensor::from_slice(&rows).to(device);
         let take = |x: &Tensor| x.index_select(0, &idx).narrow(1, 0, t);
-        let logits = model.forward(&take(&r.ids), &take(&r.valid), None, train);
+        let features = r.features.as_ref().map(take);
+        let logits = model.forward(
+            &take(&r.ids),
+            &take(&r.valid),
+            features.as_ref(),
+            None,
+            train,
+        );
         // The logits at <sep> (position plen) predict y_1, and so on.
         let mut gather = Vec::new();
         for (k, &row) in rows.iter().enumerate() {
@@ -213,17 +240,16 @@ pub fn teacher_logprobs(
     cfg: &LossConfig,
 ) -> Tensor {
     tch::no_grad(|| {
-        let device = teacher.device();
         let c = token_logprobs(
             teacher,
-            &rows(pairs, true, &g.vocabulary, device),
+            &rows(pairs, true, &g.vocabulary, teacher),
             g,
             false,
             LENGTH_GROUPS,
         );
         let u = token_logprobs(
             teacher,
-            &rows(pairs, false, &g.vocabulary, device),
+            &rows(pairs, false, &g.vocabulary, teacher),
             g,
             false,
             LENGTH_GROUPS,
@@ -267,7 +293,7 @@ fn student_terms(student: &Transformer, pairs: &[Pair], g: &Generatable) -> Stud
     // importance ratio is exactly 1.
     let ls = token_logprobs(
         student,
-        &rows(pairs, true, &g.vocabulary, device),
+        &rows(pairs, true, &g.vocabulary, student),
         g,
         false,
         LENGTH_GROUPS,
@@ -419,7 +445,7 @@ mod tests {
         let g = Generatable::new(testkit::vocabulary(), testkit::VOCAB, Device::Cpu);
         let grads = |loss: Tensor| testkit::gradients(&vs, &loss);
         for with_prompt in [true, false] {
-            let r = rows(&pairs(), with_prompt, &g.vocabulary, Device::Cpu);
+            let r = rows(&pairs(), with_prompt, &g.vocabulary, &model);
             let one = token_logprobs(&model, &r, &g, false, 1);
             let reference = grads(one.sum(Kind::Float));
             for groups in [2, 3, 4, 10] {

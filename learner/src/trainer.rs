@@ -15,7 +15,7 @@ use tch::Device;
 use tokio::sync::{mpsc, watch};
 
 use common::settings::{Baseline, LearnerSettings};
-use model::checkpoint::{save, serialize, Checkpoint, ModelKind, Stamp};
+use model::checkpoint::{read_policy, save, serialize, Checkpoint, ModelKind, Stamp};
 use model::optim::{AdamW, AdamWConfig};
 use model::task::Task;
 use model::train::Schedule;
@@ -206,8 +206,7 @@ impl Trainer {
         device: Device,
     ) -> Result<Trainer> {
         let vocab_hash = task.vocab_hash();
-        let base_ck = Checkpoint::read_for(base, ModelKind::Policy, &vocab_hash)
-            .context("loading the base model (the teacher)")?;
+        let base_ck = read_policy(base, task).context("loading the base model (the teacher)")?;
         let config = base_ck.meta.config.clone();
         let mut teacher_vs = VarStore::new(device);
         let teacher = Transformer::new(&teacher_vs.root(), &config);

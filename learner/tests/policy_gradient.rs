@@ -64,7 +64,13 @@ fn token_logprobs(model: &Transformer, prefix: &[u32], y: &[u32]) -> Tensor {
     let valid = Tensor::ones([1, ids.len() as i64], (Kind::Bool, Device::Cpu));
     let allowed: Vec<i64> = v.allowed.iter().map(|&x| i64::from(x)).collect();
     model
-        .forward(&row, &valid, None, false)
+        .forward(
+            &row,
+            &valid,
+            Some(&testkit::toy_features(&row)),
+            None,
+            false,
+        )
         .squeeze_dim(0)
         // The logits at <sep> predict y_1, and so on.
         .narrow(0, prefix.len() as i64, y.len() as i64)

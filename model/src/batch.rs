@@ -4,6 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::sampling::Vocabulary;
+use crate::structure;
 use crate::transformer::Transformer;
 
 /// A right-padded batch.
@@ -17,6 +18,9 @@ pub struct LmBatch {
     pub target: Tensor,
     /// `[B, T]` float: 1 where the target is a tune token or `<eos>`.
     pub loss_mask: Tensor,
+    /// `[B, T, K]` structure features (`crate::structure`), when the task reads a
+    /// structure (a policy without a structure embedding ignores them).
+    pub features: Option<Tensor>,
 }
 
 /// Builds a batch from `(prompt, tune)` id pairs; sequences longer than `max_len + 1` are
@@ -56,12 +60,26 @@ pub fn lm_batch(
             mask[i * t + j] = if j >= *plen { 1.0 } else { 0.0 };
         }
     }
+    let features = v.structure.as_deref().map(|st| {
+        let rows: Vec<Vec<i64>> = examples
+            .iter()
+            .zip(&seqs)
+            .map(|((p, tune), (s, _))| {
+                // The input holds the prompt, <sep> and the tune ids that fit.
+                let tune_in = (s.len() - 1).saturating_sub(p.len() + 1).min(tune.len());
+                structure::row_features(st, p.len(), &tune[..tune_in])
+            })
+            .collect();
+        let k = st.spec().per_token as usize;
+        structure::batch_tensor(&rows, &vec![0; b], t, k, device)
+    });
     let shape = [b as i64, t as i64];
     LmBatch {
         input: Tensor::from_slice(&input).view(shape).to(device),
         valid: Tensor::from_slice(&valid).view(shape).to(device),
         target: Tensor::from_slice(&target).view(shape).to(device),
         loss_mask: Tensor::from_slice(&mask).view(shape).to(device),
+        features,
     }
 }
 
@@ -71,6 +89,7 @@ pub fn lm_loss(model: &Transformer, batch: &LmBatch, train: bool) -> Tensor {
         model,
         &batch.input,
         &batch.valid,
+        batch.features.as_ref(),
         &batch.target,
         &batch.loss_mask,
         train,
@@ -96,6 +115,7 @@ pub fn lm_loss_grouped(model: &Transformer, batch: &LmBatch, train: bool, groups
             model,
             &take(&batch.input),
             &take(&batch.valid),
+            batch.features.as_ref().map(take).as_ref(),
             &take(&batch.target),
             &take(&batch.loss_mask),
             train,
@@ -133,11 +153,12 @@ fn masked_nll_sum(
     model: &Transformer,
     input: &Tensor,
     valid: &Tensor,
+    features: Option<&Tensor>,
     target: &Tensor,
     mask: &Tensor,
     train: bool,
 ) -> Tensor {
-    let logits = model.forward(input, valid, None, train);
+    let logits = model.forward(input, valid, features, None, train);
     let logp = logits.log_softmax(-1, Kind::Float);
     let nll = -logp.gather(2, &target.unsqueeze(2), false).squeeze_dim(2);
     (nll * mask).sum(Kind::Float)

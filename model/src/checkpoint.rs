@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::fsutil::write_atomic;
 use crate::optim::AdamW;
+use crate::task::Task;
 
 const FORMAT: u32 = 1;
 const OPTIMIZER_PREFIX: &str = "optimizer.";
@@ -357,13 +358,26 @@ impl Checkpoint {
     }
 }
 
-/// Loads a policy checkpoint trained on the vocabulary `vocab_hash`.
+/// Reads a policy checkpoint for `task`: trained on its vocabulary, and embedding no
+/// structure but the one the task reads (`crate::structure`).
+pub fn read_policy(path: &Path, task: &dyn Task) -> Result<Checkpoint, CheckpointError> {
+    let ck = Checkpoint::read_for(path, ModelKind::Policy, &task.vocab_hash())?;
+    crate::structure::check(&ck.meta.config, task.vocabulary().structure.as_deref()).map_err(
+        |why| CheckpointError::Incompatible {
+            what: path.display().to_string(),
+            why,
+        },
+    )?;
+    Ok(ck)
+}
+
+/// Loads a policy checkpoint for `task` ([`read_policy`]).
 pub fn load_policy(
     path: &Path,
-    vocab_hash: &str,
+    task: &dyn Task,
     device: Device,
 ) -> Result<(VarStore, crate::transformer::Transformer, Checkpoint), CheckpointError> {
-    let ck = Checkpoint::read_for(path, ModelKind::Policy, vocab_hash)?;
+    let ck = read_policy(path, task)?;
     let mut vs = VarStore::new(device);
     let model = crate::transformer::Transformer::new(&vs.root(), &ck.meta.config);
     ck.load_into(&mut vs)?;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fnv::Fnv;
+use crate::structure::StructureSpec;
 
 /// Size presets: `tiny` for tests (trains in seconds), `small` for CPU, `base` for GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,9 @@ pub struct ModelConfig {
     /// Longest sequence (prompt, `<sep>`, tune, `<eos>`) the learned positions cover.
     pub max_len: i64,
     pub dropout: f64,
+    /// The task's structure features the policy embeds beside each token (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure: Option<StructureSpec>,
 }
 
 impl Preset {
@@ -57,6 +61,7 @@ impl Preset {
             d_ff: 4 * d_model,
             max_len,
             dropout: if self == Preset::Tiny { 0.0 } else { 0.1 },
+            structure: None,
         }
     }
 }
@@ -80,6 +85,14 @@ impl ModelConfig {
                 "model.d_model ({}) must be a multiple of model.n_heads ({})",
                 self.d_model, self.n_heads
             ));
+        }
+        if let Some(s) = &self.structure {
+            if s.per_token < 1 || s.ids < 1 {
+                return Err(format!(
+                    "model.structure needs at least one feature and one id, got {} and {}",
+                    s.per_token, s.ids
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!(

@@ -4,6 +4,8 @@
 //! - [`task`]: the boundary between the method and a task (vocabulary, prompts,
 //!   embedder, judge, how samples are written) and the pair-diversity reward;
 //! - [`config`]: architecture and size presets;
+//! - [`structure`]: features a task reads in an output as it grows (the folk task: where
+//!   in the bar each token falls), which a policy embeds beside each token;
 //! - [`transformer`]: the decoder-only transformer (and the encoder trunk) with its KV
 //!   cache;
 //! - [`sampling`]: batched sampling with temperature, top-k and CFG (`guide`, the one CFG
@@ -25,6 +27,7 @@ pub mod fsutil;
 pub mod merge;
 pub mod optim;
 pub mod sampling;
+pub mod structure;
 pub mod task;
 pub mod train;
 pub mod transformer;

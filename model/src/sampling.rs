@@ -9,6 +9,9 @@
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
+use std::sync::Arc;
+
+use crate::structure::{self, Cursors, Structure};
 use crate::transformer::{KvCache, Transformer};
 
 /// How to sample.
@@ -86,6 +89,9 @@ pub struct Vocabulary {
     /// The groups [`CfgScope::Content`] guides within, as positions in `allowed` (the
     /// task chooses them: the folk task's are the pitches, the keys, the meters).
     pub content_groups: Vec<Vec<usize>>,
+    /// The structure the task reads in an output (`crate::structure`; the folk task's:
+    /// where in the bar each token falls), for policies that embed it.
+    pub structure: Option<Arc<dyn Structure>>,
 }
 
 /// Sampled continuations, one per prompt.
@@ -186,6 +192,8 @@ struct Decoder<'a> {
     groups: Vec<Tensor>,
     allowed_idx: Tensor,
     cache: KvCache,
+    /// Each row's structure features, for a policy that embeds them.
+    cursors: Option<Cursors>,
     /// Logits of the next id, `[R, V]` (`R` = 2B with CFG).
     logits: Tensor,
     /// Ids the model may still take, `max_len` minus the longest row.
@@ -213,8 +221,18 @@ impl<'a> Decoder<'a> {
             .saturating_sub(rows.iter().map(Vec::len).max().unwrap_or(0));
         let mut cache = KvCache::new(model.config.n_layers);
         let (ids, valid) = left_pad(&rows, v.pad, device);
+        let s = structure::of(&model.config, v);
+        let features = s.map(|s| {
+            let t = ids.size()[1] as usize;
+            let f: Vec<Vec<i64>> = rows
+                .iter()
+                .map(|r| structure::row_features(s, r.len() - 1, &[]))
+                .collect();
+            let starts: Vec<usize> = rows.iter().map(|r| t - r.len()).collect();
+            structure::batch_tensor(&f, &starts, t, s.spec().per_token as usize, device)
+        });
         let logits = model
-            .forward(&ids, &valid, Some(&mut cache), false)
+            .forward(&ids, &valid, features.as_ref(), Some(&mut cache), false)
             .select(1, -1);
         Decoder {
             model,
@@ -226,6 +244,7 @@ impl<'a> Decoder<'a> {
             )
             .to(device),
             cache,
+            cursors: s.map(|s| Cursors::start(s, b)),
             logits,
             room,
             b,
@@ -249,18 +268,23 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// Feeds one id per row (a finished row feeds `<pad>`).
-    fn advance(&mut self, next: &[u32]) {
+    /// Feeds one id per row (`None`: a finished row, which feeds `<pad>`).
+    fn advance(&mut self, next: &[Option<u32>], pad: u32) {
         let device = self.model.device();
-        let mut ids: Vec<i64> = next.iter().map(|&x| i64::from(x)).collect();
-        if self.gamma.is_some() {
+        let mut ids: Vec<i64> = next.iter().map(|x| i64::from(x.unwrap_or(pad))).collect();
+        let times = if self.gamma.is_some() { 2 } else { 1 };
+        if times == 2 {
             ids.extend_from_within(..);
         }
+        let features = self.cursors.as_mut().map(|c| {
+            c.read(next);
+            c.tensor(times, device)
+        });
         let ids = Tensor::from_slice(&ids).view([-1, 1]).to(device);
         let ones = Tensor::ones([ids.size()[0], 1], (Kind::Bool, device));
         self.logits = self
             .model
-            .forward(&ids, &ones, Some(&mut self.cache), false)
+            .forward(&ids, &ones, features.as_ref(), Some(&mut self.cache), false)
             .select(1, -1);
     }
 }
@@ -325,12 +349,12 @@ fn sample_inner(
                 out.logprobs[i].push(row[best.1]);
                 done[i] = id == v.eos;
             }
-            next.push(if done[i] { v.pad } else { id });
+            next.push((!done[i]).then_some(id));
         }
         if done.iter().all(|&d| d) {
             break;
         }
-        decoder.advance(&next);
+        decoder.advance(&next, v.pad);
     }
     Ok(out)
 }
@@ -359,15 +383,12 @@ pub fn guided_logprobs(
             let l: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&l)?;
             let mut next = Vec::with_capacity(prompts.len());
             for (i, (row, c)) in l.into_iter().zip(continuations).enumerate() {
-                match c.get(t) {
-                    Some(&id) => {
-                        out[i].push(row);
-                        next.push(id);
-                    }
-                    None => next.push(v.pad),
+                if c.get(t).is_some() {
+                    out[i].push(row);
                 }
+                next.push(c.get(t).copied());
             }
-            decoder.advance(&next);
+            decoder.advance(&next, v.pad);
         }
         Ok(out)
     })

@@ -185,6 +185,9 @@ impl Block {
 pub struct Trunk {
     tok_emb: nn::Embedding,
     pos_emb: nn::Embedding,
+    /// The task's structure features (`config.structure`), summed over a token's features
+    /// and added to its embedding.
+    struct_emb: Option<nn::Embedding>,
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
     pub config: ModelConfig,
@@ -197,6 +200,10 @@ impl Trunk {
         Trunk {
             tok_emb: nn::embedding(vs / "tok_emb", c.vocab_size, c.d_model, Default::default()),
             pos_emb: nn::embedding(vs / "pos_emb", c.max_len, c.d_model, Default::default()),
+            struct_emb: c
+                .structure
+                .as_ref()
+                .map(|s| nn::embedding(vs / "struct_emb", s.ids, c.d_model, Default::default())),
             blocks: (0..c.n_layers)
                 .map(|i| Block::new(vs / "blocks" / i, c))
                 .collect(),
@@ -211,7 +218,9 @@ impl Trunk {
     }
 
     /// Hidden states `[B, T, D]` for `tokens` `[B, T]`; `valid` `[B, T]` marks real
-    /// tokens. Positions count real tokens only, so a row's positions do not depend on its
+    /// tokens; `features` `[B, T, K]` are the task's structure ids of each position
+    /// (`crate::structure`), which a policy with a structure embedding needs and any other
+    /// model ignores. Positions count real tokens only, so a row's positions do not depend on its
     /// padding. `causal` restricts each token to the ones before it. With a cache,
     /// `tokens` continue the cached sequence and their keys and values are appended, and
     /// rows may be left-padded (as sampling pads prompts). Without a cache, causal rows
@@ -221,6 +230,7 @@ impl Trunk {
         &self,
         tokens: &Tensor,
         valid: &Tensor,
+        features: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         causal: bool,
         train: bool,
@@ -253,6 +263,10 @@ impl Trunk {
         };
         let mask = (!fused_causal).then(|| allowed.logical_or(&diagonal).unsqueeze(1));
         let mut x = tokens.apply(&self.tok_emb) + positions.apply(&self.pos_emb);
+        if let Some(emb) = &self.struct_emb {
+            let f = features.expect("a policy with a structure embedding runs with its features");
+            x += f.apply(emb).sum_dim_intlist(2, false, Kind::Float);
+        }
         x = x.dropout(self.config.dropout, train);
         match cache {
             Some(c) => {
@@ -297,11 +311,12 @@ impl Transformer {
         &self,
         tokens: &Tensor,
         valid: &Tensor,
+        features: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
         self.trunk
-            .forward(tokens, valid, cache, true, train)
+            .forward(tokens, valid, features, cache, true, train)
             .apply(&self.head)
     }
 }
@@ -328,7 +343,7 @@ impl Trunk {
         let shape = [seqs.len() as i64, t as i64];
         let ids = Tensor::from_slice(&ids).view(shape).to(self.device);
         let valid = Tensor::from_slice(&valid).view(shape).to(self.device);
-        let h = self.forward(&ids, &valid, None, false, train);
+        let h = self.forward(&ids, &valid, None, None, false, train);
         let w = valid.to_kind(Kind::Float).unsqueeze(2);
         (h * &w).sum_dim_intlist(1, false, Kind::Float)
             / w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)

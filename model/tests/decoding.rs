@@ -70,7 +70,8 @@ fn cached_decoding_matches_full_forward_passes() {
             .collect();
         let ids = tch::Tensor::from_slice(&seq).view([1, -1]);
         let valid = tch::Tensor::ones([1, seq.len() as i64], (tch::Kind::Bool, tch::Device::Cpu));
-        let logits = tch::no_grad(|| m.forward(&ids, &valid, None, false)).select(1, -1);
+        let f = testkit::toy_features(&ids);
+        let logits = tch::no_grad(|| m.forward(&ids, &valid, Some(&f), None, false)).select(1, -1);
         let full = Vec::<Vec<f32>>::try_from(
             &logits
                 .index_select(1, &allowed)

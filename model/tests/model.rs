@@ -14,7 +14,7 @@ use model::transformer::{KvCache, Transformer};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use testkit::{tiny, vocabulary, VOCAB};
+use testkit::{tiny, toy_features, vocabulary, VOCAB};
 
 fn prompts() -> Vec<Vec<u32>> {
     vec![vec![4, 5, 6], vec![7], vec![8, 9, 4, 5, 6], vec![]]
@@ -42,18 +42,40 @@ fn kv_cache_matches_full_forward() {
     let total = 5 + STEPS;
     let full = Tensor::from_slice(&full).view([3, total]);
     let valid = full.ne(0);
-    let reference =
-        tch::no_grad(|| model.forward(&full, &valid, Some(&mut KvCache::new(2)), false));
+    let features = toy_features(&full);
+    let reference = tch::no_grad(|| {
+        model.forward(
+            &full,
+            &valid,
+            Some(&features),
+            Some(&mut KvCache::new(2)),
+            false,
+        )
+    });
 
     let mut cache = KvCache::new(2);
     let prefix = full.narrow(1, 0, 5);
     let mut steps = vec![tch::no_grad(|| {
-        model.forward(&prefix, &valid.narrow(1, 0, 5), Some(&mut cache), false)
+        let f = features.narrow(1, 0, 5);
+        model.forward(
+            &prefix,
+            &valid.narrow(1, 0, 5),
+            Some(&f),
+            Some(&mut cache),
+            false,
+        )
     })];
     for j in 5..total {
         let tok = full.narrow(1, j, 1);
         steps.push(tch::no_grad(|| {
-            model.forward(&tok, &valid.narrow(1, j, 1), Some(&mut cache), false)
+            let f = features.narrow(1, j, 1);
+            model.forward(
+                &tok,
+                &valid.narrow(1, j, 1),
+                Some(&f),
+                Some(&mut cache),
+                false,
+            )
         }));
     }
     assert_eq!(cache.len(), total);
@@ -69,9 +91,17 @@ fn kv_cache_matches_full_forward() {
 
     // Right-padded rows without a cache take the fused causal kernel: same logits.
     let right = Tensor::from_slice(&[4i64, 5, 1, 10, 11, 4, 1, 10, 0, 0]).view([2, 5]);
-    let fused = tch::no_grad(|| model.forward(&right, &right.ne(0), None, false));
-    let masked =
-        tch::no_grad(|| model.forward(&right, &right.ne(0), Some(&mut KvCache::new(2)), false));
+    let f = toy_features(&right);
+    let fused = tch::no_grad(|| model.forward(&right, &right.ne(0), Some(&f), None, false));
+    let masked = tch::no_grad(|| {
+        model.forward(
+            &right,
+            &right.ne(0),
+            Some(&f),
+            Some(&mut KvCache::new(2)),
+            false,
+        )
+    });
     let diff = (fused - masked)
         .abs()
         .amax([2], false)
@@ -86,10 +116,18 @@ fn left_padding_does_not_change_a_rows_logits() {
     let (_vs, model) = tiny(2);
     let alone = Tensor::from_slice(&[7i64, 1, 10, 11]).view([1, 4]);
     let padded = Tensor::from_slice(&[0i64, 0, 0, 7, 1, 10, 11]).view([1, 7]);
-    let a = tch::no_grad(|| model.forward(&alone, &alone.ne(0), None, false));
-    let b =
-        tch::no_grad(|| model.forward(&padded, &padded.ne(0), Some(&mut KvCache::new(2)), false))
-            .narrow(1, 3, 4);
+    let (fa, fp) = (toy_features(&alone), toy_features(&padded));
+    let a = tch::no_grad(|| model.forward(&alone, &alone.ne(0), Some(&fa), None, false));
+    let b = tch::no_grad(|| {
+        model.forward(
+            &padded,
+            &padded.ne(0),
+            Some(&fp),
+            Some(&mut KvCache::new(2)),
+            false,
+        )
+    })
+    .narrow(1, 3, 4);
     assert!((a - b).abs().max().double_value(&[]) < 1e-4);
 }
 

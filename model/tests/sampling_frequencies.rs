@@ -28,10 +28,18 @@ fn next_logprobs(model: &Transformer, prefix: &[u32]) -> Vec<f64> {
         .collect();
     let row = Tensor::from_slice(&ids).view([1, -1]);
     let valid = Tensor::ones([1, ids.len() as i64], (Kind::Bool, Device::Cpu));
-    let logits = tch::no_grad(|| model.forward(&row, &valid, None, false))
-        .select(1, -1)
-        .squeeze_dim(0)
-        .to_kind(Kind::Double);
+    let logits = tch::no_grad(|| {
+        model.forward(
+            &row,
+            &valid,
+            Some(&testkit::toy_features(&row)),
+            None,
+            false,
+        )
+    })
+    .select(1, -1)
+    .squeeze_dim(0)
+    .to_kind(Kind::Double);
     let logits = Vec::<f64>::try_from(logits).unwrap();
     let allowed: Vec<f64> = v.allowed.iter().map(|&id| logits[id as usize]).collect();
     log_normalise(&allowed)

@@ -10,11 +10,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use common::settings::LearnerSettings;
-use model::checkpoint::{Checkpoint, ModelKind};
+use model::checkpoint::load_policy;
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::{sample, CfgScope, SamplingConfig, Vocabulary};
 use model::task::{Split, Task};
@@ -42,6 +41,9 @@ pub struct StepBenchConfig {
     /// Python with torch, to run the reference (`None`: skip it).
     pub python: Option<PathBuf>,
     pub script: PathBuf,
+    /// How the reference computes the task's structure features
+    /// (`folk::metrical::python_port`), for a policy that embeds them.
+    pub structure: Option<serde_json::Value>,
 }
 
 /// Median step seconds, and how far the reference's numbers are from qd's.
@@ -250,14 +252,6 @@ fn stepper<'a>(
     }
 }
 
-fn load(checkpoint: &Path, vocab_hash: &str, device: Device) -> Result<(VarStore, Transformer)> {
-    let ck = Checkpoint::read_for(checkpoint, ModelKind::Policy, vocab_hash)?;
-    let mut vs = VarStore::new(device);
-    let model = Transformer::new(&vs.root(), &ck.meta.config);
-    ck.load_into(&mut vs)?;
-    Ok((vs, model))
-}
-
 /// Runs the benchmark with `checkpoint` as both teacher and the student's start.
 pub fn bench_step(
     checkpoint: &Path,
@@ -266,10 +260,9 @@ pub fn bench_step(
 ) -> Result<StepBenchReport> {
     let device = Device::Cpu;
     let l = &cfg.learner;
-    let hash = task.vocab_hash();
-    let (mut teacher_vs, teacher) = load(checkpoint, &hash, device)?;
+    let (mut teacher_vs, teacher, _) = load_policy(checkpoint, task, device)?;
     teacher_vs.freeze();
-    let (student_vs, student) = load(checkpoint, &hash, device)?;
+    let (student_vs, student, _) = load_policy(checkpoint, task, device)?;
     let pairs = batch(&student, task, l.batch_prompts, cfg.new_tokens, false)?;
     if pairs.len() < l.batch_prompts {
         bail!(
@@ -325,6 +318,7 @@ pub fn bench_step(
                 })).collect::<Vec<_>>(),
                 "baseline": baseline,
                 "sep": v.sep, "pad": v.pad, "allowed": v.allowed, "groups": groups,
+                "structure": student.config.structure.as_ref().and(cfg.structure.as_ref()),
                 "loss": {
                     "beta": l.beta, "cfg_gamma": l.cfg_gamma, "cfg_plausibility": l.cfg_plausibility,
                     "divergence": l.divergence, "jsd_alpha": l.jsd_alpha, "rho_bar": l.rho_bar,

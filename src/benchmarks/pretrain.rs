@@ -95,7 +95,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         }
         None => {
             tch::manual_seed(0);
-            let config = model_config(cfg.preset, ds.vocab.len(), cfg.context);
+            let config = model_config(cfg.preset, &ds.vocab, cfg.context, true);
             config.validate().map_err(anyhow::Error::msg)?;
             let vs = VarStore::new(device);
             let model = Transformer::new(&vs.root(), &config);
@@ -162,6 +162,8 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
                 "valid": flat_i64(&batch.valid)?,
                 "target": flat_i64(&batch.target)?,
                 "loss_mask": flat_i64(&batch.loss_mask)?,
+                "sep": vocabulary.sep,
+                "structure": config.structure.as_ref().map(|_| folk::metrical::python_port(&ds.vocab)),
                 "optimizer": {
                     "lr": cfg.lr, "grad_clip": cfg.clip, "weight_decay": adamw.weight_decay,
                     "beta1": adamw.beta1, "beta2": adamw.beta2, "eps": adamw.eps,

@@ -14,10 +14,12 @@ use tch::Device;
 use common::settings::LearnerSettings;
 use eval::bench::{bench_generate, BenchConfig};
 use eval::plot::{color, write, Panel, Series};
+use folk::metrical::Metrical;
 use folk::FolkTask;
 use learner::loss::{Generatable, LENGTH_GROUPS};
 use model::config::Preset;
 use model::optim::AdamW;
+use model::structure::Structure;
 use model::task::Task;
 use model::transformer::Transformer;
 
@@ -109,6 +111,7 @@ pub fn bench_scaling(task: &FolkTask, cfg: &ScalingConfig) -> Result<Vec<Scaling
                 cfg_gamma: 3.0,
                 python: None,
                 script: PathBuf::new(),
+                structure: None,
             },
         )?;
         points.push(ScalingPoint {
@@ -135,6 +138,7 @@ fn fresh(task: &FolkTask, preset: Preset, tokens: usize) -> Result<(VarStore, Tr
     tch::manual_seed(0);
     let mut config = preset.config(task.vocab_size());
     config.max_len = config.max_len.max(tokens as i64 + 64);
+    config.structure = Some(Metrical::new(&task.dataset().vocab).spec());
     config.validate().map_err(anyhow::Error::msg)?;
     let vs = VarStore::new(Device::Cpu);
     let model = Transformer::new(&vs.root(), &config);

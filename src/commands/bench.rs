@@ -18,6 +18,8 @@ use crate::cli::{
     BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchPretrainArgs, BenchScalingArgs,
     BenchServiceArgs,
 };
+use folk::metrical::Metrical;
+use model::structure::Structure;
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -25,12 +27,13 @@ pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (_vs, model, checkpoint) = match &a.checkpoint {
         Some(path) => {
-            let (vs, model, _ck) = load_policy(path, &task.vocab_hash(), device)?;
+            let (vs, model, _ck) = load_policy(path, &task, device)?;
             (vs, model, path.clone())
         }
         None => {
             tch::manual_seed(0);
-            let config = a.preset.config(task.vocab_size());
+            let mut config = a.preset.config(task.vocab_size());
+            config.structure = Some(Metrical::new(&task.dataset().vocab).spec());
             let vs = tch::nn::VarStore::new(device);
             let model = model::transformer::Transformer::new(&vs.root(), &config);
             let path = tmp.path().join("init.safetensors");
@@ -53,6 +56,7 @@ pub fn generate(a: BenchGenerateArgs) -> Result<()> {
         cfg_gamma: a.cfg_gamma,
         python: a.reference.python(),
         script: PathBuf::from("scripts/reference_generate.py"),
+        structure: Some(folk::metrical::python_port(&task.dataset().vocab)),
     };
     let r = bench_generate(&model, &checkpoint, &task, &cfg)?;
     if a.json {
@@ -104,6 +108,7 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
         reps: a.reps as usize,
         python: a.reference.python(),
         script: PathBuf::from("scripts/reference_learner.py"),
+        structure: Some(folk::metrical::python_port(&task.dataset().vocab)),
     };
     let r = bench_step(&settings.paths.base, &task, &cfg)?;
     if a.json {

@@ -18,7 +18,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let cfg = a.sampling.config(a.max_new_tokens)?;
     let task =
         FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new()).with_qpm(a.qpm);
-    let (_vs, model, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let (_vs, model, _ck) = load_policy(&a.checkpoint, &task, device)?;
     let (prompt, unknown) = task.dataset().vocab.encode_prompt(&a.prompt);
     if !unknown.is_empty() {
         eprintln!(
@@ -84,7 +84,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let device = a.scoring.compute.apply()?;
     let sampling = a.sampling.config(a.scoring.max_new_tokens)?;
     let task = FolkTask::open(&a.scoring.data, &a.scoring.embedder, &a.scoring.judge)?;
-    let (_p, policy, _ck) = load_policy(&a.checkpoint, &task.vocab_hash(), device)?;
+    let (_p, policy, _ck) = load_policy(&a.checkpoint, &task, device)?;
     let embedder = task.embedder(device)?;
     let judge = task.judge(device)?;
     let cfg = EvalConfig {
@@ -111,8 +111,8 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let judge = task.judge(device)?;
     let mut reports = Vec::new();
     for (name, side) in [("A", &a.a), ("B", &a.b)] {
-        let (_p, policy, _ck) = load_policy(&side.checkpoint, &task.vocab_hash(), device)
-            .with_context(|| format!("side {name}"))?;
+        let (_p, policy, _ck) =
+            load_policy(&side.checkpoint, &task, device).with_context(|| format!("side {name}"))?;
         let cfg = EvalConfig {
             k: a.k as usize,
             prompts: Some(a.prompts as usize),
@@ -183,10 +183,14 @@ pub fn merge(a: MergeArgs) -> Result<()> {
 
 /// The PyTorch module `qd export` ships (the same file qd's PyTorch references use).
 const QD_MODEL_PY: &str = include_str!("../../scripts/qd_model.py");
+/// The folk task's metrical position in Python (`folk::metrical`), shipped beside it.
+const FOLK_METRICAL_PY: &str = include_str!("../../scripts/folk_metrical.py");
 
 pub fn export(a: ModelExportArgs) -> Result<()> {
-    let ds = Dataset::load(&a.data)?;
-    let (vs, _model, ck) = load_policy(&a.checkpoint, &ds.vocab.hash(), tch::Device::Cpu)?;
+    // The task's vocabulary and structure; its embedder and judge are not needed.
+    let task = FolkTask::new(Dataset::load(&a.data)?, PathBuf::new(), PathBuf::new());
+    let ds = task.dataset();
+    let (vs, _model, ck) = load_policy(&a.checkpoint, &task, tch::Device::Cpu)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // The weights alone: no optimizer state, whatever the checkpoint held.
     model::checkpoint::save(
@@ -211,6 +215,10 @@ pub fn export(a: ModelExportArgs) -> Result<()> {
         "eos": vocabulary.eos,
         "generatable": vocabulary.allowed,
         "input": "[prompt word ids] <sep> [tune ids]; the logits at each position predict the next id",
+        "structure": ck.meta.config.structure.as_ref().map(|s| serde_json::json!({
+            "name": s.name,
+            "features": "folk_metrical.py (Metrical(vocab, generatable).batch(ids, sep))",
+        })),
     });
     let vocab: Vec<String> = (0..ds.vocab.len() as u32)
         .map(|id| ds.vocab.text(id))
@@ -219,11 +227,12 @@ pub fn export(a: ModelExportArgs) -> Result<()> {
         ("config.json", serde_json::to_vec_pretty(&config)?),
         ("vocab.json", serde_json::to_vec_pretty(&vocab)?),
         ("qd_model.py", QD_MODEL_PY.as_bytes().to_vec()),
+        ("folk_metrical.py", FOLK_METRICAL_PY.as_bytes().to_vec()),
     ] {
         model::fsutil::write_atomic(&a.out.join(name), &bytes)?;
     }
     println!(
-        "wrote {}: model.safetensors, config.json, vocab.json, qd_model.py \
+        "wrote {}: model.safetensors, config.json, vocab.json, qd_model.py, folk_metrical.py \
          (python -c 'import qd_model; m = qd_model.load(\"{}\")')",
         a.out.display(),
         a.out.display()

@@ -19,6 +19,7 @@ pub fn pretrain(a: PretrainArgs) -> Result<()> {
         data: a.data,
         out: a.out,
         preset: a.preset,
+        metrical: !a.no_metrical,
         steps: a.steps,
         until: a.until,
         batch_size: a.batch_size as usize,

@@ -211,6 +211,8 @@ impl<'a> Evaluator<'a> {
             }
             None => {
                 let t0 = Instant::now();
+                model::structure::check(&meta.config, self.task.vocabulary().structure.as_deref())
+                    .map_err(anyhow::Error::msg)?;
                 let mut vs = VarStore::new(self.cfg.device);
                 let policy = Transformer::new(&vs.root(), &meta.config);
                 Checkpoint::from_tensors(meta.clone(), tensors).load_into(&mut vs)?;

@@ -8,6 +8,7 @@ pub mod synthetic;
 use std::path::Path;
 
 use folk::dataset::COLLECTIONS;
+use model::structure::{Cursor, Structure, StructureSpec};
 
 /// Writes a corpus with every collection folder: 60 varied tunes, a duplicate and a few
 /// that are skipped.
@@ -60,20 +61,85 @@ pub fn fixture_dataset(dir: &Path) -> std::path::PathBuf {
 /// Vocabulary size of the random tiny models below.
 pub const VOCAB: usize = 40;
 
-/// A randomly initialised `tiny` policy over [`VOCAB`] ids, seeded.
+/// A randomly initialised `tiny` policy over [`VOCAB`] ids, seeded, that embeds the
+/// [`Toy`] structure (so that every path the tests run a policy through computes
+/// structure features).
 pub fn tiny(seed: i64) -> (tch::nn::VarStore, model::transformer::Transformer) {
     tch::manual_seed(seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = model::transformer::Transformer::new(
-        &vs.root(),
-        &model::config::Preset::Tiny.config(VOCAB),
-    );
+    let mut config = model::config::Preset::Tiny.config(VOCAB);
+    config.structure = Some(Toy.spec());
+    let model = model::transformer::Transformer::new(&vs.root(), &config);
     (vs, model)
+}
+
+/// The structure of the tiny models' outputs: after each id, how many ids were read (mod
+/// 3) and whether the last was even.
+#[derive(Debug)]
+pub struct Toy;
+
+impl Structure for Toy {
+    fn spec(&self) -> StructureSpec {
+        StructureSpec {
+            name: "toy-1".into(),
+            per_token: 2,
+            ids: 7,
+        }
+    }
+
+    fn start(&self) -> Box<dyn Cursor> {
+        Box::new(ToyCursor {
+            read: 0,
+            last: None,
+        })
+    }
+}
+
+struct ToyCursor {
+    read: u32,
+    last: Option<u32>,
+}
+
+impl Cursor for ToyCursor {
+    fn features(&self, out: &mut [i64]) {
+        out[0] = 1 + i64::from(self.read % 3);
+        out[1] = 4 + self.last.map_or(2, |id| i64::from(id % 2));
+    }
+
+    fn read(&mut self, id: u32) {
+        self.read += 1;
+        self.last = Some(id);
+    }
+}
+
+/// The [`Toy`] features `[B, T, 2]` of id rows as the tiny models take them: a row's ids
+/// after its `<sep>` (id 1) are its output, the ones before it the prompt (feature 0),
+/// and left padding (id 0 before any other id) is feature 0 too.
+pub fn toy_features(ids: &tch::Tensor) -> tch::Tensor {
+    let rows = Vec::<Vec<i64>>::try_from(ids).unwrap();
+    let t = rows.first().map_or(0, Vec::len);
+    let (mut f, mut starts) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let lead = r.iter().take_while(|&&x| x == 0).count();
+        let sep = r.iter().position(|&x| x == 1).unwrap_or(t);
+        let output: Vec<u32> = r
+            .get(sep + 1..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
+        let prompt_len = sep.min(t) - lead.min(sep);
+        let mut row = model::structure::row_features(&Toy, prompt_len, &output);
+        row.truncate((t - lead) * 2);
+        f.push(row);
+        starts.push(lead);
+    }
+    model::structure::batch_tensor(&f, &starts, t, 2, ids.device())
 }
 
 /// The ids of the tiny models: 0 pad, 1 sep, 2 eos, 3 unk, 4..10 words, 10..40 tune tokens;
 /// for `CfgScope::Content`, ids 10..22 are "pitches" and 22..25 "keys" (positions 1..13
-/// and 13..16 of the allowed ids).
+/// and 13..16 of the allowed ids); their structure is [`Toy`].
 pub fn vocabulary() -> model::sampling::Vocabulary {
     model::sampling::Vocabulary {
         pad: 0,
@@ -81,6 +147,7 @@ pub fn vocabulary() -> model::sampling::Vocabulary {
         eos: 2,
         allowed: std::iter::once(2).chain(10..VOCAB as u32).collect(),
         content_groups: vec![(1..13).collect(), (13..16).collect()],
+        structure: Some(std::sync::Arc::new(Toy)),
     }
 }
 

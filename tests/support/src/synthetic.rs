@@ -47,6 +47,7 @@ impl Default for SyntheticTask {
                     .collect(),
                 // Content-scoped guidance re-weighs among the first four symbols.
                 content_groups: vec![(1..5).collect()],
+                structure: None,
             },
         }
     }
