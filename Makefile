@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build install test test-deploy lint demo paper bench gpu-check soak mutants clean
+.PHONY: setup build install test test-deploy lint demo paper curve teacher bench gpu-check soak mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -108,6 +108,47 @@ paper: setup
 	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md \
 	  runs/sweep/compare.txt docs/figures/
 	@echo "figures and tables: docs/figures/summary.md"
+
+## curve: pre-training's learning curve with and without the metrical position (the
+## budget of `make demo`'s base model): validation bar validity and quality at each of
+## CURVE_STEPS (`qd eval --split val`), drawn with `qd curve` into
+## docs/figures/pretrain-curve.{png,svg,csv}. Each arm resumes where it stopped, and
+## evaluations are kept: re-runs redo nothing. About 50 minutes on 2 cores.
+CURVE_STEPS := 500 1000 2000 3000 4000
+CURVE_PROMPTS := 100
+curve: install | data/folk/dataset.json
+	@$(MAKE) --no-print-directory runs/embedder.safetensors runs/judge.safetensors
+	@for arm in metrical plain; do \
+	  flag=$$([ $$arm = plain ] && echo --no-metrical); d=runs/curve/$$arm; \
+	  for u in $(CURVE_STEPS); do test -f $$d/eval-$$u.json && continue; \
+	    $(QD) pretrain --until $$u --out $$d $$flag --no-progress || exit 1; \
+	    $(QD) eval --checkpoint $$d/last.safetensors --split val --prompts $(CURVE_PROMPTS) \
+	      --json --no-progress > $$d/eval-$$u.json.tmp || exit 1; \
+	    mv $$d/eval-$$u.json.tmp $$d/eval-$$u.json; \
+	  done; done
+	$(QD) curve runs/curve/metrical runs/curve/plain --out docs/figures/pretrain-curve
+
+## teacher: claim 1 on the validation split, which the default teacher is chosen from
+## (`qd compare`, 200 prompts × 2 samples a side, paired, 95% intervals): standard CFG,
+## content-scoped CFG, the plausibility constraint alone and guidance with the constraint,
+## each against unguided sampling of the base model, and guidance with the constraint
+## against the constraint alone; runs/teacher/<name>.txt. About 5 minutes.
+TEACHER_PROMPTS := 200
+TEACHER_ARMS := cfg-all:cfg=3,scope=all:none cfg-content:cfg=3,scope=content:none \
+	plausibility:cfg=1,plausibility=0.1:none \
+	cfg-all-plausibility:cfg=3,scope=all,plausibility=0.1:none \
+	cfg-content-plausibility:cfg=3,scope=content,plausibility=0.1:none \
+	guidance-over-plausibility:cfg=3,scope=content,plausibility=0.1:cfg=1,plausibility=0.1 \
+	all-guidance-over-plausibility:cfg=3,scope=all,plausibility=0.1:cfg=1,plausibility=0.1
+teacher: install | data/folk/dataset.json
+	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
+	@mkdir -p runs/teacher
+	@for arm in $(TEACHER_ARMS); do IFS=: read -r name a b <<< "$$arm"; \
+	  side() { [ "$$1" = none ] && echo $(BASE) || echo "$(BASE)@$$1"; }; \
+	  echo "teacher: $$name"; \
+	  $(QD) compare "$$(side $$a)" "$$(side $$b)" --split val --prompts $(TEACHER_PROMPTS) \
+	    --no-progress | tee runs/teacher/$$name.txt || exit 1; \
+	done
 
 data/folk/dataset.json: | setup
 	$(QD) data prepare

@@ -97,6 +97,10 @@ pub enum Command {
     /// temperatures, every run's student, LERP from the β = 0 student to the most diverse
     /// student and to the base model, and the average of all students.
     Sweep(SweepArgs),
+    /// Learning curves: held-out quality and bar validity of checkpoints against their
+    /// step, from `qd eval --json` reports saved as `<run folder>/eval-<step>.json`, one
+    /// line per folder (`make curve`).
+    Curve(CurveArgs),
     /// Probe a qd process: gRPC health (`host:port`, the learner) or an HTTP endpoint
     /// (`http://host:port/metrics`, every process); exit 0 when it is healthy.
     Health(HealthArgs),
@@ -326,9 +330,10 @@ pub struct SamplingArgs {
     /// Classifier-free guidance strength γ (1: none; omit for plain sampling).
     #[arg(long = "cfg")]
     pub cfg_gamma: Option<f64>,
-    /// With --cfg: draw only ids whose conditional probability is at least this share of
-    /// the most likely id's (e.g. 0.1; omit to allow every id).
-    #[arg(long, requires = "cfg_gamma", value_parser = parse_share)]
+    /// Draw only ids whose conditional probability is at least this share of the most
+    /// likely id's (e.g. 0.1; omit to allow every id): before guidance with --cfg, alone a
+    /// truncation of plain sampling.
+    #[arg(long, value_parser = parse_share)]
     pub cfg_plausibility: Option<f64>,
     /// With --cfg: what guidance re-weighs: `all` ids (standard CFG) or only the `content`
     /// (which pitch, key, meter; the rhythm and bar lines stay conditional).
@@ -395,6 +400,10 @@ pub struct SampleArgs {
 /// and output.
 #[derive(Debug, Args)]
 pub struct ScoringArgs {
+    /// The held-out split the prompts come from: val while choosing settings, test for
+    /// the final word.
+    #[arg(long, default_value = "test", value_parser = held_out_split)]
+    pub split: Split,
     #[arg(long, default_value = "runs/embedder.safetensors")]
     pub embedder: PathBuf,
     #[arg(long, default_value = "runs/judge.safetensors")]
@@ -428,7 +437,8 @@ pub struct EvalArgs {
     /// Samples per prompt.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub k: u32,
-    /// Use only the first N test prompts (default: all).
+    /// Use N prompts of the split, drawn in proportion to its collections, the same N for
+    /// every call (default: all).
     #[arg(long)]
     pub prompts: Option<usize>,
     #[command(flatten)]
@@ -443,7 +453,7 @@ pub struct CompareArgs {
     pub a: eval::compare::Side,
     /// Side B, the same form.
     pub b: eval::compare::Side,
-    /// Held-out test prompts (the first ones of the split).
+    /// Held-out prompts: N of the split, drawn in proportion to its collections.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..))]
     pub prompts: u32,
     /// Samples per prompt on each side (a pair, as the reward and the raters saw them).
@@ -715,7 +725,11 @@ pub struct SweepArgs {
     /// The prepared dataset.
     #[arg(long, default_value = "data/folk")]
     pub data: PathBuf,
-    /// Held-out test prompts (the first N of the test split).
+    /// The held-out split the prompts come from: val while choosing settings, test for
+    /// the final word.
+    #[arg(long, default_value = "test", value_parser = held_out_split)]
+    pub split: Split,
+    /// Held-out prompts: N of the split, drawn in proportion to its collections.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
     pub prompts: u32,
     /// Samples per prompt.
@@ -755,6 +769,19 @@ pub struct SweepArgs {
     pub compute: ComputeArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct CurveArgs {
+    /// Run folders, each holding `eval-<step>.json` reports.
+    #[arg(required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Output stem: STEM.png, STEM.svg and STEM.csv.
+    #[arg(long, default_value = "runs/curve/curve")]
+    pub out: PathBuf,
+    /// The figure's title.
+    #[arg(long, default_value = "held-out quality against pre-training steps")]
+    pub title: String,
+}
+
 /// The configuration of a service role.
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -775,5 +802,13 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     pub fn settings(&self) -> Result<Settings> {
         Settings::load(self.config.as_deref(), &self.set)
+    }
+}
+
+/// A held-out split (`val` or `test`): evaluation never runs on the training prompts.
+fn held_out_split(s: &str) -> Result<Split, String> {
+    match s.parse()? {
+        Split::Train => Err("evaluation takes a held-out split: val or test".into()),
+        split => Ok(split),
     }
 }

@@ -56,6 +56,7 @@ fn main() -> Result<()> {
         Command::Export(a) => models::export(a),
         Command::Merge(a) => models::merge(a),
         Command::Sweep(a) => sweep::sweep(a),
+        Command::Curve(a) => sweep::curve(a),
         Command::Health(a) => service::health(&a),
         Command::Info { json } => commands::info(json),
     }

@@ -134,6 +134,7 @@ async fn learner_and_actor_train_a_second_task_over_grpc() {
     let embedder = task.embedder(tch::Device::Cpu).unwrap();
     let judge = task.judge(tch::Device::Cpu).unwrap();
     let cfg = EvalConfig {
+        split: model::task::Split::Test,
         k: 2,
         prompts: None,
         batch: 8,

@@ -64,6 +64,7 @@ fn evaluations(
     let judge = setup.task.judge(setup.device)?;
     let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
     let cfg = EvalConfig {
+        split: e.split,
         k: e.samples_per_prompt,
         prompts: Some(e.prompts),
         batch: 64,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
 use model::sampling::CfgScope;
+use model::task::Split;
 use serde::{Deserialize, Serialize};
 
 /// Every setting of every role.
@@ -262,7 +263,11 @@ impl Default for ActorSettings {
 pub struct EvaluatorSettings {
     /// Evaluate a version when it is at least this many past the last one evaluated.
     pub every_versions: u64,
-    /// Held-out test prompts evaluated.
+    /// The held-out split evaluated (`val` by default: the evaluator's numbers are for
+    /// watching and developing a run; `test` gives the final word once).
+    pub split: Split,
+    /// Held-out prompts evaluated: a sample of the split drawn in proportion to its
+    /// strata (the folk task's collections), the same at every version.
     pub prompts: usize,
     /// Samples per prompt (at least 2).
     pub samples_per_prompt: usize,
@@ -278,6 +283,7 @@ impl Default for EvaluatorSettings {
     fn default() -> EvaluatorSettings {
         EvaluatorSettings {
             every_versions: 25,
+            split: Split::Val,
             prompts: 32,
             samples_per_prompt: 2,
             max_new_tokens: 256,
@@ -665,6 +671,12 @@ impl Settings {
             "evaluator.every_versions",
             "must be at least 1",
             e.every_versions.to_string(),
+        );
+        check(
+            e.split != Split::Train,
+            "evaluator.split",
+            "must be a held-out split (val or test)",
+            format!("{:?}", e.split).to_lowercase(),
         );
         check(
             e.prompts >= 1,

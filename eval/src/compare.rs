@@ -198,8 +198,11 @@ pub struct Comparison {
     pub quality: WinRates,
     /// Per prompt: the embedding diversity of each side's samples.
     pub diversity: WinRates,
-    /// Mean differences A − B, paired over prompts.
+    /// Mean differences A − B, paired over prompts: quality, its two factors, and the
+    /// embedding diversity.
     pub quality_difference: Difference,
+    pub adherence_difference: Difference,
+    pub validity_difference: Difference,
     pub diversity_difference: Difference,
     pub a_report: EvalReport,
     pub b_report: EvalReport,
@@ -222,6 +225,8 @@ impl Comparison {
             quality: WinRates::of(&pa.quality, &pb.quality),
             diversity: WinRates::of(&pa.embed_diversity, &pb.embed_diversity),
             quality_difference: paired_difference(&pb.quality, &pa.quality),
+            adherence_difference: paired_difference(&pb.adherence, &pa.adherence),
+            validity_difference: paired_difference(&pb.validity, &pa.validity),
             diversity_difference: paired_difference(&pb.embed_diversity, &pa.embed_diversity),
             a,
             b,
@@ -254,7 +259,9 @@ impl Comparison {
              95% intervals by bootstrap over prompts\n\n\
              {:<10} {:<22} {:<22} {:<22} {}\n{}{}\n\
              mean A − B: quality {}, embedding diversity {}\n\
-             A: quality {:.4}, embedding diversity {:.4}; B: quality {:.4}, embedding diversity {:.4}\n",
+             \x20           adherence {}, validity {}\n\
+             A: quality {:.4} (adherence {:.3}, validity {:.3}), embedding diversity {:.4}\n\
+             B: quality {:.4} (adherence {:.3}, validity {:.3}), embedding diversity {:.4}\n",
             self.a,
             self.b,
             self.prompts,
@@ -268,9 +275,15 @@ impl Comparison {
             line("diversity", &self.diversity),
             self.quality_difference.text(4),
             self.diversity_difference.text(4),
+            self.adherence_difference.text(3),
+            self.validity_difference.text(3),
             self.a_report.quality,
+            self.a_report.adherence,
+            self.a_report.validity,
             self.a_report.embed_diversity,
             self.b_report.quality,
+            self.b_report.adherence,
+            self.b_report.validity,
             self.b_report.embed_diversity,
         )
     }

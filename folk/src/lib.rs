@@ -5,6 +5,7 @@
 //! - [`task`]: the task behind the method's boundary ([`model::task::Task`]);
 //! - [`music`]: durations, meters, keys and pitches;
 //! - [`abc`]: the ABC parser (text → tokens, or a skip reason);
+//! - [`abc2midi`]: bar lengths as `abc2midi`, a parser not the project's own, checks them;
 //! - [`tune`]: the token type and its grouping into notes;
 //! - [`bars`]: bar-length accounting against the meter;
 //! - [`metrical`]: where each token falls in its bar, the structure policies embed;
@@ -17,6 +18,7 @@
 //! - [`judge`]: the quality judge and `qd judge train` (attributes × bar validity).
 
 pub mod abc;
+pub mod abc2midi;
 pub mod bars;
 pub mod caption;
 pub mod dataset;

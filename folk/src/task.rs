@@ -131,6 +131,7 @@ impl Task for FolkTask {
             .map(|r| Prompt {
                 ids: r.prompt.clone(),
                 reference: Some(r.tune.clone()),
+                stratum: r.collection.clone(),
             })
             .collect()
     }
@@ -181,6 +182,21 @@ impl Task for FolkTask {
             Err(e) => written.note = Some(format!("not well-formed enough for MIDI: {e}")),
         }
         Ok(written)
+    }
+
+    fn external_validity(&self, samples: &[&[u32]]) -> Result<Option<Vec<f64>>> {
+        if !crate::abc2midi::available() {
+            tracing::warn!(
+                "abc2midi is not installed (`make setup` installs it): no outside bar check"
+            );
+            return Ok(None);
+        }
+        // A sample that does not decode has no bars to check.
+        let tunes: Vec<Vec<Token>> = samples
+            .iter()
+            .map(|s| self.ds.vocab.decode_tune(s).unwrap_or_default())
+            .collect();
+        crate::abc2midi::bar_shares(&tunes).map(Some)
     }
 
     fn fingerprint(&self) -> Result<String> {

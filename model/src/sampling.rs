@@ -22,8 +22,9 @@ pub struct SamplingConfig {
     pub top_k: Option<usize>,
     /// CFG strength γ (`None`: plain conditional sampling, one forward row per prompt).
     pub cfg_gamma: Option<f64>,
-    /// With CFG, only ids whose conditional probability is at least this share of the
-    /// most likely id's may be drawn (see [`guide`]; `None`: every id).
+    /// Only ids whose conditional probability is at least this share of the most likely
+    /// id's may be drawn (`None`: every id): with CFG before guidance (see [`guide`]),
+    /// without it a truncation of the conditional distribution.
     pub cfg_plausibility: Option<f64>,
     /// Which choices CFG re-weighs (see [`CfgScope`]).
     pub cfg_scope: CfgScope,
@@ -264,6 +265,8 @@ impl<'a> Decoder<'a> {
                 let (c, u) = (l.narrow(0, 0, b), l.narrow(0, b, b));
                 guide(&c, &u, gamma, self.plausibility, &self.groups)
             }
+            // The constraint alone: guidance with γ = 1 is the conditional distribution.
+            None if self.plausibility.is_some() => guide(&l, &l, 1.0, self.plausibility, &[]),
             None => l,
         }
     }

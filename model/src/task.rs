@@ -9,7 +9,8 @@
 //!   has one;
 //! - the **embedder** whose `1 − cos` between two samples of a prompt is the diversity
 //!   reward and the diversity metric ([`Embedder`]);
-//! - the **judge** that scores a sample for its prompt at evaluation time ([`Judge`]);
+//! - the **judge** that scores a sample for its prompt at evaluation time ([`Judge`]),
+//!   and optionally a validity check by a tool outside the project;
 //! - how a sample is **written for people** to open.
 //!
 //! The actor, learner, evaluator, merging and sweep take an `Arc<dyn Task>` and nothing
@@ -33,6 +34,18 @@ pub enum Split {
     Test,
 }
 
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Split, String> {
+        match s {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
+            _ => Err(format!("unknown split {s:?} (expected train, val or test)")),
+        }
+    }
+}
+
 /// One prompt of a split.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prompt {
@@ -41,6 +54,9 @@ pub struct Prompt {
     /// A real output for this prompt (the judge's score of it is what a perfect policy
     /// would reach), if the task has one.
     pub reference: Option<Vec<u32>>,
+    /// Where the prompt comes from (the folk task: its tune's collection): evaluation
+    /// draws its prompts in proportion to the strata, and reports each stratum.
+    pub stratum: String,
 }
 
 /// The two factors of a sample's quality; quality is their product, in [0, 1].
@@ -83,6 +99,12 @@ pub trait Task: Send + Sync + std::fmt::Debug {
         sample: &[u32],
         stem: &Path,
     ) -> Result<Written>;
+    /// Validity of samples as a checker outside the project finds it (the folk task: the
+    /// share of bars `abc2midi` does not warn about), one value per sample (NaN for one
+    /// with nothing to check); `None` where the task has no such checker.
+    fn external_validity(&self, _samples: &[&[u32]]) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
     /// A fingerprint of everything evaluating on this task depends on besides the policy
     /// (prompts, references, embedder and judge weights): caches of evaluations key on it.
     fn fingerprint(&self) -> Result<String>;

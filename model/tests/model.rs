@@ -160,6 +160,40 @@ fn cfg_gamma_one_samples_as_conditional() {
     }
 }
 
+/// The plausibility constraint without guidance truncates plain sampling: the same draws
+/// as CFG with γ = 1 and the constraint (one forward row a prompt instead of two), other
+/// draws than no constraint, and never an id below α times the most likely one.
+#[test]
+fn plausibility_alone_truncates_plain_sampling() {
+    let (_vs, model) = tiny(3);
+    let seeds = [11, 12, 13, 14];
+    let cfg = |gamma, plausibility| SamplingConfig {
+        cfg_gamma: gamma,
+        cfg_plausibility: plausibility,
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    let draw = |c: &SamplingConfig| sample(&model, &prompts(), &seeds, &vocabulary(), c).unwrap();
+    let alone = draw(&cfg(None, Some(0.3)));
+    assert_eq!(alone.tokens, draw(&cfg(Some(1.0), Some(0.3))).tokens);
+    assert_ne!(alone.tokens, draw(&cfg(None, None)).tokens);
+    let scored = model::sampling::guided_logprobs(
+        &model,
+        &prompts(),
+        &alone.tokens,
+        &vocabulary(),
+        &cfg(None, None),
+    )
+    .unwrap();
+    for (row, ids) in scored.iter().zip(&alone.tokens) {
+        for (dist, id) in row.iter().zip(ids) {
+            let best = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let a = vocabulary().allowed.iter().position(|x| x == id).unwrap();
+            assert!(dist[a] >= best + 0.3f32.ln() - 1e-5, "{id} below the cut");
+        }
+    }
+}
+
 #[test]
 fn batched_sampling_equals_one_at_a_time() {
     let (_vs, model) = tiny(4);

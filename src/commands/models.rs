@@ -88,6 +88,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let embedder = task.embedder(device)?;
     let judge = task.judge(device)?;
     let cfg = EvalConfig {
+        split: a.scoring.split,
         k: a.k as usize,
         prompts: a.prompts,
         batch: a.scoring.batch,
@@ -97,7 +98,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
     if a.scoring.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["by_stratum"] = serde_json::to_value(r.by_stratum())?;
+        println!("{v}");
     } else {
         print!("{}", r.table());
     }
@@ -114,6 +117,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         let (_p, policy, _ck) =
             load_policy(&side.checkpoint, &task, device).with_context(|| format!("side {name}"))?;
         let cfg = EvalConfig {
+            split: a.scoring.split,
             k: a.k as usize,
             prompts: Some(a.prompts as usize),
             batch: a.scoring.batch,

@@ -1,9 +1,10 @@
-//! `qd sweep`: CFG, temperature, the β-sweep students and weight interpolation, compared.
+//! `qd sweep`: CFG, temperature, the β-sweep students and weight interpolation, compared;
+//! `qd curve`: learning curves of evaluated checkpoints.
 
 use anyhow::Result;
 use folk::FolkTask;
 
-use crate::cli::SweepArgs;
+use crate::cli::{CurveArgs, SweepArgs};
 
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let device = a.compute.apply()?;
@@ -11,6 +12,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         runs: a.runs,
         base: a.base,
         out: a.out,
+        split: a.split,
         prompts: a.prompts as usize,
         samples: a.samples as usize,
         seed: a.seed,
@@ -49,5 +51,22 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     for png in &s.plots {
         println!("plot: {} (and .svg)", png.display());
     }
+    Ok(())
+}
+
+pub fn curve(a: CurveArgs) -> Result<()> {
+    let points = eval::curve::write_curves(&a.runs, &a.out, &a.title)?;
+    for p in &points {
+        println!(
+            "{:<12} step {:>6}  validity {:.3} {}  quality {:.4} {}",
+            p.run,
+            p.step,
+            p.validity,
+            p.validity_interval.text(3),
+            p.quality,
+            p.quality_interval.text(4)
+        );
+    }
+    println!("wrote {}.{{png,svg,csv}}", a.out.display());
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::evaluate::{evaluate, EvalConfig, EvalReport};
 use super::{Family, Point, Row, SweepConfig};
 
 /// Bumped when what a cached report means changes.
-const CACHE_FORMAT: u32 = 3;
+const CACHE_FORMAT: u32 = 4;
 
 /// A cached point (`out/points/<family>-<param>.json`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,6 +217,7 @@ impl<'a> Evaluator<'a> {
                 let policy = Transformer::new(&vs.root(), &meta.config);
                 Checkpoint::from_tensors(meta.clone(), tensors).load_into(&mut vs)?;
                 let eval = EvalConfig {
+                    split: self.cfg.split,
                     k: self.cfg.samples,
                     prompts: Some(self.cfg.prompts),
                     batch: self.cfg.batch,
@@ -293,7 +294,9 @@ fn context_key(cfg: &SweepConfig, task: &dyn Task) -> Result<String> {
         "format": CACHE_FORMAT,
         "task": task.name(),
         "task_fingerprint": task.fingerprint()?,
+        "split": cfg.split,
         "prompts": cfg.prompts,
+        "prompt_sample": "stratified",
         "samples": cfg.samples,
         "seed": cfg.seed,
         "batch": cfg.batch,

@@ -58,7 +58,10 @@ pub struct SweepConfig {
     pub runs: Vec<PathBuf>,
     pub base: PathBuf,
     pub out: PathBuf,
-    /// Held-out test prompts (the first ones of the split).
+    /// The held-out split the prompts come from.
+    pub split: Split,
+    /// Held-out prompts: a stratified sample of the split
+    /// (`crate::evaluate::select_prompts`), the same for every point.
     pub prompts: usize,
     /// Samples per prompt.
     pub samples: usize,
@@ -366,9 +369,12 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
             "--prompts and --samples must be at least 2 (diversity compares samples and prompts)"
         );
     }
-    let test = task.prompts(Split::Test).len();
-    if test < 2 {
-        bail!("the task has {test} test prompts; the sweep needs 2");
+    let held_out = task.prompts(cfg.split).len();
+    if held_out < 2 {
+        bail!(
+            "the task has {held_out} {:?} prompts; the sweep needs 2",
+            cfg.split
+        );
     }
     let base = Checkpoint::read_for(&cfg.base, ModelKind::Policy, &task.vocab_hash())
         .with_context(|| format!("reading the base model {}", cfg.base.display()))?;

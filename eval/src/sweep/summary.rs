@@ -378,6 +378,7 @@ mod tests {
             param,
             seed: None,
             report: EvalReport {
+                split: model::task::Split::Test,
                 prompts: 2,
                 samples: 4,
                 quality,
@@ -398,7 +399,10 @@ mod tests {
                     validity: vec![0.5; 2],
                     embed_diversity: vec![diversity; 2],
                     edit_diversity: vec![diversity; 2],
+                    external_validity: vec![],
                 },
+                strata: vec!["a".into(); 2],
+                external_validity: None,
             },
         }
     }
@@ -426,6 +430,7 @@ mod tests {
             runs: vec![],
             base: PathBuf::from("base.safetensors"),
             out: PathBuf::new(),
+            split: model::task::Split::Test,
             prompts: 2,
             samples: 4,
             seed: 0,

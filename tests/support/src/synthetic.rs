@@ -84,6 +84,8 @@ impl Task for SyntheticTask {
             .map(|k| Prompt {
                 ids: vec![FIRST_WORD + k],
                 reference: Some(vec![FIRST_SYMBOL + k; 4]),
+                // Two strata, so that evaluation's stratified draw has something to do.
+                stratum: if k % 2 == 0 { "even" } else { "odd" }.into(),
             })
             .collect()
     }
