@@ -64,7 +64,7 @@ demo: install
 	$(QD) data export --split test -n 2 --out samples/corpus > /dev/null
 	@for p in $(DEMO_PROMPTS); do \
 	  d=samples/$$(echo "$$p" | tr ' /' '-_'); echo "tunes for \"$$p\" → $$d/"; \
-	  $(QD) sample "$$p" -n 2 --cfg 3 --cfg-scope content --cfg-plausibility 0.1 --out $$d/base-cfg3 > /dev/null && \
+	  $(QD) sample "$$p" -n 2 --cfg 3 --cfg-scope content --out $$d/base-cfg3 > /dev/null && \
 	  $(QD) sample "$$p" -n 2 --checkpoint $(STUDENT) --out $$d/beta0 > /dev/null && \
 	  $(QD) sample "$$p" -n 2 --checkpoint $(MERGED) --out $$d/merged > /dev/null || exit 1; \
 	done
@@ -90,7 +90,7 @@ SEEDS := 0 1 2
 PAPER_PROMPTS := 200
 # The runs' teacher, as `qd compare` writes an operating point (the side-by-side test of
 # the merged model against it).
-TEACHER := cfg=3,scope=content,plausibility=0.1
+TEACHER := cfg=3,scope=content
 PAPER_RUNS := $(foreach b,$(BETAS),$(foreach s,$(SEEDS),runs/rl/beta-$(b)-seed-$(s)))
 paper: setup
 	@$(MAKE) --no-print-directory data/folk/dataset.json
@@ -109,24 +109,26 @@ paper: setup
 	  runs/sweep/compare.txt docs/figures/
 	@echo "figures and tables: docs/figures/summary.md"
 
-## curve: pre-training's learning curve with and without the metrical position (the
-## budget of `make demo`'s base model): validation bar validity and quality at each of
-## CURVE_STEPS (`qd eval --split val`), drawn with `qd curve` into
+## curve: pre-training's learning curve with and without the metrical position, and with
+## REMI position tokens instead: validation bar validity and quality at each of CURVE_STEPS
+## of one CURVE_TOTAL-step schedule (`qd eval --split val`), drawn with `qd curve` into
 ## docs/figures/pretrain-curve.{png,svg,csv}. Each arm resumes where it stopped, and
-## evaluations are kept: re-runs redo nothing. About 50 minutes on 2 cores.
+## evaluations are kept: re-runs redo nothing. About 75 minutes on 2 cores.
+CURVE_TOTAL := 4000
 CURVE_STEPS := 500 1000 2000 3000 4000
 CURVE_PROMPTS := 100
 curve: install | data/folk/dataset.json
 	@$(MAKE) --no-print-directory runs/embedder.safetensors runs/judge.safetensors
-	@for arm in metrical plain; do \
-	  flag=$$([ $$arm = plain ] && echo --no-metrical); d=runs/curve/$$arm; \
+	@for arm in metrical plain remi; do d=runs/curve/$$arm; \
+	  case $$arm in plain) train=--no-metrical eval=;; remi) train=--remi eval=--remi;; \
+	    *) train= eval=;; esac; \
 	  for u in $(CURVE_STEPS); do test -f $$d/eval-$$u.json && continue; \
-	    $(QD) pretrain --until $$u --out $$d $$flag --no-progress || exit 1; \
-	    $(QD) eval --checkpoint $$d/last.safetensors --split val --prompts $(CURVE_PROMPTS) \
+	    $(QD) pretrain --steps $(CURVE_TOTAL) --until $$u --out $$d $$train --no-progress || exit 1; \
+	    $(QD) eval --checkpoint $$d/last.safetensors --split val --prompts $(CURVE_PROMPTS) $$eval \
 	      --json --no-progress > $$d/eval-$$u.json.tmp || exit 1; \
 	    mv $$d/eval-$$u.json.tmp $$d/eval-$$u.json; \
 	  done; done
-	$(QD) curve runs/curve/metrical runs/curve/plain --out docs/figures/pretrain-curve
+	$(QD) curve runs/curve/metrical runs/curve/plain runs/curve/remi --out docs/figures/pretrain-curve
 
 ## teacher: claim 1 on the validation split, which the default teacher is chosen from
 ## (`qd compare`, 200 prompts × 2 samples a side, paired, 95% intervals): standard CFG,

@@ -214,8 +214,13 @@ pub struct PretrainArgs {
     /// beside the token): the comparison `docs/results.md` reports.
     #[arg(long)]
     pub no_metrical: bool,
+    /// Train on explicit position tokens in the sequence instead (REMI: the onset of every
+    /// note as a token before it; no metrical embedding): the alternative `make curve`
+    /// measures. Evaluate such a policy with `qd eval --remi`.
+    #[arg(long)]
+    pub remi: bool,
     /// Total training steps (the learning-rate schedule spans them).
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Stop after this step for now; the same command without it continues the run.
     #[arg(long)]
@@ -441,6 +446,10 @@ pub struct EvalArgs {
     /// every call (default: all).
     #[arg(long)]
     pub prompts: Option<usize>,
+    /// The policy was pre-trained with `qd pretrain --remi` (position tokens in its
+    /// samples, dropped before they are judged).
+    #[arg(long)]
+    pub remi: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]

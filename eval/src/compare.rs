@@ -255,7 +255,7 @@ impl Comparison {
             )
         };
         format!(
-            "A: {}\nB: {}\n{} held-out prompts × {} samples a side, the same prompts and seeds; \
+            "A: {}\nB: {}\n{} held-out prompts ({} split) × {} samples a side, the same prompts and seeds; \
              95% intervals by bootstrap over prompts\n\n\
              {:<10} {:<22} {:<22} {:<22} {}\n{}{}\n\
              mean A − B: quality {}, embedding diversity {}\n\
@@ -265,6 +265,7 @@ impl Comparison {
             self.a,
             self.b,
             self.prompts,
+            self.a_report.split,
             self.samples,
             "",
             "A wins",

@@ -58,7 +58,11 @@ pub struct EvalReport {
     pub validity: f64,
     /// The judge's quality of the task's reference outputs (the real held-out tunes) for
     /// their own prompts: what a perfect policy would score (NaN without references).
+    #[serde(deserialize_with = "crate::stats::nan_if_null")]
     pub quality_of_real_tunes: f64,
+    /// Their validity (NaN without references).
+    #[serde(default = "nan", deserialize_with = "crate::stats::nan_if_null")]
+    pub validity_of_real_tunes: f64,
     pub embed_diversity: f64,
     pub edit_diversity: f64,
     pub embed_diversity_across: f64,
@@ -87,13 +91,19 @@ pub struct EvalReport {
 /// real held-out outputs.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ExternalValidity {
+    #[serde(deserialize_with = "crate::stats::nan_if_null")]
     pub mean: f64,
     pub interval: Interval,
+    #[serde(deserialize_with = "crate::stats::nan_if_null")]
     pub of_real_tunes: f64,
 }
 
 fn test_split() -> Split {
     Split::Test
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// One stratum's share of a report: its means with their 95% intervals.
@@ -120,7 +130,7 @@ pub struct PerPrompt {
     pub edit_diversity: Vec<f64>,
     /// The outside checker's validity (empty without one; NaN for a prompt none of whose
     /// samples had anything to check).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::stats::nans_if_null")]
     pub external_validity: Vec<f64>,
 }
 
@@ -234,7 +244,10 @@ pub fn evaluate(
         .into_iter()
         .map(|i| (i, &all[i]))
         .collect();
-    ensure!(!prompts.is_empty(), "the task has no {split:?} prompts");
+    ensure!(
+        !prompts.is_empty(),
+        "the task has no {split} prompts to evaluate (choose the split: --split, evaluator.split)"
+    );
     let k = cfg.k.max(2);
     let v = task.vocabulary();
     // Row r is sample r % k of prompt r / k, seeded by (seed, r).
@@ -279,13 +292,9 @@ pub fn evaluate(
         .iter()
         .filter_map(|(i, p)| p.reference.as_deref().map(|r| (*i, r)))
         .collect();
-    let quality_of_real_tunes = mean(
-        &judge
-            .scores(split, &references)?
-            .iter()
-            .map(|s| s.quality())
-            .collect::<Vec<_>>(),
-    );
+    let real = judge.scores(split, &references)?;
+    let quality_of_real_tunes = mean(&real.iter().map(|s| s.quality()).collect::<Vec<_>>());
+    let validity_of_real_tunes = mean(&real.iter().map(|s| s.validity).collect::<Vec<_>>());
     let mut scores = Vec::with_capacity(tunes.len());
     let mut z = Vec::new();
     for (i, chunk) in tunes.chunks(256).enumerate() {
@@ -370,6 +379,7 @@ pub fn evaluate(
         adherence: mean(&per_prompt.adherence),
         validity: mean(&per_prompt.validity),
         quality_of_real_tunes,
+        validity_of_real_tunes,
         embed_diversity: mean(&per_prompt.embed_diversity),
         edit_diversity: mean(&per_prompt.edit_diversity),
         embed_diversity_across: mean(&embed_div(&across)?),
@@ -434,9 +444,9 @@ impl EvalReport {
             );
         }
         format!(
-            "{:?} split: {} prompts × {} samples (95% intervals: bootstrap over prompts)\n\
+            "{} split: {} prompts × {} samples (95% intervals: bootstrap over prompts)\n\
              quality                 {:.4} {}   (real held-out tunes {:.4})\n\
-             = adherence × validity  {:.4} {} × {:.4} {} (means)\n\
+             = adherence × validity  {:.4} {} × {:.4} {} (means; real tunes' validity {:.3})\n\
              {}\
              embedding diversity     {:.4} {}   (across prompts {:.4})\n\
              edit diversity          {:.4} {}   (across prompts {:.4})\n\
@@ -453,6 +463,7 @@ impl EvalReport {
             self.intervals.adherence.text(3),
             self.validity,
             self.intervals.validity.text(3),
+            self.validity_of_real_tunes,
             match &self.external_validity {
                 Some(e) => format!(
                     "outside validity check  {:.3} {}   (real held-out tunes {:.3})\n",

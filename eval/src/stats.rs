@@ -17,8 +17,23 @@ const SEED: u64 = 0x5EED_B007;
 /// A 95% interval: `lo ≤ hi`, or both NaN when there is nothing to resample.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
+    #[serde(deserialize_with = "nan_if_null")]
     pub lo: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub hi: f64,
+}
+
+/// Reads a number JSON wrote as `null` (a NaN: a mean of nothing) back as NaN.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_if_null`] for each number of a list.
+pub fn nans_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|x| x.unwrap_or(f64::NAN))
+        .collect())
 }
 
 impl Interval {
@@ -201,6 +216,15 @@ mod tests {
         assert!((i.lo - (2.0 - half)).abs() < 1e-12 && (i.hi - (2.0 + half)).abs() < 1e-12);
         assert!(t_interval(&[1.0]).lo.is_nan());
         assert!(t_interval(&[1.0, f64::NAN]).lo.is_nan());
+    }
+
+    /// JSON writes NaN as `null`; a report read back (the sweep's cache) has it as NaN.
+    #[test]
+    fn nan_survives_json() {
+        let text = serde_json::to_string(&Interval::NAN).unwrap();
+        assert_eq!(text, r#"{"lo":null,"hi":null}"#);
+        let back: Interval = serde_json::from_str(&text).unwrap();
+        assert!(back.lo.is_nan() && back.hi.is_nan());
     }
 
     #[test]

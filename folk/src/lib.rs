@@ -9,6 +9,7 @@
 //! - [`tune`]: the token type and its grouping into notes;
 //! - [`bars`]: bar-length accounting against the meter;
 //! - [`metrical`]: where each token falls in its bar, the structure policies embed;
+//! - [`remi`]: the alternative measured against it, explicit position tokens (REMI);
 //! - [`render`], [`midi`]: tokens → ABC text, tokens → Standard MIDI File;
 //! - [`caption`]: attributes and prompts from metadata;
 //! - [`vocab`]: ids for prompt words and tune tokens;
@@ -28,6 +29,7 @@ pub mod metrical;
 pub mod midi;
 pub mod music;
 pub mod pretrain;
+pub mod remi;
 pub mod render;
 pub mod task;
 pub mod tune;

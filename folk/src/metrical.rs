@@ -32,7 +32,8 @@ pub const PER_TOKEN: usize = 4;
 
 /// Quarters of an eighth a position or a remainder is counted in, and its cap.
 const QUANTUM: i64 = 4;
-const CAP: i64 = 64;
+/// The largest count (16 eighths).
+pub const CAP: i64 = 64;
 /// The first id of each feature: 0 is "none", then each feature's header id and values.
 pub const POSITION: i64 = 1; // header, then 0..=CAP
 pub const REMAINING: i64 = POSITION + 2 + CAP; // header, overflow, then 0..=CAP
@@ -51,17 +52,8 @@ pub struct Metrical {
 
 impl Metrical {
     pub fn new(vocab: &Vocab) -> Metrical {
-        let tokens = (0..vocab.len() as u32)
-            .map(|id| {
-                vocab
-                    .tune_ids()
-                    .contains(&id)
-                    .then(|| vocab.decode_tune(&[id]).ok()?.first().copied())
-                    .flatten()
-            })
-            .collect();
         Metrical {
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(vocab.tokens_by_id()),
         }
     }
 }
@@ -147,6 +139,22 @@ impl State {
         }
     }
 
+    /// Where the next note or rest would start: the position with a waiting note counted
+    /// at its length so far (what REMI's position tokens name, `crate::remi`).
+    pub fn next_onset(&self) -> Dur {
+        self.position + self.waiting.unwrap_or(Dur::from_integer(0))
+    }
+
+    /// A duration in quarters of an eighth, as the features count it: 0 exactly, else at
+    /// least 1, at most the cap.
+    pub fn quanta(d: Dur) -> i64 {
+        if d == Dur::from_integer(0) {
+            0
+        } else {
+            (d * QUANTUM).floor().to_integer().clamp(1, CAP)
+        }
+    }
+
     fn commit(&mut self) {
         if let Some(d) = self.waiting.take() {
             self.position += d;
@@ -160,11 +168,7 @@ impl State {
             return;
         };
         let zero = Dur::from_integer(0);
-        let quanta = |d: Dur| match d {
-            d if d == zero => 0,
-            // Anything above 0 is at least one quantum, so 0 means exactly 0.
-            d => (d * QUANTUM).floor().to_integer().clamp(1, CAP),
-        };
+        let quanta = State::quanta;
         let remaining = meter.bar_len() - self.position;
         let beat_class = if self.position == zero {
             0

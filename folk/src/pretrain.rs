@@ -15,6 +15,7 @@ use tch::{Device, Tensor};
 use crate::caption::caption;
 use crate::dataset::{Dataset, Record, Split};
 use crate::metrical::Metrical;
+use crate::remi::{Remi, RemiTask};
 use crate::vocab::Vocab;
 use model::batch::{lm_batch, lm_loss_grouped, LmBatch};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
@@ -34,6 +35,10 @@ pub struct PretrainConfig {
     pub preset: Preset,
     /// Embed where each token falls in its bar (`crate::metrical`) beside the token.
     pub metrical: bool,
+    /// Train on the REMI encoding instead (`crate::remi`: position tokens in the
+    /// sequence, no metrical embedding): the alternative the metrical position is
+    /// measured against.
+    pub remi: bool,
     /// Total steps: the learning-rate schedule spans them.
     pub steps: u64,
     /// Stop after this step for now (a later run with the same settings continues).
@@ -77,18 +82,63 @@ pub fn model_config(preset: Preset, vocab: &Vocab, context: usize, metrical: boo
     c
 }
 
+/// What a run trains on: the folk task's ids, or their REMI encoding.
+struct Encoding {
+    vocabulary: Vocabulary,
+    vocab_size: usize,
+    vocab_hash: String,
+    remi: Option<Remi>,
+}
+
+impl Encoding {
+    fn new(vocab: &Vocab, remi: bool) -> Encoding {
+        if remi {
+            let task_vocabulary = RemiTask::vocabulary_of(vocab);
+            let r = Remi::new(vocab);
+            Encoding {
+                vocab_size: r.vocab_size(),
+                vocab_hash: Remi::vocab_hash(vocab),
+                vocabulary: task_vocabulary,
+                remi: Some(r),
+            }
+        } else {
+            Encoding {
+                vocabulary: crate::task::vocabulary(vocab),
+                vocab_size: vocab.len(),
+                vocab_hash: vocab.hash(),
+                remi: None,
+            }
+        }
+    }
+}
+
 /// The mean validation loss over the whole validation split (captions as stored).
-fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device) -> f64 {
-    let v = crate::task::vocabulary(&ds.vocab);
+fn val_loss(
+    model: &Transformer,
+    ds: &Dataset,
+    enc: &Encoding,
+    batch_size: usize,
+    device: Device,
+) -> f64 {
     let val: Vec<_> = ds.split(Split::Val).collect();
     let (mut sum, mut n) = (0.0, 0);
     tch::no_grad(|| {
         for chunk in val.chunks(batch_size) {
+            let tunes: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|r| encode(enc.remi.as_ref(), &r.tune))
+                .collect();
             let ex: Vec<(&[u32], &[u32])> = chunk
                 .iter()
-                .map(|r| (r.prompt.as_slice(), r.tune.as_slice()))
+                .zip(&tunes)
+                .map(|(r, t)| (r.prompt.as_slice(), t.as_slice()))
                 .collect();
-            let b = lm_batch(&ex, &v, (model.config.max_len - 1) as usize, device);
+            let b = lm_batch(
+                &ex,
+                &enc.vocabulary,
+                (model.config.max_len - 1) as usize,
+                device,
+            );
             sum += pretrain_loss(model, &b, false).double_value(&[]) * chunk.len() as f64;
             n += chunk.len();
         }
@@ -97,6 +147,14 @@ fn val_loss(model: &Transformer, ds: &Dataset, batch_size: usize, device: Device
         f64::NAN
     } else {
         sum / n as f64
+    }
+}
+
+/// A tune's ids as a run trains on them.
+fn encode(remi: Option<&Remi>, tune: &[u32]) -> Vec<u32> {
+    match remi {
+        Some(r) => r.encode(tune),
+        None => tune.to_vec(),
     }
 }
 
@@ -113,6 +171,8 @@ pub struct BatchSampler<'a> {
     pub cond_dropout: f64,
     /// Positions a training row may fill (the model's `max_len − 1`).
     pub max_len: usize,
+    /// Trains on the REMI encoding of the tunes.
+    pub remi: Option<&'a Remi>,
     pub seed: u64,
     pub device: Device,
 }
@@ -140,10 +200,11 @@ impl BatchSampler<'_> {
                 }
             })
             .collect();
+        let tunes: Vec<Vec<u32>> = picks.iter().map(|r| encode(self.remi, &r.tune)).collect();
         let ex: Vec<(&[u32], &[u32])> = prompts
             .iter()
-            .zip(&picks)
-            .map(|(p, r)| (p.as_slice(), r.tune.as_slice()))
+            .zip(&tunes)
+            .map(|(p, t)| (p.as_slice(), t.as_slice()))
             .collect();
         lm_batch(&ex, self.vocabulary, self.max_len, self.device)
     }
@@ -183,9 +244,16 @@ pub fn train_step(
 pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let ds = Dataset::load(&cfg.data)?;
     let train = ds.train_records(&cfg.data)?;
-    let model_cfg = model_config(cfg.preset, &ds.vocab, cfg.context, cfg.metrical);
+    let enc = Encoding::new(&ds.vocab, cfg.remi);
+    let mut model_cfg = model_config(
+        cfg.preset,
+        &ds.vocab,
+        cfg.context,
+        cfg.metrical && !cfg.remi,
+    );
+    model_cfg.vocab_size = enc.vocab_size as i64;
     model_cfg.validate().map_err(anyhow::Error::msg)?;
-    let vocab_hash = ds.vocab.hash();
+    let vocab_hash = enc.vocab_hash.clone();
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(cfg.device);
     let model = Transformer::new(&vs.root(), &model_cfg);
@@ -209,7 +277,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    tracing::info!(preset = ?cfg.preset, metrical = cfg.metrical, params, train = train.len(), steps = cfg.steps, "pre-training");
+    tracing::info!(preset = ?cfg.preset, metrical = model_cfg.structure.is_some(), remi = cfg.remi, params, train = train.len(), steps = cfg.steps, "pre-training");
 
     let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
     let bar = progress_bar(cfg.progress, end, step);
@@ -220,7 +288,6 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     };
     let start = Instant::now();
     let max_len = model_cfg.max_len as usize - 1;
-    let vocabulary = crate::task::vocabulary(&ds.vocab);
     let mut tokens_seen = 0usize;
     let mut val = f64::NAN;
     let mut train_loss = f64::NAN;
@@ -239,10 +306,11 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let sampler = BatchSampler {
         ds: &ds,
         train: &train,
-        vocabulary: &vocabulary,
+        vocabulary: &enc.vocabulary,
         batch_size: cfg.batch_size,
         cond_dropout: cfg.cond_dropout,
         max_len,
+        remi: enc.remi.as_ref(),
         seed: cfg.seed,
         device: cfg.device,
     };
@@ -257,7 +325,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
             bail!("training loss became {loss} at step {step}; lower --lr");
         }
         if step % cfg.eval_every == 0 || step == end {
-            val = val_loss(&model, &ds, 64, cfg.device);
+            val = val_loss(&model, &ds, &enc, 64, cfg.device);
             tracing::info!(
                 step,
                 train_loss = loss,

@@ -187,6 +187,18 @@ impl Vocab {
         Ok(out)
     }
 
+    /// Each id's tune token (`None` for specials and prompt words), indexed by id.
+    pub fn tokens_by_id(&self) -> Vec<Option<Token>> {
+        let range = self.tune_ids();
+        (0..self.len() as u32)
+            .map(|id| {
+                range
+                    .contains(&id)
+                    .then(|| self.tunes[(id - range.start) as usize])
+            })
+            .collect()
+    }
+
     /// A tune's ids without its leading header tokens (`M:`, `K:`): what the embedder
     /// and the judge read.
     pub fn body<'a>(&self, ids: &'a [u32]) -> &'a [u32] {

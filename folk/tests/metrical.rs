@@ -184,3 +184,52 @@ fn incremental_equals_from_scratch_on_the_corpus() {
     assert!(tunes > 11_000, "{tunes} tunes");
     eprintln!("{tunes} tunes, {checked} prefixes, {full_bars} full bars");
 }
+
+/// REMI's position tokens name each note's onset (the cursor's position), and dropping
+/// them gives the tune back.
+#[test]
+fn remi_positions_name_each_onset() {
+    use folk::remi::{Remi, POSITIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Dataset::load(&testkit::fixture_dataset(dir.path())).unwrap();
+    let remi = Remi::new(&ds.vocab);
+    assert_eq!(remi.vocab_size(), ds.vocab.len() + POSITIONS as usize);
+    assert_ne!(Remi::vocab_hash(&ds.vocab), ds.vocab.hash());
+    for r in &ds.records {
+        let encoded = remi.encode(&r.tune);
+        assert_eq!(remi.strip(&encoded), r.tune, "{}", r.id);
+        let toks = ds.vocab.decode_tune(&r.tune).unwrap();
+        let notes = toks
+            .iter()
+            .filter(|t| matches!(t, Token::Note(_) | Token::Rest))
+            .count();
+        assert_eq!(encoded.len(), r.tune.len() + notes);
+        // Each position token is the onset the state had reached before its note.
+        let mut state = State::default();
+        let mut it = encoded.iter();
+        for t in &toks {
+            if matches!(t, Token::Note(_) | Token::Rest) {
+                let p = *it.next().unwrap();
+                assert!(remi.is_position(p));
+                let q = i64::from(p) - ds.vocab.len() as i64;
+                assert_eq!(q, State::quanta(state.next_onset()), "{}", r.id);
+            }
+            it.next();
+            state.read(Some(*t));
+        }
+    }
+    // The fixture's essen tunes are 2/4 in sixteenths: `CDEF…` starts at 0, 1/2, 1, 3/2 eighths.
+    let essen = ds
+        .records
+        .iter()
+        .find(|r| r.collection == "essenFolksong")
+        .unwrap();
+    let first: Vec<i64> = remi
+        .encode(&essen.tune)
+        .iter()
+        .filter(|&&id| remi.is_position(id))
+        .take(4)
+        .map(|&id| i64::from(id) - ds.vocab.len() as i64)
+        .collect();
+    assert_eq!(first, [0, 2, 4, 6]);
+}

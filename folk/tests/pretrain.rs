@@ -14,6 +14,7 @@ fn config(data: &std::path::Path, out: &std::path::Path, until: u64) -> Pretrain
         out: out.to_path_buf(),
         preset: Preset::Tiny,
         metrical: true,
+        remi: false,
         steps: 30,
         until: Some(until),
         batch_size: 8,

@@ -1,4 +1,5 @@
-//! The joint objective `L = L_distill + β·L_pg` (DESIGN §1) on a batch of sample pairs.
+//! The joint objective `L = L_distill + β·L_pg` (docs/architecture.md, "The method") on a
+//! batch of sample pairs.
 //!
 //! * `L_distill`: per generated token, the divergence between the student `π_θ(·|x,y<t)`
 //!   and the frozen teacher with CFG, `softmax(ℓ(·|∅) + γ·(ℓ(·|x) − ℓ(·|∅)))`, over the

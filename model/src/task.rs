@@ -34,6 +34,16 @@ pub enum Split {
     Test,
 }
 
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        })
+    }
+}
+
 impl std::str::FromStr for Split {
     type Err = String;
     fn from_str(s: &str) -> Result<Split, String> {

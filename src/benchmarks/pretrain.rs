@@ -125,6 +125,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         batch_size: cfg.batch_size,
         cond_dropout: 0.15,
         max_len: config.max_len as usize - 1,
+        remi: None,
         seed: 0,
         device,
     };

@@ -83,8 +83,14 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let device = a.scoring.compute.apply()?;
     let sampling = a.sampling.config(a.scoring.max_new_tokens)?;
-    let task = FolkTask::open(&a.scoring.data, &a.scoring.embedder, &a.scoring.judge)?;
-    let (_p, policy, _ck) = load_policy(&a.checkpoint, &task, device)?;
+    let tunes = FolkTask::open(&a.scoring.data, &a.scoring.embedder, &a.scoring.judge)?;
+    let task: Box<dyn Task> = if a.remi {
+        Box::new(folk::remi::RemiTask::new(tunes))
+    } else {
+        Box::new(tunes)
+    };
+    let task = task.as_ref();
+    let (_p, policy, _ck) = load_policy(&a.checkpoint, task, device)?;
     let embedder = task.embedder(device)?;
     let judge = task.judge(device)?;
     let cfg = EvalConfig {
@@ -96,7 +102,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         seed: a.scoring.seed,
         progress: !a.scoring.no_progress && !a.scoring.json,
     };
-    let r = evaluate(&policy, &task, embedder.as_ref(), judge.as_ref(), &cfg)?;
+    let r = evaluate(&policy, task, embedder.as_ref(), judge.as_ref(), &cfg)?;
     if a.scoring.json {
         let mut v = serde_json::to_value(&r)?;
         v["by_stratum"] = serde_json::to_value(r.by_stratum())?;

@@ -20,6 +20,7 @@ pub fn pretrain(a: PretrainArgs) -> Result<()> {
         out: a.out,
         preset: a.preset,
         metrical: !a.no_metrical,
+        remi: a.remi,
         steps: a.steps,
         until: a.until,
         batch_size: a.batch_size as usize,

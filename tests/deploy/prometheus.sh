@@ -283,6 +283,8 @@ metrics_listen = "127.0.0.1:0"
 threads = 1
 
 [evaluator]
+# The fixture corpus has no validation tunes.
+split = "test"
 prompts = 4
 every_versions = 5
 max_new_tokens = 32

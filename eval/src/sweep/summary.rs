@@ -385,6 +385,7 @@ mod tests {
                 adherence: 0.5,
                 validity: 0.5,
                 quality_of_real_tunes: 0.5,
+                validity_of_real_tunes: 0.5,
                 embed_diversity: diversity,
                 edit_diversity: diversity,
                 embed_diversity_across: 0.9,
