@@ -179,7 +179,7 @@ pub fn edit_distance(a: &[u32], b: &[u32]) -> f64 {
 
 /// The seed of the prompt sample: fixed, so that every evaluation of `n` prompts of a split
 /// (every arm of a sweep, every call) uses the same prompts whatever its sampling seed.
-const PROMPT_SAMPLE_SEED: u64 = 0x5EED_0F_9A0D;
+const PROMPT_SAMPLE_SEED: u64 = 0x005E_ED0F_9A0D;
 
 /// Which `n` of `prompts` to evaluate (indices, increasing): a sample stratified by
 /// `Prompt::stratum` — each stratum gets its share of `n` by largest remainder, and its
