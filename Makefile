@@ -128,7 +128,8 @@ curve: install | data/folk/dataset.json
 	      --json --no-progress > $$d/eval-$$u.json.tmp || exit 1; \
 	    mv $$d/eval-$$u.json.tmp $$d/eval-$$u.json; \
 	  done; done
-	$(QD) curve runs/curve/metrical runs/curve/plain runs/curve/remi --out docs/figures/pretrain-curve
+	$(QD) curve runs/curve/metrical runs/curve/plain runs/curve/remi --out docs/figures/pretrain-curve \
+	  --title "validation bar validity and quality against pre-training steps ($(CURVE_PROMPTS) prompts × 4; dashed: 95% intervals)"
 
 ## teacher: claim 1 on the validation split, which the default teacher is chosen from
 ## (`qd compare`, 200 prompts × 2 samples a side, paired, 95% intervals): standard CFG,

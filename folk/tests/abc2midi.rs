@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use folk::abc::{parse_tune, split_tunes};
+use folk::abc::parse_tune;
 use folk::abc2midi::{bar_shares, bars};
 use folk::bars::check_bars;
 use folk::dataset::COLLECTIONS;
@@ -90,30 +90,12 @@ fn a_hand_written_tune_and_its_broken_bars() {
 #[test]
 fn abc2midi_agrees_in_direction_with_the_judge_on_the_corpus() {
     require_abc2midi();
-    let raw = testkit::require_setup("data/raw");
-    let mut tunes = Vec::new();
-    for c in COLLECTIONS {
-        let mut files: Vec<_> = std::fs::read_dir(raw.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|f| f.extension().is_some_and(|x| x == "abc"))
-            .collect();
-        files.sort();
-        let mut taken = 0;
-        'files: for f in files {
-            let bytes = std::fs::read(&f).unwrap();
-            let text: String = bytes.iter().map(|&b| b as char).collect();
-            for tune in split_tunes(&text) {
-                if let Ok(p) = parse_tune(tune) {
-                    tunes.push(p.tokens);
-                    taken += 1;
-                    if taken == 60 {
-                        break 'files;
-                    }
-                }
-            }
-        }
-    }
+    let all = testkit::corpus_tunes();
+    let tunes: Vec<Vec<Token>> = COLLECTIONS
+        .iter()
+        .flat_map(|c| all.iter().filter(move |t| t.0 == *c).take(60))
+        .map(|t| t.2.clone())
+        .collect();
     let broken: Vec<Vec<Token>> = tunes.iter().map(|t| broken(t)).collect();
     let outside = (
         mean(&bar_shares(&tunes).unwrap()),

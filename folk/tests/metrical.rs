@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use folk::abc::{parse_tune, split_tunes};
+use folk::abc::parse_tune;
 use folk::bars::check_bars;
-use folk::dataset::{Dataset, COLLECTIONS};
+use folk::dataset::Dataset;
 use folk::metrical::{
     from_scratch, Metrical, State, BAR, BEAT, IDS, PER_TOKEN, POSITION, REMAINING,
 };
@@ -131,55 +131,40 @@ fn the_cursor_reads_ids_as_the_state_reads_tokens() {
 /// of exactly the meter's length, nothing of the bar remains. Needs `make setup`.
 #[test]
 fn incremental_equals_from_scratch_on_the_corpus() {
-    testkit::require_setup(&format!("data/raw/{}", COLLECTIONS[0]));
-    let raw = testkit::require_setup("data/raw");
     let (mut tunes, mut checked, mut full_bars) = (0, 0, 0);
-    for c in COLLECTIONS {
-        let mut files: Vec<_> = std::fs::read_dir(raw.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|f| f.extension().is_some_and(|x| x == "abc"))
-            .collect();
-        files.sort();
-        for f in files {
-            let bytes = std::fs::read(&f).unwrap();
-            let text: String = bytes.iter().map(|&b| b as char).collect();
-            for tune in split_tunes(&text) {
-                let Ok(p) = parse_tune(tune) else { continue };
-                tunes += 1;
-                let inc = incremental(&p.tokens);
-                for (i, got) in inc.iter().enumerate() {
-                    let want = from_scratch(&p.tokens[..=i]).unwrap();
-                    assert_eq!(*got, want, "{} token {i}", f.display());
-                    checked += 1;
-                }
-                let Token::Meter(meter) = p.tokens[0] else {
-                    continue;
-                };
-                let report = check_bars(&events(&p.tokens).unwrap(), meter);
-                let fitting = report.bars.iter().filter(|b| b.fits()).count();
-                // Bar lines before which nothing of the bar remains.
-                let mut state = State::default();
-                let mut closed_full = 0;
-                for &t in &p.tokens {
-                    if matches!(t, Token::Bar(_)) {
-                        let mut before = state.clone();
-                        before.read(None);
-                        let mut f = [0; PER_TOKEN];
-                        before.features(&mut f);
-                        closed_full += usize::from(f[1] == REMAINING + 2);
-                    }
-                    state.read(Some(t));
-                }
-                // Every bar that fits ends where nothing remains (the last may end the tune).
-                assert!(
-                    closed_full + 1 >= fitting,
-                    "{}: {closed_full} < {fitting}",
-                    f.display()
-                );
-                full_bars += fitting;
-            }
+    for (_, f, tokens) in testkit::corpus_tunes() {
+        tunes += 1;
+        let inc = incremental(&tokens);
+        for (i, got) in inc.iter().enumerate() {
+            let want = from_scratch(&tokens[..=i]).unwrap();
+            assert_eq!(*got, want, "{} token {i}", f.display());
+            checked += 1;
         }
+        let Token::Meter(meter) = tokens[0] else {
+            continue;
+        };
+        let report = check_bars(&events(&tokens).unwrap(), meter);
+        let fitting = report.bars.iter().filter(|b| b.fits()).count();
+        // Bar lines before which nothing of the bar remains.
+        let mut state = State::default();
+        let mut closed_full = 0;
+        for &t in &tokens {
+            if matches!(t, Token::Bar(_)) {
+                let mut before = state.clone();
+                before.read(None);
+                let mut f = [0; PER_TOKEN];
+                before.features(&mut f);
+                closed_full += usize::from(f[1] == REMAINING + 2);
+            }
+            state.read(Some(t));
+        }
+        // Every bar that fits ends where nothing remains (the last may end the tune).
+        assert!(
+            closed_full + 1 >= fitting,
+            "{}: {closed_full} < {fitting}",
+            f.display()
+        );
+        full_bars += fitting;
     }
     assert!(tunes > 11_000, "{tunes} tunes");
     eprintln!("{tunes} tunes, {checked} prefixes, {full_bars} full bars");

@@ -43,6 +43,35 @@ pub fn write_corpus(raw: &Path) {
     std::fs::write(raw.join("oneills1850/0001-0050.abc"), oneill).unwrap();
 }
 
+/// Every tune of the real corpus (`data/raw`) that parses, by collection and file in
+/// order, with its file. Fails, naming `make setup`, when the corpus is missing.
+pub fn corpus_tunes() -> Vec<(&'static str, std::path::PathBuf, Vec<folk::tune::Token>)> {
+    require_setup(&format!("data/raw/{}", COLLECTIONS[0]));
+    let raw = require_setup("data/raw");
+    let mut out = Vec::new();
+    for c in COLLECTIONS {
+        let mut files: Vec<_> = std::fs::read_dir(raw.join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|f| f.extension().is_some_and(|x| x == "abc"))
+            .collect();
+        files.sort();
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap();
+            let text: String = match String::from_utf8(bytes) {
+                Ok(s) => s,
+                Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
+            };
+            for tune in folk::abc::split_tunes(&text) {
+                if let Ok(p) = folk::abc::parse_tune(tune) {
+                    out.push((c, f.clone(), p.tokens));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Prepares the fixture corpus into `dir/folk` and returns that folder.
 pub fn fixture_dataset(dir: &Path) -> std::path::PathBuf {
     let raw = dir.join("raw");
