@@ -217,24 +217,39 @@ def main():
     opt = adamw(params, opt_cfg)
     step = Step(req, teacher, student, allowed, groups)
 
+    beta = req["loss"]["beta"]
+
     def one(keep_grads=False):
         opt.zero_grad(set_to_none=False)
         loss, distill, pg = step()
+        # As qd's learner: at β ≠ 0 the policy-gradient term's gradient apart first, so
+        # that each term's norm is known.
+        pg_grads = (
+            torch.autograd.grad(beta * pg, list(params.values()), retain_graph=True) if beta != 0 else None
+        )
         loss.backward()
         grads = {f"grad.{n}": p.grad.clone() for n, p in params.items()} if keep_grads else None
+        if pg_grads is None:
+            norm_pg, norm_distill = 0.0, torch.nn.utils.get_total_norm([p.grad for p in params.values()]).item()
+        else:
+            norm_pg = torch.nn.utils.get_total_norm(pg_grads).item()
+            rest = [p.grad - g for p, g in zip(params.values(), pg_grads)]
+            norm_distill = torch.nn.utils.get_total_norm(rest).item()
         norm = torch.nn.utils.clip_grad_norm_(student.parameters(), opt_cfg["grad_clip"])
         opt.step()
-        return loss, distill, pg, norm, grads
+        return loss, distill, pg, (norm.item(), norm_distill, norm_pg), grads
 
     # The first step is the compared one (and the warm-up).
-    loss, distill, pg, norm, grads = one(keep_grads=True)
+    loss, distill, pg, norms, grads = one(keep_grads=True)
     out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loss": loss.item(),
         "distill": distill.item(),
         "pg": pg.item(),
-        "grad_norm": norm.item(),
+        "grad_norm": norms[0],
+        "grad_norm_distill": norms[1],
+        "grad_norm_pg": norms[2],
     }
     if args.tensors_out:
         write_safetensors(args.tensors_out, {**grads, **{f"param.{n}": p for n, p in params.items()}})

@@ -30,14 +30,14 @@ fn qd_ok(args: &[&str]) -> String {
 
 /// A "run folder" whose student is the base model plus seeded noise, with training logs.
 /// `beta: Some(b)` records β, training seed 0 and the default teacher (CFG γ = 3 on the
-/// content, plausibility 0.1) in the student's metadata, as the learner does; `None`
+/// content, no plausibility constraint) in the student's metadata, as the learner does; `None`
 /// leaves them to `run-config.toml`, as `qd run` writes it (the teacher: the defaults).
 fn run_dir(dir: &Path, base: &Path, seed: i64, beta: Option<f64>, config_beta: f64) -> PathBuf {
     stamped_run(
         dir,
         base,
         seed,
-        beta.map(|b| serde_json::json!({ "beta": b, "seed": 0, "cfg_gamma": 3.0, "cfg_scope": "content", "cfg_plausibility": 0.1 })),
+        beta.map(|b| serde_json::json!({ "beta": b, "seed": 0, "cfg_gamma": 3.0, "cfg_scope": "content", "cfg_plausibility": 0.0 })),
         &format!("[learner]\nbeta = {config_beta:?}\n"),
     )
 }
@@ -266,7 +266,8 @@ fn sweep_families_cache_and_figures() {
     );
     // The CFG family is sampled as the runs' teacher was.
     assert_eq!(point("cfg-3.json")["sampling"]["cfg_scope"], "content");
-    assert_eq!(point("cfg-3.json")["sampling"]["cfg_plausibility"], 0.1);
+    // No plausibility constraint: none recorded.
+    assert!(point("cfg-3.json")["sampling"]["cfg_plausibility"].is_null());
     assert_eq!(point("cfg-3.json")["sampling"]["cfg_gamma"], 3.0);
     assert_eq!(row("lerp", "0"), row("beta", "0"));
     assert_eq!(row("lerp", "1"), row("beta", "50"));

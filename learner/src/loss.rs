@@ -50,7 +50,11 @@ pub struct LossConfig {
 /// The loss to minimise and what the learner reports about the batch.
 #[derive(Debug)]
 pub struct Loss {
+    /// `L_distill + β·L_pg`.
     pub total: Tensor,
+    /// `β·L_pg`, the policy-gradient part of `total` (sharing its graph), whose gradient
+    /// the learner measures apart.
+    pub weighted_pg: Tensor,
     pub stats: LossStats,
 }
 
@@ -70,6 +74,12 @@ pub struct LossStats {
     pub baseline: f64,
     /// Share of pairs whose importance ratio exceeded `ρ̄` (by more than 0.1%).
     pub clip_fraction: f64,
+    /// The pairs' truncated importance weights `min(ρ̄, ρ)`: mean, smallest, and their
+    /// effective sample size as a share of the pairs, `(Σw)² / (n·Σw²)` (1 when every
+    /// weight is equal; near `1/n` when one pair carries the policy-gradient term).
+    pub weight_mean: f64,
+    pub weight_min: f64,
+    pub weight_ess: f64,
     pub tokens: usize,
 }
 
@@ -372,7 +382,11 @@ pub fn loss(
     let pair_ratio = Tensor::zeros([pairs.len() as i64], (Kind::Float, device))
         .index_add(0, &pair_of, &log_ratio)
         .exp();
-    let weight = pair_ratio.clamp_max(cfg.rho_bar).index_select(0, &pair_of);
+    let pair_weight = pair_ratio.clamp_max(cfg.rho_bar);
+    let (weight_mean, weight_min, weight_ess) = weight_summary(&Vec::<f64>::try_from(
+        pair_weight.to_kind(Kind::Double).to_device(Device::Cpu),
+    )?);
+    let weight = pair_weight.index_select(0, &pair_of);
     let clip_fraction = f64::try_from(
         pair_ratio
             .gt(cfg.rho_bar * (1.0 + CLIP_TOLERANCE))
@@ -388,7 +402,8 @@ pub fn loss(
         .to(device);
     let pg = -(adv * weight * &logp_seq).sum(Kind::Float) / n_prompts;
 
-    let total = &distill + &pg * cfg.beta;
+    let weighted_pg = &pg * cfg.beta;
+    let total = &distill + &weighted_pg;
     let (kl, entropy) = tch::no_grad(|| {
         let kl = divergence(&ls, &lt, Divergence::ReverseKl, 0.5).mean(Kind::Float);
         let ent = -(ls.exp() * &ls)
@@ -409,9 +424,34 @@ pub fn loss(
         reward_std: var.sqrt(),
         baseline,
         clip_fraction,
+        weight_mean,
+        weight_min,
+        weight_ess,
         tokens: ls.size()[0] as usize,
     };
-    Ok(Loss { total, stats })
+    Ok(Loss {
+        total,
+        weighted_pg,
+        stats,
+    })
+}
+
+/// Mean, minimum and effective sample size share `(Σw)² / (n·Σw²)` of `weights` (an
+/// empty batch, or all-zero weights: 0).
+pub fn weight_summary(weights: &[f64]) -> (f64, f64, f64) {
+    if weights.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let n = weights.len() as f64;
+    let sum: f64 = weights.iter().sum();
+    let squares: f64 = weights.iter().map(|w| w * w).sum();
+    let min = weights.iter().copied().fold(f64::INFINITY, f64::min);
+    let ess = if squares > 0.0 {
+        sum * sum / (n * squares)
+    } else {
+        0.0
+    };
+    (sum / n, min, ess)
 }
 
 #[cfg(test)]

@@ -15,7 +15,12 @@ pub const REWARD_MEAN: &str = "qd_learner_reward_mean";
 pub const REWARD_STD: &str = "qd_learner_reward_std";
 pub const BASELINE: &str = "qd_learner_baseline";
 pub const GRAD_NORM: &str = "qd_learner_grad_norm";
+pub const GRAD_NORM_DISTILL: &str = "qd_learner_grad_norm_distill";
+pub const GRAD_NORM_PG: &str = "qd_learner_grad_norm_pg";
 pub const CLIP_FRACTION: &str = "qd_learner_clip_fraction";
+pub const PAIR_WEIGHT_MEAN: &str = "qd_learner_pair_weight_mean";
+pub const PAIR_WEIGHT_MIN: &str = "qd_learner_pair_weight_min";
+pub const PAIR_WEIGHT_ESS: &str = "qd_learner_pair_weight_ess";
 pub const LR: &str = "qd_learner_lr";
 pub const SAMPLES_PER_SECOND: &str = "qd_learner_samples_per_second";
 pub const SAMPLES: &str = "qd_learner_samples_total";
@@ -89,8 +94,28 @@ pub const ALL: &[Metric] = &[
     ),
     Metric::gauge(GRAD_NORM, "global gradient norm before clipping"),
     Metric::gauge(
+        GRAD_NORM_DISTILL,
+        "gradient norm of L_distill alone, before clipping",
+    ),
+    Metric::gauge(
+        GRAD_NORM_PG,
+        "gradient norm of beta * L_pg alone, before clipping (0 at beta = 0)",
+    ),
+    Metric::gauge(
         CLIP_FRACTION,
-        "share of samples whose importance ratio exceeded rho_bar",
+        "share of pairs whose importance ratio exceeded rho_bar",
+    ),
+    Metric::gauge(
+        PAIR_WEIGHT_MEAN,
+        "mean truncated importance weight min(rho_bar, ratio) of the last batch's pairs",
+    ),
+    Metric::gauge(
+        PAIR_WEIGHT_MIN,
+        "smallest truncated importance weight of the last batch's pairs",
+    ),
+    Metric::gauge(
+        PAIR_WEIGHT_ESS,
+        "effective sample size of the pair weights as a share of the pairs, (sum w)^2 / (n sum w^2)",
     ),
     Metric::gauge(LR, "learning rate of the last step"),
     Metric::gauge(

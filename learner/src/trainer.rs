@@ -11,18 +11,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
-use tch::Device;
+use tch::{Device, Tensor};
 use tokio::sync::{mpsc, watch};
 
 use common::settings::{Baseline, LearnerSettings};
 use model::checkpoint::{read_policy, save, serialize, Checkpoint, ModelKind, Stamp};
-use model::optim::{AdamW, AdamWConfig};
+use model::optim::{global_norm, AdamW, AdamWConfig};
 use model::task::Task;
 use model::train::Schedule;
 use model::transformer::Transformer;
 
 use crate::broadcast::Published;
-use crate::loss::{loss, Generatable, LossConfig, LossStats, Pair};
+use crate::loss::{loss, Generatable, Loss, LossConfig, LossStats, Pair};
 use crate::metrics as m;
 use crate::server::{Queued, Shared};
 
@@ -54,7 +54,8 @@ struct LogLine<'a> {
     version: u64,
     unix_time: f64,
     lr: f64,
-    grad_norm: f64,
+    #[serde(flatten)]
+    grad_norm: GradNorms,
     step_seconds: f64,
     /// Prompts (sample pairs) in the step.
     pairs: usize,
@@ -66,17 +67,34 @@ struct LogLine<'a> {
     loss: &'a LossStats,
 }
 
+/// A step's gradient norms before clipping: the update's, and each term's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GradNorms {
+    #[serde(rename = "grad_norm")]
+    pub total: f64,
+    /// Of `L_distill`.
+    #[serde(rename = "grad_norm_distill")]
+    pub distill: f64,
+    /// Of `β·L_pg` (0 at β = 0).
+    #[serde(rename = "grad_norm_pg")]
+    pub pg: f64,
+}
+
 /// What [`train_step`] did with a batch.
 #[derive(Debug)]
 pub enum Step {
-    /// One optimizer update; `grad_norm` is the norm before clipping.
-    Applied { stats: LossStats, grad_norm: f64 },
+    /// One optimizer update, with the gradient norms before clipping.
+    Applied {
+        stats: LossStats,
+        grad_norm: GradNorms,
+    },
     /// No update: the loss or the gradient was not finite (the reason, as counted).
     Skipped { reason: &'static str },
 }
 
 /// One step of the learner on `pairs`: the loss, its gradient, clipping to `grad_clip`
 /// and an AdamW update at `lr`, unless the loss or the gradient norm is not finite.
+/// Each term's gradient norm is measured on the way ([`backward`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     student: &Transformer,
@@ -96,9 +114,9 @@ pub fn train_step(
             reason: "non_finite_loss",
         });
     }
-    l.total.backward();
-    let grad_norm = opt.clip_grad_norm(grad_clip);
-    if !grad_norm.is_finite() {
+    let (distill, pg) = backward(&l, opt, cfg.beta)?;
+    let total = opt.clip_grad_norm(grad_clip);
+    if !total.is_finite() {
         opt.zero_grad();
         return Ok(Step::Skipped {
             reason: "non_finite_gradient",
@@ -107,7 +125,38 @@ pub fn train_step(
     opt.step(lr);
     Ok(Step::Applied {
         stats: l.stats,
-        grad_norm,
+        grad_norm: GradNorms { total, distill, pg },
+    })
+}
+
+/// Back-propagates `l` into `opt`'s gradients and returns the gradient norms of its two
+/// terms, `(L_distill, β·L_pg)`. At β ≠ 0 the policy-gradient term's gradient is taken
+/// apart first (one more backward pass, over the graph the step keeps for it).
+pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<(f64, f64)> {
+    let pg = if beta != 0.0 && l.weighted_pg.requires_grad() {
+        Some(
+            Tensor::f_run_backward(&[&l.weighted_pg], &opt.params(), true, false)
+                .context("the policy-gradient term's gradient")?,
+        )
+    } else {
+        None
+    };
+    l.total.backward();
+    Ok(match pg {
+        None => (global_norm(&opt.grads()), 0.0),
+        Some(pg) => {
+            let distill: Vec<Tensor> = tch::no_grad(|| {
+                opt.grads()
+                    .iter()
+                    .zip(&pg)
+                    .map(|(all, pg)| match (all.defined(), pg.defined()) {
+                        (true, true) => all - pg,
+                        _ => all.shallow_clone(),
+                    })
+                    .collect()
+            });
+            (global_norm(&distill), global_norm(&pg))
+        }
     })
 }
 
@@ -532,8 +581,13 @@ impl Trainer {
                 (m::REWARD_MEAN, s.reward_mean),
                 (m::REWARD_STD, s.reward_std),
                 (m::BASELINE, s.baseline),
-                (m::GRAD_NORM, grad_norm),
+                (m::GRAD_NORM, grad_norm.total),
+                (m::GRAD_NORM_DISTILL, grad_norm.distill),
+                (m::GRAD_NORM_PG, grad_norm.pg),
                 (m::CLIP_FRACTION, s.clip_fraction),
+                (m::PAIR_WEIGHT_MEAN, s.weight_mean),
+                (m::PAIR_WEIGHT_MIN, s.weight_min),
+                (m::PAIR_WEIGHT_ESS, s.weight_ess),
                 (m::LR, lr),
                 (m::SAMPLES_PER_SECOND, samples_per_second),
             ] {

@@ -88,6 +88,10 @@ fn recomputed_logprobs_match_the_sampler() {
     )
     .unwrap();
     assert_eq!(l.stats.clip_fraction, 0.0);
+    // Every pair weighs (about) 1: the policy-gradient term has all of its samples.
+    for w in [l.stats.weight_mean, l.stats.weight_min, l.stats.weight_ess] {
+        assert!((w - 1.0).abs() < 1e-2, "{:?}", l.stats);
+    }
 }
 
 #[test]

@@ -241,6 +241,22 @@ fn the_pg_term_and_clip_fraction_follow_the_truncated_importance_weights() {
             "ρ̄ = {rho_bar}: clip fraction {} vs {clipped}/3",
             l.stats.clip_fraction
         );
+        // The pairs' weights min(ρ̄, 1 | 4 | 0.5), summarised by hand.
+        let pair_w: Vec<f64> = weights(rho_bar).iter().step_by(2).copied().collect();
+        let n = pair_w.len() as f64;
+        let sum: f64 = pair_w.iter().sum();
+        let ess = sum * sum / (n * pair_w.iter().map(|w| w * w).sum::<f64>());
+        for (got, want, what) in [
+            (l.stats.weight_mean, sum / n, "mean"),
+            (l.stats.weight_min, 0.5, "min"),
+            (l.stats.weight_ess, ess, "ess"),
+        ] {
+            assert!(
+                close(got, want, 1e-5),
+                "ρ̄ = {rho_bar}: weight {what} {got} vs {want}"
+            );
+        }
+        assert!(l.stats.weight_ess < 1.0 && l.stats.weight_ess > 1.0 / n);
         assert_eq!(l.stats.baseline, BASELINE);
         let rewards: Vec<f64> = REWARDS.iter().map(|&r| f64::from(r)).collect();
         let mean = rewards.iter().sum::<f64>() / 3.0;

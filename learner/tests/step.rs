@@ -82,12 +82,76 @@ fn a_finite_batch_takes_one_update() {
     let (out, changed, steps) = step(&mut tvs, &teacher, 0.5);
     match out {
         Step::Applied { stats, grad_norm } => {
-            assert!(stats.loss.is_finite() && grad_norm.is_finite() && grad_norm > 0.0);
+            assert!(stats.loss.is_finite() && grad_norm.total.is_finite() && grad_norm.total > 0.0);
         }
         Step::Skipped { reason } => panic!("skipped: {reason}"),
     }
     assert!(changed, "the weights did not move");
     assert_eq!(steps, 1);
+}
+
+/// The gradient of `loss` over `vs`'s trainable variables (then zeroed), flattened.
+fn flat_grad(vs: &VarStore, loss: &Tensor) -> Tensor {
+    loss.backward();
+    let mut flat = Vec::new();
+    for mut t in vs.trainable_variables() {
+        let g = t.grad();
+        flat.push(g.flatten(0, -1).copy());
+        let _ = g.detach().zero_();
+        t.zero_grad();
+    }
+    Tensor::cat(&flat, 0)
+}
+
+/// Each term's gradient norm is the norm of that term's gradient alone, taken from a
+/// loss of its own; the terms add up to the step's gradient; at β = 0 the
+/// policy-gradient term's is 0 and the distillation's is the whole.
+#[test]
+fn the_step_reports_each_terms_gradient_norm() {
+    let (mut tvs, teacher) = tiny(2);
+    tvs.freeze();
+    let g = Generatable::new(vocabulary(), VOCAB, Device::Cpu);
+    for beta in [0.0, 2.0] {
+        let cfg = LossConfig { beta, ..CFG };
+        let (vs, student) = tiny(1);
+        let ps = pairs(&student, 0.9);
+        // By hand: the two terms' gradients from separate losses.
+        let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
+        let distill = l.total.shallow_clone() - &l.weighted_pg;
+        let gd = flat_grad(&vs, &distill);
+        let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
+        let gp = flat_grad(&vs, &l.weighted_pg);
+        let norm = |t: &Tensor| t.norm().double_value(&[]);
+        let want_total = norm(&(&gd + &gp));
+        let mut opt = AdamW::new(&vs, AdamWConfig::default());
+        let Step::Applied { grad_norm, .. } =
+            train_step(&student, &teacher, &mut opt, &g, &ps, 0.2, &cfg, 1e-3, 1.0).unwrap()
+        else {
+            panic!("β = {beta}: the step was skipped");
+        };
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.max(1e-6);
+        assert!(
+            close(grad_norm.distill, norm(&gd)),
+            "β = {beta}: {grad_norm:?} vs {}",
+            norm(&gd)
+        );
+        assert!(
+            close(grad_norm.pg, norm(&gp)),
+            "β = {beta}: {grad_norm:?} vs {}",
+            norm(&gp)
+        );
+        assert!(
+            close(grad_norm.total, want_total),
+            "β = {beta}: {grad_norm:?} vs {want_total}"
+        );
+        if beta == 0.0 {
+            assert_eq!(grad_norm.pg, 0.0);
+            assert!(close(grad_norm.distill, grad_norm.total));
+        } else {
+            // The fixture's policy-gradient term is not negligible: the check can fail.
+            assert!(grad_norm.pg > 1e-3 * grad_norm.distill, "{grad_norm:?}");
+        }
+    }
 }
 
 #[test]

@@ -25,6 +25,25 @@ impl Default for AdamWConfig {
     }
 }
 
+/// The L2 norm of `tensors` taken together (undefined ones count as zero).
+pub fn global_norm(tensors: &[Tensor]) -> f64 {
+    tch::no_grad(|| {
+        let sq: Vec<Tensor> = tensors
+            .iter()
+            .filter(|t| t.defined())
+            .map(|g| g.pow_tensor_scalar(2).sum(Kind::Double))
+            .collect();
+        if sq.is_empty() {
+            0.0
+        } else {
+            Tensor::stack(&sq, 0)
+                .sum(Kind::Double)
+                .sqrt()
+                .double_value(&[])
+        }
+    })
+}
+
 /// One parameter and its moments.
 #[derive(Debug)]
 struct Slot {
@@ -73,26 +92,21 @@ impl AdamW {
         }
     }
 
+    /// The parameters it updates, in its order (shallow copies).
+    pub fn params(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.shallow_clone()).collect()
+    }
+
+    /// The accumulated gradients, in the order of [`AdamW::params`] (undefined where a
+    /// parameter has none).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.grad()).collect()
+    }
+
     /// Scales gradients so that their global L2 norm is at most `max_norm`; returns the
     /// norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let norm = tch::no_grad(|| {
-            let sq: Vec<Tensor> = self
-                .slots
-                .iter()
-                .map(|s| s.param.grad())
-                .filter(Tensor::defined)
-                .map(|g| g.pow_tensor_scalar(2).sum(Kind::Double))
-                .collect();
-            if sq.is_empty() {
-                0.0
-            } else {
-                Tensor::stack(&sq, 0)
-                    .sum(Kind::Double)
-                    .sqrt()
-                    .double_value(&[])
-            }
-        });
+        let norm = global_norm(&self.grads());
         if norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             tch::no_grad(|| {

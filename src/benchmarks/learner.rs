@@ -28,7 +28,7 @@ use super::{
 use learner::loss::{
     loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
 };
-use learner::trainer::{train_step, Step};
+use learner::trainer::{backward, train_step, GradNorms, Step};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -64,9 +64,10 @@ pub struct StepBenchReport {
     pub breakdown: Breakdown,
     /// qd's first step on the batch.
     pub qd: LossStats,
-    pub qd_grad_norm: f64,
+    /// Gradient norms before clipping: the step's and each term's.
+    pub qd_grad_norm: GradNorms,
     pub torch_loss: Option<f64>,
-    pub torch_grad_norm: Option<f64>,
+    pub torch_grad_norm: Option<GradNorms>,
     /// |loss_qd − loss_torch|.
     pub loss_diff: Option<f64>,
     /// Largest |g_qd − g_torch| over every weight, over the largest |g_torch|.
@@ -284,15 +285,15 @@ pub fn bench_step(
     opt.zero_grad();
     let (first, grad_norm, grads) = {
         let loss = loss(&student, &teacher, &pairs, &g, baseline, &loss_cfg)?;
-        loss.total.backward();
+        let (distill, pg) = backward(&loss, &opt, loss_cfg.beta)?;
         let grads: Vec<(String, Tensor)> = student_vs
             .variables()
             .into_iter()
             .map(|(n, t)| (n, t.grad().copy()))
             .collect();
-        let norm = opt.clip_grad_norm(l.grad_clip);
+        let total = opt.clip_grad_norm(l.grad_clip);
         opt.step(l.lr);
-        (loss.stats, norm, grads)
+        (loss.stats, GradNorms { total, distill, pg }, grads)
     };
     let params: HashMap<String, Tensor> = student_vs
         .variables()
@@ -364,7 +365,7 @@ pub fn bench_step(
         parts[0].push(teacher_s);
         parts[1].push((t.elapsed().as_secs_f64() - teacher_s).max(0.0));
         let t = Instant::now();
-        out.total.backward();
+        backward(&out, &opt, loss_cfg.beta)?;
         parts[2].push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         opt.clip_grad_norm(l.grad_clip);
@@ -409,7 +410,14 @@ pub fn bench_step(
         report.rate.against(t);
     }
     report.torch_loss = first["loss"].as_f64();
-    report.torch_grad_norm = first["grad_norm"].as_f64();
+    report.torch_grad_norm = match (
+        first["grad_norm"].as_f64(),
+        first["grad_norm_distill"].as_f64(),
+        first["grad_norm_pg"].as_f64(),
+    ) {
+        (Some(total), Some(distill), Some(pg)) => Some(GradNorms { total, distill, pg }),
+        _ => None,
+    };
     report.loss_diff = report.torch_loss.map(|t| (t - report.qd.loss).abs());
     let theirs: HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.path().join(REFERENCE_TENSORS))?
@@ -433,6 +441,11 @@ pub fn bench_step(
     Ok(report)
 }
 
+/// `total (distill, pg)`.
+fn norms(n: &GradNorms) -> String {
+    format!("{:.4} ({:.4}, {:.4})", n.total, n.distill, n.pg)
+}
+
 impl StepBenchReport {
     /// The report as a table.
     pub fn table(&self) -> String {
@@ -442,6 +455,7 @@ impl StepBenchReport {
              {}\
              qd's step: teacher {:.4} s, student forward and loss {:.4} s, backward {:.4} s, clipping and AdamW {:.4} s\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
+             gradient norm (distillation, beta * policy gradient) qd {}  torch {}\n\
              gradient max |diff| / max |g|  {}\n\
              weights after one update, max |diff| / lr  {}\n",
             self.prompts,
@@ -457,6 +471,8 @@ impl StepBenchReport {
             self.qd.loss,
             opt(self.torch_loss, &|v| format!("{v:.6}")),
             opt(self.loss_diff, &|v| format!("{v:.2e}")),
+            norms(&self.qd_grad_norm),
+            self.torch_grad_norm.as_ref().map_or("-".to_string(), norms),
             opt(self.grad_rel_diff, &|v| format!("{v:.2e}")),
             opt(self.param_diff_over_lr, &|v| format!("{v:.2e}")),
         )
