@@ -7,11 +7,13 @@ generated token, and REINFORCE on the pair reward with truncated importance weig
 global-norm gradient clipping and AdamW (decoupled weight decay on matrices only).
 
 It loads the teacher and the student from qd checkpoints (the model is the one in
-reference_generate.py), reads the batch qd trained on from --request, runs the first
-step and prints one JSON line: its loss terms and gradient norm, and the threads used.
-With --tensors-out it also writes, as safetensors, the first step's gradient
-(`grad.<name>`, before clipping) and the parameters after it (`param.<name>`), so that
-qd can compare both with its own, tensor by tensor. Then it answers `step` on standard
+reference_generate.py), reads the batch qd trained on from --request, runs the
+request's `compare_steps` steps on it (torch.optim.AdamW) and prints one JSON line: the
+first step's loss terms and gradient norms (the step's, and each term's alone), and the
+threads used. With --tensors-out it also writes, as safetensors, the first step's
+gradient (`grad.<name>`, before clipping), and the parameters (`param.<name>`) and AdamW's
+moments (`m.<name>`, `v.<name>`: `exp_avg`, `exp_avg_sq`) after the last, so that qd can
+compare them with its own, tensor by tensor. Then it answers `step` on standard
 input with one more timed step, `{"seconds": s}` (see `serve`), so that qd can
 interleave its own steps with the reference's.
 """
@@ -239,8 +241,11 @@ def main():
         opt.step()
         return loss, distill, pg, (norm.item(), norm_distill, norm_pg), grads
 
-    # The first step is the compared one (and the warm-up).
+    # The compared steps (and the warm-up): the first one's numbers and gradient, the
+    # weights and AdamW's moments after the last.
     loss, distill, pg, norms, grads = one(keep_grads=True)
+    for _ in range(req.get("compare_steps", 1) - 1):
+        one()
     out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -252,7 +257,11 @@ def main():
         "grad_norm_pg": norms[2],
     }
     if args.tensors_out:
-        write_safetensors(args.tensors_out, {**grads, **{f"param.{n}": p for n, p in params.items()}})
+        moments = {}
+        for n, p in params.items():
+            state = opt.state[p]
+            moments[f"m.{n}"], moments[f"v.{n}"] = state["exp_avg"], state["exp_avg_sq"]
+        write_safetensors(args.tensors_out, {**grads, **{f"param.{n}": p for n, p in params.items()}, **moments})
     print(json.dumps(out), flush=True)
     serve({"step": one})
 

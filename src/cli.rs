@@ -540,9 +540,13 @@ pub struct BenchLearnerArgs {
     /// `actor.max_new_tokens`, what the learner trains on).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub new_tokens: Option<u32>,
-    /// Timed steps, after the compared first one (median reported).
+    /// Timed steps, after the compared ones (median reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,
+    /// Steps compared with the reference on the batch first: the first step's loss and
+    /// gradient, the weights and AdamW's moments after the last.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub compare_steps: u32,
     #[command(flatten)]
     pub reference: ReferenceArgs,
     /// Print one JSON object instead of a table.

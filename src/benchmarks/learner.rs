@@ -22,7 +22,7 @@ use model::transformer::Transformer;
 use eval::bench::median;
 
 use super::{
-    forward_flop, grad_rel_diff, interleaved, reference_tensor, start_reference, StepRate,
+    forward_flop, interleaved, reference_tensor, rel_diff, start_reference, StepRate,
     REFERENCE_TENSORS,
 };
 use learner::loss::{
@@ -38,6 +38,9 @@ pub struct StepBenchConfig {
     /// Tokens sampled per sample (at most; a sample may end earlier at `<eos>`).
     pub new_tokens: usize,
     pub reps: usize,
+    /// Steps compared with the reference on the batch before the timed ones: the first
+    /// step's gradient, and the weights and AdamW moments after the last.
+    pub compare_steps: usize,
     /// Python with torch, to run the reference (`None`: skip it).
     pub python: Option<PathBuf>,
     pub script: PathBuf,
@@ -70,13 +73,21 @@ pub struct StepBenchReport {
     pub torch_grad_norm: Option<GradNorms>,
     /// |loss_qd − loss_torch|.
     pub loss_diff: Option<f64>,
-    /// Largest |g_qd − g_torch| over every weight, over the largest |g_torch|.
+    /// The first step's gradient: the largest relative difference tensor by tensor
+    /// (`max |g_qd − g_torch| / max |g_torch|` per weight), and the weight where it is.
     pub grad_rel_diff: Option<f64>,
-    /// Largest |θ_qd − θ_torch| after the first update, in units of the learning rate,
-    /// over the weights whose gradient is at least 1e-4 of the largest (Adam's first
+    pub grad_worst: Option<String>,
+    pub compare_steps: usize,
+    /// Largest |θ_qd − θ_torch| after the compared steps, in units of the learning rate,
+    /// over the weights whose first gradient is at least 1e-4 of the largest (Adam's
     /// update is about lr·sign(g), and the sign of a gradient within float noise of 0 is
     /// noise).
     pub param_diff_over_lr: Option<f64>,
+    /// AdamW's first and second moments after the compared steps against
+    /// `torch.optim.AdamW`'s `exp_avg` and `exp_avg_sq`: the largest relative difference
+    /// tensor by tensor, and the tensor where it is.
+    pub moment_rel_diff: Option<f64>,
+    pub moment_worst: Option<String>,
 }
 
 /// Seconds of each part of qd's step.
@@ -281,20 +292,31 @@ pub fn bench_step(
     let mut opt = AdamW::new(&student_vs, opt_cfg.clone());
     let baseline = mean_reward(&pairs);
 
-    // The first step is the compared one: keep its gradient and the weights after it.
-    opt.zero_grad();
-    let (first, grad_norm, grads) = {
+    // The compared steps: keep the first one's numbers and gradient.
+    let mut compared = None;
+    for _ in 0..cfg.compare_steps.max(1) {
+        opt.zero_grad();
         let loss = loss(&student, &teacher, &pairs, &g, baseline, &loss_cfg)?;
         let (distill, pg) = backward(&loss, &opt, loss_cfg.beta)?;
-        let grads: Vec<(String, Tensor)> = student_vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.grad().copy()))
-            .collect();
+        let grads: Option<Vec<(String, Tensor)>> = compared.is_none().then(|| {
+            student_vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.grad().copy()))
+                .collect()
+        });
         let total = opt.clip_grad_norm(l.grad_clip);
         opt.step(l.lr);
-        (loss.stats, GradNorms { total, distill, pg }, grads)
-    };
+        if let Some(grads) = grads {
+            compared = Some((loss.stats, GradNorms { total, distill, pg }, grads));
+        }
+    }
+    let (first, grad_norm, grads) = compared.context("no compared step")?;
+    let moments: Vec<(String, Tensor)> = opt
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
     let params: HashMap<String, Tensor> = student_vs
         .variables()
         .into_iter()
@@ -328,6 +350,7 @@ pub fn bench_step(
                     "lr": l.lr, "grad_clip": l.grad_clip, "weight_decay": opt_cfg.weight_decay,
                     "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
                 },
+                "compare_steps": cfg.compare_steps.max(1),
             });
             Some(start_reference(
                 python,
@@ -400,7 +423,11 @@ pub fn bench_step(
         torch_grad_norm: None,
         loss_diff: None,
         grad_rel_diff: None,
+        grad_worst: None,
+        compare_steps: cfg.compare_steps.max(1),
         param_diff_over_lr: None,
+        moment_rel_diff: None,
+        moment_worst: None,
     };
     let Some((r, first)) = reference else {
         return Ok(report);
@@ -423,11 +450,15 @@ pub fn bench_step(
         Tensor::read_safetensors(dir.path().join(REFERENCE_TENSORS))?
             .into_iter()
             .collect();
-    let (rel, grad_scale) = grad_rel_diff(&grads, &theirs)?;
+    let (rel, worst, grad_scale) = rel_diff(&grads, &theirs, "grad.")?;
     report.grad_rel_diff = Some(rel);
+    report.grad_worst = Some(worst);
+    let (rel, worst, _) = rel_diff(&moments, &theirs, "")?;
+    report.moment_rel_diff = Some(rel);
+    report.moment_worst = Some(worst);
     let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
-    // Adam's first update is about lr·sign(g): where |g| is within float noise of 0 the
-    // sign is noise, so the updates are compared where |g| ≥ 1e-4 · max |g|.
+    // Adam's update is about lr·sign(g): where |g| is within float noise of 0 the sign is
+    // noise, so the weights are compared where the first |g| ≥ 1e-4 · max |g|.
     let mut param_diff = 0f64;
     for (name, g) in &grads {
         let p = params
@@ -456,8 +487,8 @@ impl StepBenchReport {
              qd's step: teacher {:.4} s, student forward and loss {:.4} s, backward {:.4} s, clipping and AdamW {:.4} s\n\
              loss qd {:.6}  torch {}  |diff| {}\n\
              gradient norm (distillation, beta * policy gradient) qd {}  torch {}\n\
-             gradient max |diff| / max |g|  {}\n\
-             weights after one update, max |diff| / lr  {}\n",
+             first gradient, max |diff| / max |g| per weight  {} ({})\n\
+             after {} steps: weights max |diff| / lr  {}; AdamW moments max |diff| / max |m| per tensor  {} ({})\n",
             self.prompts,
             self.samples,
             self.tokens,
@@ -474,7 +505,11 @@ impl StepBenchReport {
             norms(&self.qd_grad_norm),
             self.torch_grad_norm.as_ref().map_or("-".to_string(), norms),
             opt(self.grad_rel_diff, &|v| format!("{v:.2e}")),
+            self.grad_worst.as_deref().unwrap_or("-"),
+            self.compare_steps,
             opt(self.param_diff_over_lr, &|v| format!("{v:.2e}")),
+            opt(self.moment_rel_diff, &|v| format!("{v:.2e}")),
+            self.moment_worst.as_deref().unwrap_or("-"),
         )
     }
 }

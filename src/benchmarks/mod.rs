@@ -178,18 +178,30 @@ pub(crate) fn reference_tensor<'a>(
     Ok(t)
 }
 
-/// The largest |g_qd − g_ref| over every weight's gradient (`grads`, compared with the
-/// reference's `grad.<name>`), over the largest |g_ref|; and that largest |g_ref|.
-pub(crate) fn grad_rel_diff(
-    grads: &[(String, Tensor)],
+/// A tensor's difference is relative to its own scale, but never to less than this share
+/// of the largest scale of the set: a tensor whose values are float noise around 0 is
+/// compared at the set's noise level.
+const REL_FLOOR: f64 = 1e-3;
+
+/// How far `ours` is from the reference's `<prefix><name>` tensors, tensor by tensor:
+/// the largest over the tensors of `max |ours − ref| / max |ref|` (the scale floored at
+/// [`REL_FLOOR`] of the largest), the tensor where it is, and the largest `max |ref|`.
+pub(crate) fn rel_diff(
+    ours: &[(String, Tensor)],
     theirs: &std::collections::HashMap<String, Tensor>,
-) -> anyhow::Result<(f64, f64)> {
+    prefix: &str,
+) -> anyhow::Result<(f64, String, f64)> {
     let max = |t: Tensor| f64::try_from(t.max().to_kind(Kind::Double));
-    let (mut diff, mut scale) = (0f64, 0f64);
-    for (name, g) in grads {
-        let t = reference_tensor(theirs, &format!("grad.{name}"), g)?;
-        diff = diff.max(max((g - t).abs())?);
-        scale = scale.max(max(t.abs())?);
+    let mut per = Vec::with_capacity(ours.len());
+    for (name, a) in ours {
+        let t = reference_tensor(theirs, &format!("{prefix}{name}"), a)?;
+        per.push((name, max((a - t).abs())?, max(t.abs())?));
     }
-    Ok((diff / scale.max(f64::MIN_POSITIVE), scale))
+    let scale = per.iter().map(|p| p.2).fold(0f64, f64::max);
+    let floor = (REL_FLOOR * scale).max(f64::MIN_POSITIVE);
+    let (rel, worst) = per
+        .iter()
+        .map(|(name, diff, own)| (diff / own.max(floor), (*name).clone()))
+        .fold((0f64, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+    Ok((rel, worst, scale))
 }

@@ -26,9 +26,7 @@ use model::config::Preset;
 use model::optim::{AdamW, AdamWConfig};
 use model::transformer::Transformer;
 
-use super::{
-    forward_flop, grad_rel_diff, interleaved, start_reference, StepRate, REFERENCE_TENSORS,
-};
+use super::{forward_flop, interleaved, rel_diff, start_reference, StepRate, REFERENCE_TENSORS};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -74,8 +72,11 @@ pub struct PretrainBenchReport {
     pub torch_grad_norm: Option<f64>,
     /// |loss_qd − loss_torch| of the first step.
     pub loss_diff: Option<f64>,
-    /// Largest |g_qd − g_torch| over every weight, over the largest |g_torch|.
+    /// The gradient's largest relative difference, tensor by tensor
+    /// (`max |g_qd − g_torch| / max |g_torch|` per weight).
     pub grad_rel_diff: Option<f64>,
+    /// The weight where it is.
+    pub grad_worst: Option<String>,
 }
 
 /// Runs the benchmark on `cfg.device` (on the CPU with the current libtorch threads).
@@ -227,6 +228,7 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         torch_grad_norm: None,
         loss_diff: None,
         grad_rel_diff: None,
+        grad_worst: None,
     };
     let Some((r, out)) = reference else {
         return Ok(report);
@@ -239,7 +241,9 @@ pub fn bench_pretrain(cfg: &PretrainBenchConfig) -> Result<PretrainBenchReport> 
         Tensor::read_safetensors(dir.path().join(REFERENCE_TENSORS))?
             .into_iter()
             .collect();
-    report.grad_rel_diff = Some(grad_rel_diff(&grads, &theirs)?.0);
+    let (rel, worst, _) = rel_diff(&grads, &theirs, "grad.")?;
+    report.grad_rel_diff = Some(rel);
+    report.grad_worst = Some(worst);
     Ok(report)
 }
 
@@ -252,7 +256,7 @@ impl PretrainBenchReport {
              {} threads, median of {} steps\n\
              {}\
              loss qd {:.6}  torch {}  |diff| {}\n\
-             gradient max |diff| / max |g|  {}\n",
+             gradient max |diff| / max |g|, the worst weight  {} ({})\n",
             self.device,
             self.params,
             self.rows,
@@ -265,6 +269,7 @@ impl PretrainBenchReport {
             opt(self.torch_loss, &|v| format!("{v:.6}")),
             opt(self.loss_diff, &|v| format!("{v:.2e}")),
             opt(self.grad_rel_diff, &|v| format!("{v:.2e}")),
+            self.grad_worst.as_deref().unwrap_or("-"),
         )
     }
 }

@@ -106,6 +106,7 @@ pub fn learner(a: BenchLearnerArgs) -> Result<()> {
             .new_tokens
             .map_or(settings.actor.max_new_tokens, |n| n as usize),
         reps: a.reps as usize,
+        compare_steps: a.compare_steps as usize,
         python: a.reference.python(),
         script: PathBuf::from("scripts/reference_learner.py"),
         structure: Some(folk::metrical::python_port(&task.dataset().vocab)),
