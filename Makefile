@@ -10,7 +10,7 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 QD := target/release/qd
 
-.PHONY: setup build install test test-deploy lint demo paper curve teacher bench gpu-check soak mutants clean
+.PHONY: setup build install test test-deploy lint demo paper-runs paper-dev paper curve teacher bench gpu-check soak mutants clean
 
 ## setup: venv with torch, the folk corpus in data/raw/, and the release build of qd
 setup:
@@ -78,28 +78,43 @@ demo: install
 	@echo "           samples/corpus/ (held-out tunes of the corpus)"
 	@echo "  models   base $(BASE) with CFG γ = 3; β = 0 student $(STUDENT); merged $(MERGED) (λ = 0.5 toward the base)"
 
-## paper: the β sweep (configs/beta-{0,1,2,4}.toml), each β trained through the
-## service with $(words $(SEEDS)) seeds from one base model, then `qd sweep` over every run
-## on $(PAPER_PROMPTS) held-out prompts: the paper's figures and tables in runs/sweep/,
-## copied to docs/figures/; then the side-by-side test (`qd compare`) of the merged model
-## LERP(β = 0, the largest β, λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step
-## is cached but the comparison: trained models and finished runs are kept, and the sweep
-## evaluates only the points whose inputs changed.
+## paper-runs: the β sweep's runs (configs/beta-{0,1,2,4}.toml), each β trained through
+## the service with $(words $(SEEDS)) seeds from one base model; finished runs are skipped
+## paper-dev: the development sweep on the validation split (runs/sweep-val/), where every
+## knob is chosen: `qd sweep` over every run and its baselines on $(PAPER_PROMPTS)
+## validation prompts
+## paper: the final word, on the test split, once the knobs are chosen: the same sweep on
+## $(PAPER_PROMPTS) test prompts (runs/sweep/), copied to docs/figures/; then the
+## side-by-side test (`qd compare`) of the merged model LERP(β = 0, the largest β,
+## λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step is cached but the
+## comparison: trained models and finished runs are kept, and a sweep evaluates only the
+## points whose inputs changed.
 BETAS := 0 1 2 4
 SEEDS := 0 1 2
 PAPER_PROMPTS := 200
+# The sweep's grids: the base model's CFG and temperature, the plausibility constraint
+# alone, and the LERP weights (each β = 0 run merged toward the most diverse β's run of
+# its seed and toward the base model).
+PAPER_SWEEP := --prompts $(PAPER_PROMPTS) --cfg 1,1.5,2,3,4,5,7 --temperatures 0.5,0.6,0.7,0.85,1,1.15,1.3 \
+	--plausibility 0.02,0.05,0.1,0.2 --lambdas 0,0.25,0.5,0.75,1
 # The runs' teacher, as `qd compare` writes an operating point (the side-by-side test of
 # the merged model against it).
 TEACHER := cfg=3,scope=content
 PAPER_RUNS := $(foreach b,$(BETAS),$(foreach s,$(SEEDS),runs/rl/beta-$(b)-seed-$(s)))
-paper: setup
+paper-runs: setup
 	@$(MAKE) --no-print-directory data/folk/dataset.json
 	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
 	@for s in $(SEEDS); do for b in $(BETAS); do \
 	  run="$(QD) run --config configs/beta-$$b.toml --set paths.run_dir=runs/rl/beta-$$b-seed-$$s \
 	    --set learner.seed=$$s --set actor.seed=$$((100 * s + 1))"; \
 	  echo "$$run"; $$run || exit 1; done; done
-	$(QD) sweep --runs $(PAPER_RUNS) --prompts $(PAPER_PROMPTS) --out runs/sweep
+
+paper-dev: paper-runs
+	$(QD) sweep --runs $(PAPER_RUNS) $(PAPER_SWEEP) --split val --out runs/sweep-val
+	@echo "validation tables: runs/sweep-val/summary.md"
+
+paper: paper-runs
+	$(QD) sweep --runs $(PAPER_RUNS) $(PAPER_SWEEP) --split test --out runs/sweep
 	$(QD) merge runs/rl/beta-0-seed-0/student.safetensors runs/rl/beta-$(lastword $(BETAS))-seed-0/student.safetensors \
 	  --lambda 0.5 --out runs/merged/paper-lerp.safetensors
 	$(QD) compare runs/merged/paper-lerp.safetensors $(BASE)@$(TEACHER) --prompts $(PAPER_PROMPTS) \

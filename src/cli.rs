@@ -752,8 +752,16 @@ pub struct SweepArgs {
     #[arg(long = "cfg", value_delimiter = ',', default_value = "1,1.5,2,3,4,5,7")]
     pub gammas: Vec<f64>,
     /// Temperatures of the base model and of the β = 0 student.
-    #[arg(long, value_delimiter = ',', default_value = "0.7,0.85,1,1.15,1.3")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.5,0.6,0.7,0.85,1,1.15,1.3"
+    )]
     pub temperatures: Vec<f64>,
+    /// Thresholds α of the plausibility constraint alone on the base model (ids below
+    /// α times the most likely one's probability are not sampled); `none` for no points.
+    #[arg(long = "plausibility", value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2", value_parser = plausibility_or_none)]
+    pub plausibilities: Vec<Option<f64>>,
     /// LERP weights λ (default: 0 to 1 in steps of 0.1, or 0.05 with --fine).
     #[arg(long, value_delimiter = ',', conflicts_with = "fine")]
     pub lambdas: Option<Vec<f64>>,
@@ -819,6 +827,17 @@ impl ServiceArgs {
 }
 
 /// A held-out split (`val` or `test`): evaluation never runs on the training prompts.
+/// A plausibility threshold, or `none` (no plausibility points).
+fn plausibility_or_none(s: &str) -> Result<Option<f64>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(Some(a)),
+        _ => Err(format!("{s} is not a threshold in (0, 1) or `none`")),
+    }
+}
+
 fn held_out_split(s: &str) -> Result<Split, String> {
     match s.parse()? {
         Split::Train => Err("evaluation takes a held-out split: val or test".into()),

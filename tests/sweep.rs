@@ -83,7 +83,7 @@ fn stamped_run(
 type Rows = HashMap<(String, String), Vec<String>>;
 
 /// `sweep.csv` as (family, param) → the remaining fields but the last (the run's seed,
-/// empty outside the `beta` family), and the header. Params are keyed as Rust prints the
+/// empty outside the families made of runs), and the header. Params are keyed as Rust prints the
 /// number (`1`, `0.25`).
 fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
     let mut r = csv::Reader::from_path(path).unwrap();
@@ -94,7 +94,8 @@ fn read_csv(path: &Path) -> (Vec<String>, Rows, usize) {
     for record in r.records() {
         let f: Vec<String> = record.unwrap().iter().map(str::to_string).collect();
         assert_eq!(f.len(), header.len(), "{f:?}");
-        assert_eq!(f.last().unwrap().is_empty(), f[0] != "beta", "{f:?}");
+        let of_runs = ["beta", "distil-less", "lerp", "lerp-base"].contains(&f[0].as_str());
+        assert_eq!(f.last().unwrap().is_empty(), !of_runs, "{f:?}");
         let param = f[1].parse::<f64>().unwrap().to_string();
         rows.insert((f[0].clone(), param), f[2..f.len() - 1].to_vec());
         n += 1;
@@ -153,6 +154,15 @@ fn sweep_families_cache_and_figures() {
     let (data, base) = tiny_models(dir, 3);
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let zero = run_dir(&dir.join("rl/beta-0"), &base, 1, Some(0.0), 0.0);
+    // A checkpoint the β = 0 run kept from earlier in its training: the distil-less
+    // control.
+    stamped_run(&dir.join("earlier"), &base, 4, None, "");
+    std::fs::create_dir_all(zero.join("checkpoints")).unwrap();
+    std::fs::copy(
+        dir.join("earlier/student.safetensors"),
+        zero.join("checkpoints/step-00000005.safetensors"),
+    )
+    .unwrap();
     // β from run-config.toml when the student does not record it.
     let fifty = run_dir(&dir.join("rl/beta-50"), &base, 2, None, 50.0);
 
@@ -177,6 +187,8 @@ fn sweep_families_cache_and_figures() {
             "1,3",
             "--temperatures",
             "0.8,1",
+            "--plausibility",
+            "0.1",
             "--lambdas",
             "0,0.25,1",
             "--max-new-tokens",
@@ -198,12 +210,12 @@ fn sweep_families_cache_and_figures() {
     };
 
     let first = ok(sweep(&[&zero, &fifty], &[]));
-    // 15 points; 9 distinct (weights, sampling) pairs: β = 0 is also LERP λ = 0, LERP-base
-    // λ = 0 and the β = 0 student at T = 1; β = 50 is LERP λ = 1; CFG γ = 1 is the base at
-    // T = 1 and LERP-base λ = 1.
+    // 17 points; 11 distinct (weights, sampling) pairs: β = 0 is also LERP λ = 0,
+    // LERP-base λ = 0 and the β = 0 student at T = 1; β = 50 is LERP λ = 1; CFG γ = 1 is
+    // the base at T = 1 and LERP-base λ = 1.
     assert_eq!(
         counts(&first),
-        "15 points: 9 evaluated, 6 cached",
+        "17 points: 11 evaluated, 6 cached",
         "{first}"
     );
     assert!(
@@ -217,7 +229,7 @@ fn sweep_families_cache_and_figures() {
         &header[..5],
         ["family", "param", "quality", "quality_lo", "quality_hi"]
     );
-    assert_eq!(n, 15);
+    assert_eq!(n, 17);
     let expected = [
         ("beta", "0"),
         ("beta", "50"),
@@ -227,6 +239,8 @@ fn sweep_families_cache_and_figures() {
         ("temperature-base", "1"),
         ("temperature-beta0", "0.8"),
         ("temperature-beta0", "1"),
+        ("plausibility", "0.1"),
+        ("distil-less", "5"),
         ("lerp", "0"),
         ("lerp", "0.25"),
         ("lerp", "1"),
@@ -251,18 +265,31 @@ fn sweep_families_cache_and_figures() {
         .unwrap()
     };
     for (end, model) in [
-        ("lerp-0.json", "beta-0-seed-0.json"),
-        ("lerp-1.json", "beta-50-seed-0.json"),
-        ("lerp-base-0.json", "beta-0-seed-0.json"),
-        ("lerp-base-1.json", "cfg-1.json"),
+        ("lerp-0-seed-0.json", "beta-0-seed-0.json"),
+        ("lerp-1-seed-0.json", "beta-50-seed-0.json"),
+        ("lerp-base-0-seed-0.json", "beta-0-seed-0.json"),
+        ("lerp-base-1-seed-0.json", "cfg-1.json"),
     ] {
         let (a, b) = (point(end), point(model));
         assert_eq!(a["key"], b["key"], "{end} vs {model}");
         assert_ne!(a["model"], b["model"], "{end} vs {model}");
     }
     assert_ne!(
-        point("lerp-0.25.json")["key"],
+        point("lerp-0.25-seed-0.json")["key"],
         point("beta-0-seed-0.json")["key"]
+    );
+    // The plausibility constraint alone: no guidance.
+    let alone = point("plausibility-0.1.json");
+    assert_eq!(alone["sampling"]["cfg_plausibility"], 0.1);
+    assert!(alone["sampling"]["cfg_gamma"].is_null());
+    // Distilling less: the β = 0 run's kept checkpoint.
+    let earlier = point("distil-less-5-seed-0.json");
+    assert!(
+        earlier["model"]
+            .as_str()
+            .unwrap()
+            .ends_with("checkpoints/step-00000005.safetensors"),
+        "{earlier}"
     );
     // The CFG family is sampled as the runs' teacher was.
     assert_eq!(point("cfg-3.json")["sampling"]["cfg_scope"], "content");
@@ -304,7 +331,7 @@ fn sweep_families_cache_and_figures() {
         &std::fs::read_to_string(Path::new(&out).join("summary.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(summary["fronts"].as_array().unwrap().len(), 7);
+    assert_eq!(summary["fronts"].as_array().unwrap().len(), 9);
     assert_eq!(summary["most_diverse"]["beta"], 50.0);
     assert_eq!(summary["best_cfg"]["family"], "cfg");
     // Each family's hypervolume is the one of its rows in sweep.csv (the first two
@@ -335,6 +362,46 @@ fn sweep_families_cache_and_figures() {
         assert_eq!(hv > 0.0, positive, "{family}: {points:?}");
     }
     assert_eq!(summary["chords"].as_array().unwrap().len(), 2);
+    // The reward's arms (β = 50, LERP λ = 0.25) against each baseline at their own
+    // diversity: the gain is the arm's quality minus the baseline's front at that
+    // diversity, computed here again from sweep.csv.
+    let gains = summary["baseline_gains"].as_array().unwrap();
+    assert_eq!(gains.len(), 2 * 5, "{gains:?}");
+    let mut compared = 0;
+    for g in gains {
+        let against = g["against"].as_str().unwrap();
+        let pts: Vec<eval::front::Point> = rows
+            .iter()
+            .filter(|((f, _), _)| f == against)
+            .map(|(_, r)| eval::front::Point {
+                quality: r[q].parse().unwrap(),
+                diversity: r[d].parse().unwrap(),
+            })
+            .collect();
+        let (quality, diversity) = (
+            g["quality"].as_f64().unwrap(),
+            g["embed_diversity"].as_f64().unwrap(),
+        );
+        match eval::front::quality_at(&pts, diversity) {
+            None => assert!(g["gain"].is_null(), "{g}"),
+            Some(reach) => {
+                let gain = &g["gain"];
+                let estimate = gain["estimate"].as_f64().unwrap();
+                assert!((estimate - (quality - reach)).abs() < 1e-12, "{g}");
+                let (lo, hi) = (&gain["interval"]["lo"], &gain["interval"]["hi"]);
+                assert!(lo.as_f64().unwrap() <= hi.as_f64().unwrap(), "{g}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(
+        compared > 0,
+        "no arm within any baseline's reach: {gains:?}"
+    );
+    assert!(
+        first.contains("The diversity reward against its baselines"),
+        "{first}"
+    );
 
     // Nothing changed: nothing is evaluated, and the table is the same. With --json the
     // report is summary.json's object plus the tables written.
@@ -344,9 +411,9 @@ fn sweep_families_cache_and_figures() {
     assert_eq!(
         (&again["points"], &again["evaluated"], &again["cached"]),
         (
-            &serde_json::json!(15),
+            &serde_json::json!(17),
             &serde_json::json!(0),
-            &serde_json::json!(15)
+            &serde_json::json!(17)
         ),
         "{again}"
     );
@@ -367,7 +434,7 @@ fn sweep_families_cache_and_figures() {
     let changed = ok(sweep(&[&zero, &fifty], &["--no-progress"]));
     assert_eq!(
         counts(&changed),
-        "15 points: 3 evaluated, 12 cached",
+        "17 points: 3 evaluated, 14 cached",
         "{changed}"
     );
     let (_, after, _) = read_csv(&csv);
@@ -460,6 +527,8 @@ fn sweep_with_only_the_beta_zero_run() {
         "1",
         "--temperatures",
         "1",
+        "--plausibility",
+        "none",
         "--lambdas",
         "0,1",
         "--max-new-tokens",
@@ -524,6 +593,8 @@ fn sweep_of_repeated_runs_follows_their_teacher() {
             "1",
             "--temperatures",
             "1",
+            "--plausibility",
+            "none",
             "--lambdas",
             "0,1",
             "--max-new-tokens",
@@ -550,8 +621,8 @@ fn sweep_of_repeated_runs_follows_their_teacher() {
     assert!(out.contains("The β runs, over their seeds"), "{out}");
     let (_, _, n) = read_csv(&dir.join("sweep/sweep.csv"));
     // 4 runs, CFG γ ∈ {1, 2} (the teacher's γ added), 2 temperatures, LERP and LERP-base
-    // at λ ∈ {0, 1}, the average.
-    assert_eq!(n, 13, "{out}");
+    // at λ ∈ {0, 1} for each of the two β = 0 runs, the average.
+    assert_eq!(n, 17, "{out}");
     let point = |name: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.join("sweep/points").join(name)).unwrap())
             .unwrap()
@@ -564,6 +635,14 @@ fn sweep_of_repeated_runs_follows_their_teacher() {
         serde_json::Value::Null
     );
     assert_eq!(point("beta-0-seed-1.json")["seed"], 1);
+    // Each β = 0 run is merged with the diverse β's run of its own seed.
+    let lerp1 = point("lerp-1-seed-1.json");
+    assert!(
+        lerp1["model"].as_str().unwrap().contains("beta-0-seed-1")
+            && lerp1["model"].as_str().unwrap().contains("beta-50-seed-1"),
+        "{lerp1}"
+    );
+    assert_eq!(lerp1["key"], point("beta-50-seed-1.json")["key"]);
 
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("sweep/summary.json")).unwrap())
@@ -594,16 +673,49 @@ fn sweep_of_repeated_runs_follows_their_teacher() {
             "β = 50 − β = 0"
         ]
     );
+    // β's effect is the mean over its runs minus β = 0's, each run's mean over the
+    // prompts, and its interval resamples the runs as well as the prompts: it is at
+    // least as wide as the runs' own spread of the difference allows.
+    let mean_of = |beta: &str, what: &str| -> f64 {
+        let ds: Vec<f64> = (0..2)
+            .map(|s| {
+                point(&format!("beta-{beta}-seed-{s}.json"))["report"][what]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        (ds[0] + ds[1]) / 2.0
+    };
+    let effect = &summary["effects"][2];
+    for (key, what) in [
+        ("quality", "quality"),
+        ("embed_diversity", "embed_diversity"),
+    ] {
+        let e = &effect[key];
+        let estimate = e["estimate"].as_f64().unwrap();
+        let expected = mean_of("50", what) - mean_of("0", what);
+        assert!(
+            (estimate - expected).abs() < 1e-9,
+            "{key}: {estimate} vs {expected}"
+        );
+        let (lo, hi) = (
+            e["interval"]["lo"].as_f64().unwrap(),
+            e["interval"]["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= hi, "{effect}");
+    }
     let diffs = summary["front_differences"].as_array().unwrap();
     assert_eq!(diffs.len(), 4, "{diffs:?}");
     for d in diffs {
         let e = &d["difference"];
-        let (v, lo, hi) = (
-            e["estimate"].as_f64().unwrap(),
+        let (lo, hi) = (
             e["interval"]["lo"].as_f64().unwrap(),
             e["interval"]["hi"].as_f64().unwrap(),
         );
-        assert!(lo <= v && v <= hi, "{d}");
+        assert!(
+            e["estimate"].as_f64().unwrap().is_finite() && lo <= hi,
+            "{d}"
+        );
     }
 
     // A run distilled from another teacher is not compared with these.

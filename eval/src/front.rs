@@ -61,6 +61,57 @@ pub fn hypervolume(points: &[Point], reference: Point) -> f64 {
     area
 }
 
+/// The best quality `points` reach at embedding diversity `d`: on the Pareto front,
+/// linear between the two front points around `d` (sampling one setting for some prompts
+/// and the other for the rest reaches every mixture of their per-prompt means), the
+/// least diverse front point's quality below its diversity (it dominates there), and
+/// `None` beyond the most diverse point (nothing reaches `d`).
+pub fn quality_at(points: &[Point], d: f64) -> Option<f64> {
+    // By quality, highest first: by diversity, lowest first.
+    let front = pareto_front(points);
+    let first = front.first()?;
+    if !d.is_finite() || d > front[front.len() - 1].diversity {
+        return None;
+    }
+    if d <= first.diversity {
+        return Some(first.quality);
+    }
+    let i = front.iter().position(|p| p.diversity >= d)?;
+    let (a, b) = (front[i - 1], front[i]);
+    let t = (d - a.diversity) / (b.diversity - a.diversity);
+    Some(a.quality + t * (b.quality - a.quality))
+}
+
+/// The part of the hypervolume (reference quality 0) that lies between diversities `lo`
+/// and `hi`: ∫ of the best quality at diversity ≥ x for x from `lo` to `hi` — fronts
+/// compared over the range both cover, where neither gains from reaching further.
+pub fn band_hypervolume(points: &[Point], lo: f64, hi: f64) -> f64 {
+    let mut area = 0.0;
+    let mut covered = lo;
+    for p in pareto_front(points) {
+        let top = p.diversity.min(hi);
+        if top > covered && p.quality > 0.0 {
+            area += p.quality * (top - covered);
+            covered = top;
+        }
+    }
+    area
+}
+
+/// The diversity range `[lo, hi]` both sets of points span (`None` when they do not
+/// overlap).
+pub fn shared_range(a: &[Point], b: &[Point]) -> Option<(f64, f64)> {
+    let span = |pts: &[Point]| {
+        let d = pts.iter().map(|p| p.diversity).filter(|d| d.is_finite());
+        let lo = d.clone().fold(f64::INFINITY, f64::min);
+        let hi = d.fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let ((alo, ahi), (blo, bhi)) = (span(a), span(b));
+    let (lo, hi) = (alo.max(blo), ahi.min(bhi));
+    (lo < hi).then_some((lo, hi))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +170,40 @@ mod tests {
             p(3.0, 1.0),
         ]);
         assert_eq!(f, vec![p(3.0, 1.0), p(2.0, 2.0), p(1.0, 3.0)]);
+    }
+
+    #[test]
+    fn quality_at_matched_diversity() {
+        // A front (3, 1), (2, 2), (1, 3) and a dominated point that changes nothing.
+        let pts = [p(1.0, 3.0), p(3.0, 1.0), p(2.0, 2.0), p(0.5, 2.5)];
+        assert_eq!(quality_at(&pts, 1.0), Some(3.0));
+        assert_eq!(quality_at(&pts, 1.5), Some(2.5));
+        assert_eq!(quality_at(&pts, 2.75), Some(1.25));
+        assert_eq!(quality_at(&pts, 3.0), Some(1.0));
+        // Below the least diverse point: that point dominates there.
+        assert_eq!(quality_at(&pts, 0.2), Some(3.0));
+        // Beyond the most diverse point: out of reach.
+        assert_eq!(quality_at(&pts, 3.01), None);
+        assert_eq!(quality_at(&pts, f64::NAN), None);
+        assert_eq!(quality_at(&[], 1.0), None);
+    }
+
+    #[test]
+    fn band_hypervolume_counts_only_the_band() {
+        let pts = [p(3.0, 1.0), p(2.0, 2.0), p(1.0, 3.0)];
+        // The whole front: equal to the hypervolume.
+        assert_eq!(
+            band_hypervolume(&pts, 0.0, 3.0),
+            hypervolume(&pts, p(0.0, 0.0))
+        );
+        // From 1.5 to 2.5: 0.5 at quality 2, then 0.5 at quality 1.
+        assert_eq!(band_hypervolume(&pts, 1.5, 2.5), 1.5);
+        // Beyond the front: nothing.
+        assert_eq!(band_hypervolume(&pts, 3.0, 4.0), 0.0);
+        assert_eq!(
+            shared_range(&pts, &[p(1.0, 2.5), p(1.0, 5.0)]),
+            Some((2.5, 3.0))
+        );
+        assert_eq!(shared_range(&pts, &[p(1.0, 4.0)]), None);
     }
 }

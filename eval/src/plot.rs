@@ -29,7 +29,7 @@ fn register() {
 }
 
 /// Colour-blind-friendly colours (Okabe–Ito), then black.
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(0, 0, 0),
     RGBColor(213, 94, 0),
     RGBColor(230, 159, 0),
@@ -38,6 +38,8 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(0, 158, 115),
     RGBColor(86, 180, 233),
     RGBColor(120, 120, 120),
+    RGBColor(140, 86, 75),
+    RGBColor(160, 160, 30),
 ];
 
 /// The `i`-th colour of the palette.

@@ -20,6 +20,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         gammas: a.gammas,
         temperatures: a.temperatures,
+        plausibilities: a.plausibilities.into_iter().flatten().collect(),
         lambdas: a
             .lambdas
             .unwrap_or_else(|| eval::sweep::default_lambdas(a.fine)),

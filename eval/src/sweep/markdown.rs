@@ -72,9 +72,14 @@ impl Summary {
         let betas: Vec<String> = self.runs.iter().map(|r| r.beta.to_string()).collect();
         let _ = writeln!(
             s,
-            "{} held-out test prompts × {} samples, seed {}, the same for every row; base model `{}`; \
+            "{} held-out {} prompts × {} samples, seed {}, the same for every row; base model `{}`; \
              β runs {}{}.\n",
             self.prompts,
+            match self.split {
+                model::task::Split::Val => "validation",
+                model::task::Split::Test => "test",
+                model::task::Split::Train => "training",
+            },
             self.samples,
             self.seed,
             self.base.display(),
@@ -104,8 +109,10 @@ impl Summary {
             let _ = writeln!(
                 s,
                 "Teacher of every run, and the CFG family's sampling: {t}. Intervals are 95%: \
-                 `[lo, hi]` by bootstrap over prompts (paired where two points share prompts \
-                 and seeds), over runs by Student's t.\n"
+                 a row's `[lo, hi]` by bootstrap over its prompts; effects, fronts and \
+                 baselines by bootstrap over runs, then prompts (paired: both sides on the \
+                 same resampled runs and prompts; a point with several runs is their mean); \
+                 the β runs' spread by Student's t.\n"
             );
         }
         s.push_str(
@@ -222,6 +229,9 @@ impl Summary {
             }
             None => s.push_str("\nNo CFG point was evaluated.\n"),
         }
+        if !self.baseline_gains.is_empty() {
+            s.push_str(&self.baselines_markdown());
+        }
         for c in &self.chords {
             let _ = writeln!(
                 s,
@@ -235,6 +245,93 @@ impl Summary {
                 c.interior,
                 c.max_diversity_gain
             );
+        }
+        s
+    }
+}
+
+/// `beats`, `loses` or `cannot tell` from an interval of a gain.
+fn verdict(d: &crate::stats::Difference) -> &'static str {
+    if d.interval.lo > 0.0 {
+        "beats"
+    } else if d.interval.hi < 0.0 {
+        "loses"
+    } else {
+        "cannot tell"
+    }
+}
+
+impl Summary {
+    /// Does the diversity reward beat its baselines: each arm's quality against each
+    /// baseline's at the arm's diversity, and the fronts over the range both cover.
+    fn baselines_markdown(&self) -> String {
+        let mut s = String::new();
+        let mut against: Vec<Family> = self.baseline_gains.iter().map(|g| g.against).collect();
+        against.dedup();
+        let _ = writeln!(
+            s,
+            "\nThe diversity reward against its baselines: each arm's quality minus the \
+             baseline's at the arm's embedding diversity (along the baseline's front, linear \
+             between its points; `—`: the baseline reaches no such diversity), with its 95% \
+             interval over runs and prompts and the verdict.\n"
+        );
+        let _ = write!(s, "| arm | quality | diversity |");
+        for f in &against {
+            let _ = write!(s, " {} |", f.describe());
+        }
+        let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(against.len()));
+        let mut arms: Vec<(Family, f64)> = self
+            .baseline_gains
+            .iter()
+            .map(|g| (g.family, g.param))
+            .collect();
+        arms.dedup();
+        for (family, param) in arms {
+            let of: Vec<&super::summary::BaselineGain> = self
+                .baseline_gains
+                .iter()
+                .filter(|g| g.family == family && g.param == param)
+                .collect();
+            let name = match family {
+                Family::Beta => format!("β = {param}"),
+                _ => format!("LERP β = 0 → diverse, λ = {param}"),
+            };
+            let _ = write!(
+                s,
+                "| {name} | {:.4} | {:.3} |",
+                of[0].quality, of[0].embed_diversity
+            );
+            for f in &against {
+                let cell = match of
+                    .iter()
+                    .find(|g| g.against == *f)
+                    .and_then(|g| g.gain.as_ref())
+                {
+                    Some(d) => format!("{} {}", d.text(4), verdict(d)),
+                    None => "—".into(),
+                };
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
+        if !self.baseline_fronts.is_empty() {
+            s.push_str(
+                "\nThe reward's front (the β students and the merges toward the most diverse) \
+                 against each baseline's, over the diversity range both cover: hypervolume in \
+                 that range, the reward's minus the baseline's.\n\n\
+                 | baseline | diversity range | difference | verdict |\n|---|---|---|---|\n",
+            );
+            for b in &self.baseline_fronts {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.3}–{:.3} | {} | {} |",
+                    b.against.describe(),
+                    b.lo,
+                    b.hi,
+                    b.difference.text(4),
+                    verdict(&b.difference)
+                );
+            }
         }
         s
     }

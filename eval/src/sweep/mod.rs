@@ -8,12 +8,19 @@
 //! | `cfg` | the base model with CFG (γ = 1: no guidance) | γ |
 //! | `temperature-base` | the base model, no CFG | temperature T |
 //! | `temperature-beta0` | the β = 0 student, no CFG | temperature T |
+//! | `plausibility` | the base model, the plausibility constraint alone (no guidance) | α |
+//! | `distil-less` | each β = 0 run's earlier checkpoints, no CFG | learner step |
 //! | `lerp` | `(1−λ)·θ_β=0 + λ·θ_diverse`, no CFG | λ |
 //! | `lerp-base` | `(1−λ)·θ_β=0 + λ·θ_base`, no CFG | λ |
 //! | `average` | the uniform average of every run's student | number of models |
 //!
-//! The diverse end of `lerp` is the β > 0 student with the highest embedding diversity in
-//! this sweep (its `beta` row). Merged weights are made in memory.
+//! The diverse end of `lerp` is the β > 0 with the highest mean embedding diversity over
+//! its runs. The LERP families and `distil-less` are made for every β = 0 run (seed), each
+//! merged with the diverse β's run of the same seed where there is one: like the `beta`
+//! family they are points over runs, and the summary's intervals resample runs and
+//! prompts together. Merged weights are made in memory. Temperature, the plausibility
+//! constraint alone, LERP toward the base model and distilling for fewer steps are the
+//! baselines the diversity reward is measured against (`summary::baselines`).
 //!
 //! Cache: each point is written to `out/points/<family>-<param>.json` with its report and
 //! a key, the SHA-256 of the evaluation context (the test prompts used, the embedder's
@@ -70,6 +77,8 @@ pub struct SweepConfig {
     pub max_new_tokens: usize,
     pub gammas: Vec<f64>,
     pub temperatures: Vec<f64>,
+    /// Thresholds α of the plausibility constraint alone on the base model.
+    pub plausibilities: Vec<f64>,
     pub lambdas: Vec<f64>,
     pub device: Device,
     pub progress: bool,
@@ -83,17 +92,21 @@ pub enum Family {
     Cfg,
     TemperatureBase,
     TemperatureBeta0,
+    Plausibility,
+    DistilLess,
     Lerp,
     LerpBase,
     Average,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 9] = [
         Family::Beta,
         Family::Cfg,
         Family::TemperatureBase,
         Family::TemperatureBeta0,
+        Family::Plausibility,
+        Family::DistilLess,
         Family::Lerp,
         Family::LerpBase,
         Family::Average,
@@ -105,6 +118,8 @@ impl Family {
             Family::Cfg => "cfg",
             Family::TemperatureBase => "temperature-base",
             Family::TemperatureBeta0 => "temperature-beta0",
+            Family::Plausibility => "plausibility",
+            Family::DistilLess => "distil-less",
             Family::Lerp => "lerp",
             Family::LerpBase => "lerp-base",
             Family::Average => "average",
@@ -118,6 +133,8 @@ impl Family {
             Family::Cfg => "base model, CFG γ",
             Family::TemperatureBase => "base model, temperature",
             Family::TemperatureBeta0 => "β = 0 student, temperature",
+            Family::Plausibility => "base model, plausibility constraint alone",
+            Family::DistilLess => "β = 0 student, fewer steps",
             Family::Lerp => "LERP β = 0 → most diverse",
             Family::LerpBase => "LERP β = 0 → base",
             Family::Average => "average of the β models",
@@ -130,6 +147,8 @@ impl Family {
             Family::Beta => format!("β = {p}"),
             Family::Cfg => format!("γ = {p}"),
             Family::TemperatureBase | Family::TemperatureBeta0 => format!("T = {p}"),
+            Family::Plausibility => format!("α = {p}"),
+            Family::DistilLess => format!("step {p}"),
             Family::Lerp | Family::LerpBase => format!("λ = {p}"),
             Family::Average => format!("{p} models"),
         }
@@ -141,7 +160,8 @@ impl Family {
 pub struct Row {
     pub family: Family,
     pub param: f64,
-    /// The training seed of a `beta` row's run (several runs may share a β).
+    /// The training seed of the run a row's model comes from (`beta`, `distil-less` and
+    /// the LERP families: several runs may share a parameter); `None` for one model.
     pub seed: Option<u64>,
     pub report: EvalReport,
 }
@@ -341,6 +361,60 @@ fn read_runs(
     Ok(runs.into_iter().unzip())
 }
 
+/// A β = 0 run's checkpoint from earlier in its training.
+struct Earlier {
+    /// Index of its run.
+    run: usize,
+    step: u64,
+    path: PathBuf,
+    ck: Checkpoint,
+}
+
+/// The checkpoints the β = 0 runs kept (`checkpoints/step-<n>.safetensors`; the run's
+/// `learner.keep_checkpoints` says how many), by run and step: the `distil-less` control.
+fn earlier_students(
+    runs: &[RunInfo],
+    zeros: &[usize],
+    task: &dyn Task,
+    base: &Checkpoint,
+) -> Result<Vec<Earlier>> {
+    let mut out = Vec::new();
+    for &run in zeros {
+        let dir = runs[run].dir.join("checkpoints");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let step = name
+                    .strip_prefix("step-")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        found.sort();
+        for (step, path) in found {
+            let ck = Checkpoint::read_for(&path, ModelKind::Policy, &task.vocab_hash())
+                .with_context(|| format!("reading the earlier checkpoint {}", path.display()))?;
+            ck.check_compatible(&base.meta.config, &base.meta.vocab_hash)
+                .with_context(|| {
+                    format!("{} cannot be compared with the base model", path.display())
+                })?;
+            out.push(Earlier {
+                run,
+                step,
+                path,
+                ck,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the sweep and writes its outputs into `cfg.out`.
 pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     let mut gammas = grid(
@@ -355,6 +429,16 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
         |t| t.is_finite() && t > 0.0,
         "a positive temperature",
     )?;
+    let plausibilities = if cfg.plausibilities.is_empty() {
+        Vec::new()
+    } else {
+        grid(
+            "--plausibility",
+            &cfg.plausibilities,
+            |a| a > 0.0 && a < 1.0,
+            "a threshold in (0, 1)",
+        )?
+    };
     let lambdas = grid(
         "--lambdas",
         &cfg.lambdas,
@@ -393,15 +477,19 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
     std::fs::create_dir_all(cfg.out.join("points"))
         .with_context(|| format!("creating {}", cfg.out.join("points").display()))?;
 
-    // Each β's first run (lowest seed) stands for it in the merged families.
+    // Each β's first run (lowest seed) stands for it in the average.
     let first_of_beta: Vec<usize> = (0..runs.len())
         .filter(|&i| i == 0 || runs[i - 1].beta != runs[i].beta)
         .collect();
     let has_diverse = first_of_beta.len() > 1;
+    let zeros: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].beta == 0.0).collect();
+    let earlier = earlier_students(&runs, &zeros, task, &base)?;
     let total = runs.len()
         + gammas.len()
         + 2 * temperatures.len()
-        + lambdas.len() * (1 + usize::from(has_diverse))
+        + plausibilities.len()
+        + earlier.len()
+        + lambdas.len() * zeros.len() * (1 + usize::from(has_diverse))
         + usize::from(has_diverse);
     let mut ev = Evaluator::new(cfg, task, embedder.as_ref(), judge.as_ref(), total as u64)?;
     let plain = |temperature: f64| SamplingConfig {
@@ -414,14 +502,14 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
 
     for (run, ck) in runs.iter().zip(&students) {
         ev.point(
-            Point::run(run.beta, run.seed),
+            Point::run(Family::Beta, run.beta, run.seed),
             student_name(run),
             Weights::Checkpoint(ck),
             plain(1.0),
         )?;
     }
     // The diverse end: the β > 0 whose runs have the highest mean embedding diversity
-    // (ties: the larger β), by its first run.
+    // (ties: the larger β).
     let mean_diversity = |beta: f64| {
         let d: Vec<f64> = ev
             .rows()
@@ -461,30 +549,56 @@ pub fn sweep(cfg: &SweepConfig, task: &dyn Task) -> Result<Summary> {
             plain(t),
         )?;
     }
-    if let Some(i) = most_diverse {
-        let (diverse, diverse_ck) = (&runs[i], &students[i]);
+    for &a in &plausibilities {
+        ev.point(
+            Point::of(Family::Plausibility, a),
+            base_name.clone(),
+            Weights::Checkpoint(&base),
+            SamplingConfig {
+                cfg_plausibility: Some(a),
+                ..plain(1.0)
+            },
+        )?;
+    }
+    for e in &earlier {
+        ev.point(
+            Point::run(Family::DistilLess, e.step as f64, runs[e.run].seed),
+            e.path.display().to_string(),
+            Weights::Checkpoint(&e.ck),
+            plain(1.0),
+        )?;
+    }
+    for &z in &zeros {
+        let (run, ck) = (&runs[z], &students[z]);
+        if let Some(d) = most_diverse {
+            // The diverse β's run of the same seed, or its first.
+            let beta = runs[d].beta;
+            let pair = (0..runs.len())
+                .find(|&i| runs[i].beta == beta && runs[i].seed == run.seed)
+                .unwrap_or(d);
+            for &l in &lambdas {
+                let model = format!(
+                    "lerp {} → {}, λ = {l}",
+                    student_name(run),
+                    student_name(&runs[pair])
+                );
+                ev.point(
+                    Point::run(Family::Lerp, l, run.seed),
+                    model,
+                    Weights::Lerp(ck, &students[pair], l),
+                    plain(1.0),
+                )?;
+            }
+        }
         for &l in &lambdas {
-            let model = format!(
-                "lerp {} → {}, λ = {l}",
-                student_name(zero),
-                student_name(diverse)
-            );
+            let model = format!("lerp {} → {base_name}, λ = {l}", student_name(run));
             ev.point(
-                Point::of(Family::Lerp, l),
+                Point::run(Family::LerpBase, l, run.seed),
                 model,
-                Weights::Lerp(zero_ck, diverse_ck, l),
+                Weights::Lerp(ck, &base, l),
                 plain(1.0),
             )?;
         }
-    }
-    for &l in &lambdas {
-        let model = format!("lerp {} → {base_name}, λ = {l}", student_name(zero));
-        ev.point(
-            Point::of(Family::LerpBase, l),
-            model,
-            Weights::Lerp(zero_ck, &base, l),
-            plain(1.0),
-        )?;
     }
     if has_diverse {
         let firsts: Vec<&Checkpoint> = first_of_beta.iter().map(|&i| &students[i]).collect();
@@ -534,10 +648,10 @@ impl Point {
         }
     }
 
-    fn run(beta: f64, seed: u64) -> Point {
+    fn run(family: Family, param: f64, seed: u64) -> Point {
         Point {
-            family: Family::Beta,
-            param: beta,
+            family,
+            param,
             seed: Some(seed),
         }
     }

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::evaluate::EvalReport;
-use crate::front::{dominates, hypervolume, Point};
-use crate::stats::{bootstrap, mean, paired_difference, t_interval, Difference, Interval};
+use crate::front::{band_hypervolume, dominates, hypervolume, quality_at, shared_range, Point};
+use crate::stats::{bootstrap_runs, mean, t_interval, Difference, Interval};
+use model::task::Split;
 
 use super::{Family, Row, RunInfo, SweepConfig, Teacher};
 
@@ -20,14 +21,15 @@ pub const REFERENCE: Point = Point {
     diversity: 0.0,
 };
 
-/// A family's front.
+/// A family's front (each parameter's point the mean over its runs).
 #[derive(Clone, Debug, Serialize)]
 pub struct FamilyFront {
     pub family: Family,
+    /// Parameters (operating points) in the family.
     pub points: usize,
     pub hypervolume: f64,
-    /// 95% interval (bootstrap over prompts: every point's means recomputed on the same
-    /// resampled prompts).
+    /// 95% interval (bootstrap over runs, then prompts: every point's means recomputed on
+    /// the same resampled runs and prompts).
     pub interval: Interval,
 }
 
@@ -46,7 +48,7 @@ pub struct BetaRuns {
 }
 
 /// A paired comparison of two operating points on the same prompts and seeds: `to`
-/// minus `from`.
+/// minus `from`, each the mean over its runs; intervals over runs and prompts.
 #[derive(Clone, Debug, Serialize)]
 pub struct Effect {
     pub what: String,
@@ -84,20 +86,11 @@ pub struct Named {
     pub embed_diversity: f64,
 }
 
-impl Named {
-    fn of(r: &Row) -> Named {
-        Named {
-            family: r.family,
-            param: r.param,
-            quality: r.report.quality,
-            embed_diversity: r.report.embed_diversity,
-        }
-    }
-}
-
 /// What `out/summary.json` holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// The held-out split the prompts come from.
+    pub split: Split,
     pub prompts: usize,
     pub samples: usize,
     pub seed: u64,
@@ -121,12 +114,131 @@ pub struct Summary {
     /// Every other point that dominates it.
     pub dominating_best_cfg: Vec<Named>,
     pub chords: Vec<Chord>,
+    /// Each arm of the diversity reward against each baseline at matched diversity.
+    pub baseline_gains: Vec<BaselineGain>,
+    /// The reward's front against each baseline's over the range both cover.
+    pub baseline_fronts: Vec<BandDifference>,
     pub points: usize,
     pub evaluated: usize,
     pub cached: usize,
     /// The figures written (PNG; an SVG lies beside each).
     pub plots: Vec<PathBuf>,
     pub rows: Vec<Row>,
+}
+
+/// What one bootstrap resample holds: the training runs (by seed) and the prompts it
+/// drew. The full sample has every seed and every prompt once.
+struct Draw {
+    seeds: Vec<u64>,
+    prompts: Vec<usize>,
+}
+
+/// The runs and prompts the sweep's rows share, and the statistics over them: estimates
+/// on the full sample, 95% intervals by resampling runs, then prompts
+/// ([`bootstrap_runs`]).
+struct Sample<'a> {
+    rows: &'a [Row],
+    /// Every training seed among the rows.
+    seeds: Vec<u64>,
+    /// Prompts every row covers.
+    n: usize,
+}
+
+impl<'a> Sample<'a> {
+    fn new(rows: &'a [Row]) -> Sample<'a> {
+        let mut seeds: Vec<u64> = rows.iter().filter_map(|r| r.seed).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        Sample {
+            rows,
+            seeds,
+            n: shared_prompts(rows),
+        }
+    }
+
+    fn full(&self) -> Draw {
+        Draw {
+            seeds: self.seeds.clone(),
+            prompts: (0..self.n).collect(),
+        }
+    }
+
+    fn interval(&self, stat: impl Fn(&Draw) -> f64) -> Interval {
+        let runs = self.seeds.len().max(1);
+        bootstrap_runs(runs, self.n, |rs, idx| {
+            let draw = Draw {
+                seeds: if self.seeds.is_empty() {
+                    Vec::new()
+                } else {
+                    rs.iter().map(|&i| self.seeds[i]).collect()
+                },
+                prompts: idx.to_vec(),
+            };
+            stat(&draw)
+        })
+    }
+
+    fn difference(&self, stat: impl Fn(&Draw) -> f64) -> Difference {
+        Difference {
+            estimate: if self.n > 0 {
+                stat(&self.full())
+            } else {
+                f64::NAN
+            },
+            interval: self.interval(stat),
+        }
+    }
+
+    /// The point of one operating point (`family`, `param`) on the draw: its rows' means
+    /// over the drawn prompts, averaged over the drawn runs (a row without a seed is one
+    /// model and always counts; a point none of whose runs were drawn is its runs' mean).
+    fn point(&self, family: Family, param: f64, draw: &Draw) -> Option<Point> {
+        let rows: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.family == family && r.param == param)
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let picked: Vec<&Row> = draw
+            .seeds
+            .iter()
+            .filter_map(|s| rows.iter().find(|r| r.seed == Some(*s)).copied())
+            .collect();
+        let chosen = if picked.is_empty() { rows } else { picked };
+        let pts: Vec<Point> = chosen.iter().map(|r| resampled(r, &draw.prompts)).collect();
+        Some(Point {
+            quality: mean(&pts.iter().map(|p| p.quality).collect::<Vec<_>>()),
+            diversity: mean(&pts.iter().map(|p| p.diversity).collect::<Vec<_>>()),
+        })
+    }
+
+    /// A family's parameters, increasing.
+    fn params(&self, family: Family) -> Vec<f64> {
+        let mut p: Vec<f64> = self
+            .rows
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| r.param)
+            .collect();
+        p.sort_by(f64::total_cmp);
+        p.dedup();
+        p
+    }
+
+    /// A family's points on the draw, by parameter.
+    fn points(&self, family: Family, draw: &Draw) -> Vec<(f64, Point)> {
+        self.params(family)
+            .into_iter()
+            .filter_map(|p| Some((p, self.point(family, p, draw)?)))
+            .collect()
+    }
+
+    fn hypervolume(&self, family: Family, draw: &Draw) -> f64 {
+        let pts: Vec<Point> = self.points(family, draw).into_iter().map(|p| p.1).collect();
+        hypervolume(&pts, REFERENCE)
+    }
 }
 
 /// The point of `r` with its means taken over the prompts `idx` (a bootstrap resample).
@@ -136,16 +248,6 @@ fn resampled(r: &Row, idx: &[usize]) -> Point {
         quality: m(&r.report.per_prompt.quality),
         diversity: m(&r.report.per_prompt.embed_diversity),
     }
-}
-
-/// The hypervolume of `family`'s rows with every point computed on the prompts `idx`.
-fn family_hypervolume(rows: &[Row], family: Family, idx: &[usize]) -> f64 {
-    let pts: Vec<Point> = rows
-        .iter()
-        .filter(|r| r.family == family)
-        .map(|r| resampled(r, idx))
-        .collect();
-    hypervolume(&pts, REFERENCE)
 }
 
 /// How many prompts every row's per-prompt values cover (0 when they disagree).
@@ -200,48 +302,171 @@ fn beta_runs(rows: &[Row]) -> Vec<BetaRuns> {
         .collect()
 }
 
-/// The paper's paired comparisons: the teacher against the unguided base model, the
-/// β = 0 student against the teacher, and each β's first run against β = 0's.
-fn effects(rows: &[Row], teacher: Option<Teacher>) -> Vec<Effect> {
-    let find = |f: Family, p: f64| rows.iter().find(|r| r.family == f && r.param == p);
-    let effect = |what: String, from: &Row, to: &Row| Effect {
-        what,
-        quality: paired_difference(
-            &from.report.per_prompt.quality,
-            &to.report.per_prompt.quality,
-        ),
-        embed_diversity: paired_difference(
-            &from.report.per_prompt.embed_diversity,
-            &to.report.per_prompt.embed_diversity,
-        ),
+/// The paper's paired comparisons, over runs and prompts: the teacher against the
+/// unguided base model, the β = 0 students against the teacher, and each β's runs
+/// against β = 0's (run seed with run seed).
+fn effects(sample: &Sample, teacher: Option<Teacher>) -> Vec<Effect> {
+    let has = |f: Family, p: f64| sample.rows.iter().any(|r| r.family == f && r.param == p);
+    let effect = |what: String, from: (Family, f64), to: (Family, f64)| {
+        let diff = |get: fn(Point) -> f64| {
+            sample.difference(|d| {
+                match (sample.point(from.0, from.1, d), sample.point(to.0, to.1, d)) {
+                    (Some(a), Some(b)) => get(b) - get(a),
+                    _ => f64::NAN,
+                }
+            })
+        };
+        Effect {
+            what,
+            quality: diff(|p| p.quality),
+            embed_diversity: diff(|p| p.diversity),
+        }
     };
     let mut out = Vec::new();
-    let base = find(Family::Cfg, 1.0);
-    let guided = teacher.and_then(|t| find(Family::Cfg, t.gamma).filter(|_| t.gamma != 1.0));
-    if let (Some(b), Some(t)) = (base, guided) {
+    let guided = teacher
+        .map(|t| t.gamma)
+        .filter(|&g| g != 1.0 && has(Family::Cfg, g));
+    if let Some(g) = guided.filter(|_| has(Family::Cfg, 1.0)) {
         out.push(effect(
-            format!("teacher (γ = {}) − unguided base", t.param),
-            b,
-            t,
+            format!("teacher (γ = {g}) − unguided base"),
+            (Family::Cfg, 1.0),
+            (Family::Cfg, g),
         ));
     }
-    let zero = find(Family::Beta, 0.0);
-    if let (Some(t), Some(z)) = (guided, zero) {
-        out.push(effect("β = 0 student − teacher".into(), t, z));
+    if let Some(g) = guided.filter(|_| has(Family::Beta, 0.0)) {
+        out.push(effect(
+            "β = 0 student − teacher".into(),
+            (Family::Cfg, g),
+            (Family::Beta, 0.0),
+        ));
     }
-    if let Some(z) = zero {
-        let mut seen = vec![0.0];
-        for r in rows.iter().filter(|r| r.family == Family::Beta) {
-            if !seen.contains(&r.param) {
-                seen.push(r.param);
-                out.push(effect(format!("β = {} − β = 0", r.param), z, r));
-            }
+    if has(Family::Beta, 0.0) {
+        for b in sample
+            .params(Family::Beta)
+            .into_iter()
+            .filter(|b| *b != 0.0)
+        {
+            out.push(effect(
+                format!("β = {b} − β = 0"),
+                (Family::Beta, 0.0),
+                (Family::Beta, b),
+            ));
         }
     }
     out
 }
 
-/// Fronts, the best CFG point, what dominates it, and LERP against its chord.
+/// The baselines the diversity reward must beat: sampling the base model or the β = 0
+/// student hotter, truncating the base model's sampling, merging the β = 0 student
+/// toward the base model, and distilling for fewer steps.
+pub const BASELINES: [Family; 5] = [
+    Family::TemperatureBase,
+    Family::TemperatureBeta0,
+    Family::Plausibility,
+    Family::LerpBase,
+    Family::DistilLess,
+];
+
+/// An arm of the diversity reward (a β > 0, or a merge of β = 0 toward the most
+/// diverse β) against a baseline at the arm's own diversity.
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineGain {
+    pub family: Family,
+    pub param: f64,
+    pub quality: f64,
+    pub embed_diversity: f64,
+    pub against: Family,
+    /// The arm's quality minus the baseline's at the arm's embedding diversity (along
+    /// the baseline's front, [`quality_at`]); 95% interval over runs and prompts. `None`:
+    /// no point of the baseline is that diverse.
+    pub gain: Option<Difference>,
+}
+
+/// The diversity reward's front (the β students and the merges toward the most diverse
+/// one) against a baseline's, over the diversity range both cover.
+#[derive(Clone, Debug, Serialize)]
+pub struct BandDifference {
+    pub against: Family,
+    pub lo: f64,
+    pub hi: f64,
+    /// Hypervolume between diversities `lo` and `hi` ([`band_hypervolume`]), the
+    /// reward's minus the baseline's; 95% interval over runs and prompts.
+    pub difference: Difference,
+}
+
+/// Every arm of the reward against every baseline present, and the fronts over their
+/// shared range.
+fn baselines(sample: &Sample) -> (Vec<BaselineGain>, Vec<BandDifference>) {
+    let present: Vec<Family> = BASELINES
+        .into_iter()
+        .filter(|f| !sample.params(*f).is_empty())
+        .collect();
+    let full = sample.full();
+    let arms: Vec<(Family, f64)> = sample
+        .params(Family::Beta)
+        .into_iter()
+        .filter(|b| *b > 0.0)
+        .map(|b| (Family::Beta, b))
+        .chain(
+            sample
+                .params(Family::Lerp)
+                .into_iter()
+                .filter(|l| *l > 0.0 && *l < 1.0)
+                .map(|l| (Family::Lerp, l)),
+        )
+        .collect();
+    let only = |pts: Vec<(f64, Point)>| pts.into_iter().map(|p| p.1).collect::<Vec<Point>>();
+    let mut gains = Vec::new();
+    for &(family, param) in &arms {
+        let Some(at) = sample.point(family, param, &full) else {
+            continue;
+        };
+        for &against in &present {
+            let reach = quality_at(&only(sample.points(against, &full)), at.diversity);
+            let gain = reach.map(|_| {
+                sample.difference(|d| {
+                    let Some(arm) = sample.point(family, param, d) else {
+                        return f64::NAN;
+                    };
+                    quality_at(&only(sample.points(against, d)), arm.diversity)
+                        .map_or(f64::NAN, |q| arm.quality - q)
+                })
+            });
+            gains.push(BaselineGain {
+                family,
+                param,
+                quality: at.quality,
+                embed_diversity: at.diversity,
+                against,
+                gain,
+            });
+        }
+    }
+    let reward = |d: &Draw| {
+        let mut pts = only(sample.points(Family::Beta, d));
+        pts.extend(only(sample.points(Family::Lerp, d)));
+        pts
+    };
+    let fronts = present
+        .iter()
+        .filter_map(|&against| {
+            let (lo, hi) = shared_range(&reward(&full), &only(sample.points(against, &full)))?;
+            Some(BandDifference {
+                against,
+                lo,
+                hi,
+                difference: sample.difference(|d| {
+                    band_hypervolume(&reward(d), lo, hi)
+                        - band_hypervolume(&only(sample.points(against, d)), lo, hi)
+                }),
+            })
+        })
+        .collect();
+    (gains, fronts)
+}
+
+/// Fronts, the best CFG point, what dominates it, LERP against its chord and the
+/// reward against its baselines.
 pub(super) fn summarize(
     cfg: &SweepConfig,
     runs: Vec<RunInfo>,
@@ -250,58 +475,61 @@ pub(super) fn summarize(
     evaluated: usize,
     cached: usize,
 ) -> Summary {
-    let of = |f: Family| rows.iter().filter(move |r| r.family == f);
-    let n = shared_prompts(&rows);
+    let sample = Sample::new(&rows);
+    let full = sample.full();
     let present: Vec<Family> = Family::ALL
         .iter()
         .copied()
-        .filter(|f| of(*f).next().is_some())
+        .filter(|f| !sample.params(*f).is_empty())
         .collect();
     let fronts = present
         .iter()
-        .map(|&family| {
-            let pts: Vec<Point> = of(family).map(Row::point).collect();
-            FamilyFront {
-                family,
-                points: pts.len(),
-                hypervolume: hypervolume(&pts, REFERENCE),
-                interval: bootstrap(n, |idx| family_hypervolume(&rows, family, idx)),
-            }
+        .map(|&family| FamilyFront {
+            family,
+            points: sample.params(family).len(),
+            hypervolume: sample.hypervolume(family, &full),
+            interval: sample.interval(|d| sample.hypervolume(family, d)),
         })
         .collect();
     let front_differences = [Family::Lerp, Family::LerpBase]
         .into_iter()
         .flat_map(|a| [(a, Family::Cfg), (a, Family::TemperatureBase)])
         .filter(|(a, b)| present.contains(a) && present.contains(b))
-        .map(|(family, against)| {
-            let all: Vec<usize> = (0..n).collect();
-            let diff = |idx: &[usize]| {
-                family_hypervolume(&rows, family, idx) - family_hypervolume(&rows, against, idx)
-            };
-            FrontDifference {
-                family,
-                against,
-                difference: Difference {
-                    estimate: if n > 0 { diff(&all) } else { f64::NAN },
-                    interval: bootstrap(n, diff),
-                },
-            }
+        .map(|(family, against)| FrontDifference {
+            family,
+            against,
+            difference: sample
+                .difference(|d| sample.hypervolume(family, d) - sample.hypervolume(against, d)),
         })
         .collect();
-    let best_cfg = of(Family::Cfg)
-        .filter(|r| r.report.quality.is_finite())
+    let named = |family: Family, param: f64, p: Point| Named {
+        family,
+        param,
+        quality: p.quality,
+        embed_diversity: p.diversity,
+    };
+    let best_cfg = sample
+        .points(Family::Cfg, &full)
+        .into_iter()
+        .filter(|(_, p)| p.quality.is_finite())
         .max_by(|a, b| {
-            a.report.quality.total_cmp(&b.report.quality).then(
-                a.report
-                    .embed_diversity
-                    .total_cmp(&b.report.embed_diversity),
-            )
+            a.1.quality
+                .total_cmp(&b.1.quality)
+                .then(a.1.diversity.total_cmp(&b.1.diversity))
         });
     let dominating_best_cfg = best_cfg
-        .map(|best| {
-            rows.iter()
-                .filter(|r| r.family != Family::Cfg && dominates(r.point(), best.point()))
-                .map(Named::of)
+        .map(|(_, best)| {
+            present
+                .iter()
+                .filter(|f| **f != Family::Cfg)
+                .flat_map(|&f| {
+                    sample
+                        .points(f, &full)
+                        .into_iter()
+                        .map(move |(p, pt)| (f, p, pt))
+                })
+                .filter(|(_, _, pt)| dominates(*pt, best))
+                .map(|(f, p, pt)| named(f, p, pt))
                 .collect()
         })
         .unwrap_or_default();
@@ -310,7 +538,9 @@ pub(super) fn summarize(
         .filter_map(|f| chord(f, &rows))
         .collect();
     let teacher = runs.first().map(|r| r.teacher);
+    let (baseline_gains, baseline_fronts) = baselines(&sample);
     Summary {
+        split: cfg.split,
         prompts: rows.first().map_or(cfg.prompts, |r| r.report.prompts),
         samples: cfg.samples,
         seed: cfg.seed,
@@ -319,13 +549,15 @@ pub(super) fn summarize(
         teacher,
         most_diverse,
         betas: beta_runs(&rows),
-        effects: effects(&rows, teacher),
+        effects: effects(&sample, teacher),
         reference: REFERENCE,
         fronts,
         front_differences,
-        best_cfg: best_cfg.map(Named::of),
+        best_cfg: best_cfg.map(|(p, pt)| named(Family::Cfg, p, pt)),
         dominating_best_cfg,
         chords,
+        baseline_gains,
+        baseline_fronts,
         points: rows.len(),
         evaluated,
         cached,
@@ -334,24 +566,22 @@ pub(super) fn summarize(
     }
 }
 
-/// A LERP family against the straight line between its λ = 0 and λ = 1 points.
+/// A LERP family (each λ the mean over its runs) against the straight line between its
+/// λ = 0 and λ = 1 points.
 pub fn chord(family: Family, rows: &[Row]) -> Option<Chord> {
-    let pts: Vec<&Row> = rows.iter().filter(|r| r.family == family).collect();
-    let end = |l: f64| pts.iter().find(|r| r.param == l);
+    let sample = Sample::new(rows);
+    let pts = sample.points(family, &sample.full());
+    let end = |l: f64| pts.iter().find(|p| p.0 == l).map(|p| p.1);
     let (a, b) = (end(0.0)?, end(1.0)?);
-    let interior: Vec<&&Row> = pts
-        .iter()
-        .filter(|r| r.param > 0.0 && r.param < 1.0)
-        .collect();
-    let line = |l: f64, f: fn(&EvalReport) -> f64| (1.0 - l) * f(&a.report) + l * f(&b.report);
-    let gains = |f: fn(&EvalReport) -> f64| -> Vec<f64> {
+    let interior: Vec<&(f64, Point)> = pts.iter().filter(|p| p.0 > 0.0 && p.0 < 1.0).collect();
+    let gains = |f: fn(Point) -> f64| -> Vec<f64> {
         interior
             .iter()
-            .map(|r| f(&r.report) - line(r.param, f))
+            .map(|(l, p)| f(*p) - ((1.0 - l) * f(a) + l * f(b)))
             .collect()
     };
-    let q = gains(|r| r.quality);
-    let d = gains(|r| r.embed_diversity);
+    let q = gains(|p| p.quality);
+    let d = gains(|p| p.diversity);
     let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     Some(Chord {
         family,
@@ -439,6 +669,7 @@ mod tests {
             max_new_tokens: 16,
             gammas: vec![],
             temperatures: vec![],
+            plausibilities: vec![],
             lambdas: vec![],
             device: Device::Cpu,
             progress: false,
