@@ -326,6 +326,48 @@ fn model_commands_end_to_end() {
     assert_eq!(merged["lambda"], 0.25);
     assert_eq!(merged["out"], p("merged.safetensors"));
     assert_eq!(merged["from"], serde_json::json!([ck, ck]));
+    // Two different models at λ = 0.25: every weight is 0.75·a + 0.25·b.
+    let a = model::checkpoint::Checkpoint::read(Path::new(&ck)).unwrap();
+    tch::manual_seed(9);
+    let other: Vec<(String, tch::Tensor)> = a
+        .tensors()
+        .map(|(n, t)| (n.to_string(), t + t.randn_like() * 0.1))
+        .collect();
+    model::merge::write(
+        Path::new(&p("other.safetensors")),
+        &a,
+        other,
+        serde_json::Value::Null,
+    )
+    .unwrap();
+    run(&[
+        "merge",
+        &ck,
+        &p("other.safetensors"),
+        "--lambda",
+        "0.25",
+        "--out",
+        &p("quarter.safetensors"),
+    ]);
+    let b = model::checkpoint::Checkpoint::read(Path::new(&p("other.safetensors"))).unwrap();
+    let q = model::checkpoint::Checkpoint::read(Path::new(&p("quarter.safetensors"))).unwrap();
+    let named =
+        |c: &model::checkpoint::Checkpoint| -> std::collections::HashMap<String, tch::Tensor> {
+            c.tensors()
+                .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+                .collect()
+        };
+    let (b, q) = (named(&b), named(&q));
+    let mut compared = 0;
+    for (name, ta) in a.tensors() {
+        let (tb, tq) = (&b[name], &q[name]);
+        let want = ta * 0.75 + tb * 0.25;
+        let diff = f64::try_from((tq - &want).abs().max()).unwrap();
+        assert!(diff < 1e-6, "{name}: {diff}");
+        assert!(!tq.equal(ta), "{name} did not move");
+        compared += 1;
+    }
+    assert!(compared > 0);
     let sampled: serde_json::Value = serde_json::from_str(&run(&[
         "sample",
         "a reel",

@@ -11,28 +11,10 @@ use std::time::{Duration, Instant};
 use common::settings::Settings;
 use common::telemetry::Endpoints;
 use eval::evaluate::{evaluate, EvalConfig};
-use model::checkpoint::{load_policy, save, Checkpoint, ModelKind, Stamp};
-use model::config::Preset;
+use model::checkpoint::{load_policy, Checkpoint};
 use model::sampling::SamplingConfig;
 use model::task::Task;
-use testkit::synthetic::{SyntheticTask, VOCAB};
-
-/// A random tiny base policy for the synthetic vocabulary.
-fn base_model(path: &Path, task: &dyn Task) {
-    tch::manual_seed(3);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let config = Preset::Tiny.config(VOCAB);
-    let _model = model::transformer::Transformer::new(&vs.root(), &config);
-    let stamp = Stamp {
-        kind: ModelKind::Policy,
-        config: &config,
-        vocab_hash: &task.vocab_hash(),
-        step: 0,
-        version: 0,
-        extra: serde_json::Value::Null,
-    };
-    save(path, &vs, None, stamp).unwrap();
-}
+use testkit::synthetic::SyntheticTask;
 
 /// Polls for the learner's endpoints file (written once it listens).
 async fn wait_for_endpoints(path: &Path) -> Endpoints {
@@ -51,7 +33,7 @@ async fn learner_and_actor_train_a_second_task_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let task: Arc<dyn Task> = Arc::new(SyntheticTask::default());
     let base = dir.path().join("base.safetensors");
-    base_model(&base, task.as_ref());
+    testkit::synthetic::base_policy(&base, task.as_ref()).unwrap();
 
     let mut settings = Settings::default();
     settings.paths.base = base.clone();

@@ -335,7 +335,23 @@ mod tests {
         let w = WinRates::of(&a, &b);
         assert_eq!((w.a_wins, w.ties, w.b_wins), (0.5, 0.25, 0.25));
         assert_eq!(w.a_preferred, 0.625);
-        assert!(w.a_preferred_interval.lo <= 0.625 && 0.625 <= w.a_preferred_interval.hi);
+        // The preference's interval is the bootstrap interval of the per-prompt scores
+        // (win 1, tie ½, loss 0).
+        assert_eq!(
+            w.a_preferred_interval,
+            crate::stats::mean_interval(&[1.0, 0.5, 0.0, 1.0])
+        );
+        // On 200 prompts of which A wins 120 and loses 80 the interval is about
+        // 0.6 ± 1.96 · √(0.6 · 0.4 / 200).
+        let a200: Vec<f64> = (0..200).map(|i| f64::from(u8::from(i < 120))).collect();
+        let w200 = WinRates::of(&a200, &[0.5; 200]);
+        let half = 1.96 * (0.24f64 / 200.0).sqrt();
+        let i = w200.a_preferred_interval;
+        assert!(i.lo < 0.6 && 0.6 < i.hi, "{i:?}");
+        assert!(
+            ((i.hi - i.lo) / 2.0 - half).abs() < 0.15 * half,
+            "{i:?} vs ±{half}"
+        );
         // Symmetric: B's view is the mirror image.
         let m = WinRates::of(&b, &a);
         assert_eq!((m.a_wins, m.b_wins, m.a_preferred), (0.25, 0.5, 0.375));

@@ -43,7 +43,9 @@ fn a_small_fault_campaign_leaves_training_intact() {
     // and the pushes beyond two per client were refused; Status kept answering.
     let held = n(&["idle", "watchers_held"]);
     assert!((120.0..=128.0).contains(&held), "{r}");
-    assert!(n(&["idle", "pushes_held"]) < 20.0, "{r}");
+    // The 20 silent pushes come from four clients (streams are opened eight to a
+    // connection after the 150 watchers: 2, 8, 8 and 2 pushes), each allowed two.
+    assert_eq!(n(&["idle", "pushes_held"]), 8.0, "{r}");
     assert!(n(&["idle", "status_max_seconds"]) < 2.0, "{r}");
     assert!(n(&["idle", "peak_over_idle"]) < 2.0, "{r}");
     assert!(n(&["idle", "after_over_idle"]) < 1.2, "{r}");

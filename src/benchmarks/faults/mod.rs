@@ -89,6 +89,8 @@ pub struct MalformedReport {
 pub struct KillReport {
     pub actor_kills: usize,
     pub learner_kills: usize,
+    /// Restarts that began at (or after) the step of the newest checkpoint the killed
+    /// learner left, that checkpoint being past step 0.
     pub learner_resumed: usize,
     /// Seconds from a restarted learner listening to every actor holding its first
     /// version.
@@ -187,12 +189,18 @@ pub fn bench_faults(
             l.kill();
         }
         report.kills.learner_kills += 1;
+        // The step of the newest checkpoint the killed learner left: the restarted one
+        // must start there, not over.
+        let saved = learner::trainer::resumable_step(&cluster.run_dir()).unwrap_or(0);
         let e = cluster.start_learner()?;
         // What the killed learner was writing is gone once the new one has started.
         report.kills.stray_temp_files += temp_files(&cluster.run_dir(), Some(e.pid));
         let up = Instant::now();
-        report.kills.learner_resumed += 1;
-        let first = rt.block_on(status(e.grpc.unwrap_or(addr)))?.version;
+        let restarted = rt.block_on(status(e.grpc.unwrap_or(addr)))?;
+        if saved > 0 && restarted.step >= saved {
+            report.kills.learner_resumed += 1;
+        }
+        let first = restarted.version;
         if first <= seen {
             report.kills.versions_reused += 1;
         }

@@ -129,6 +129,24 @@ impl Task for SyntheticTask {
     }
 }
 
+/// Writes a random `tiny` base policy (seeded) for the synthetic vocabulary to `path`.
+pub fn base_policy(path: &Path, task: &dyn Task) -> Result<()> {
+    tch::manual_seed(3);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let config = model::config::Preset::Tiny.config(VOCAB);
+    let _model = model::transformer::Transformer::new(&vs.root(), &config);
+    let stamp = model::checkpoint::Stamp {
+        kind: model::checkpoint::ModelKind::Policy,
+        config: &config,
+        vocab_hash: &task.vocab_hash(),
+        step: 0,
+        version: 0,
+        extra: serde_json::Value::Null,
+    };
+    model::checkpoint::save(path, &vs, None, stamp)?;
+    Ok(())
+}
+
 /// The normalised histogram of a sample's symbols (uniform for a sample without any).
 #[derive(Debug)]
 pub struct Histogram;
