@@ -1,6 +1,7 @@
-//! The actor's and the evaluator's side of the protocol: connecting with the bearer
-//! token, registering, reassembling and verifying weight chunks, and the reconnection
-//! back-off.
+//! The actor's and the evaluator's side of the protocol's calls: connecting (TLS, the
+//! bearer token), registering with the client's identity, which refusals are final, and
+//! the reconnection back-off. Weight chunks are reassembled in [`crate::broadcast`]; the
+//! connection is kept up in [`crate::link`].
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! slower than the learner skips to the newest version; it never blocks the learner or
 //! another subscriber. The actor side reassembles the chunks (`actor::broadcast`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +12,8 @@ use qd_proto::WeightChunk;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::metrics as m;
 
 /// One published version of the student: serialised once, shared by every subscriber.
 #[derive(Debug)]
@@ -45,6 +48,80 @@ impl Published {
             checksum: self.checksum.clone(),
             data: self.blob.slice(offset..(offset + chunk.max(1)).min(total)),
         })
+    }
+}
+
+/// What the learner has published and how far it has trained, for the weight streams,
+/// `Register` and `Status`: the current version, the step, and the run's ends.
+#[derive(Debug)]
+pub struct Publisher {
+    version: AtomicU64,
+    step: AtomicU64,
+    published: watch::Sender<Option<Arc<Published>>>,
+    /// Set when the learner shuts down: open weight streams end with UNAVAILABLE.
+    closing: watch::Sender<bool>,
+    /// Set once the run has reached its step budget and the final version is published:
+    /// weight streams end cleanly after it, `Register` and `Status` say so.
+    finished: watch::Sender<bool>,
+}
+
+impl Default for Publisher {
+    fn default() -> Publisher {
+        Publisher {
+            version: AtomicU64::new(0),
+            step: AtomicU64::new(0),
+            published: watch::channel(None).0,
+            closing: watch::channel(false).0,
+            finished: watch::channel(false).0,
+        }
+    }
+}
+
+impl Publisher {
+    /// Makes `p` the version every subscriber streams next.
+    pub fn publish(&self, p: Published) {
+        self.version.store(p.version, Ordering::SeqCst);
+        metrics::gauge!(m::VERSION).set(p.version as f64);
+        metrics::gauge!(m::PUBLISH_BYTES).set(p.blob.len() as f64);
+        self.published.send_replace(Some(Arc::new(p)));
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step.load(Ordering::SeqCst)
+    }
+
+    /// The trainer took its step `step`.
+    pub fn trained(&self, step: u64) {
+        self.step.store(step, Ordering::SeqCst);
+    }
+
+    /// The run reached its budget and its final version is out.
+    pub fn finish(&self) {
+        self.finished.send_replace(true);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        *self.finished.borrow()
+    }
+
+    /// The learner is stopping: open weight streams end.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A new subscriber's view: the published versions and the ways its stream ends.
+    pub fn subscribe(&self) -> (watch::Receiver<Option<Arc<Published>>>, Endings) {
+        (
+            self.published.subscribe(),
+            Endings {
+                finished: self.finished.subscribe(),
+                closing: self.closing.subscribe(),
+            },
+        )
     }
 }
 

@@ -1,14 +1,17 @@
-//! The learner role: the gRPC server ([`server`]), trajectory validation ([`validate`]),
-//! the distillation and policy-gradient losses ([`loss`]), the compute thread that
-//! trains, publishes and checkpoints ([`trainer`]), and the weight broadcast
-//! ([`broadcast`]).
+//! The learner role: the gRPC service ([`server`]) over its transport and token check
+//! ([`transport`], [`connections`]), trajectory validation ([`validate`]) and the queue
+//! to the trainer ([`queue`]), the distillation and policy-gradient losses ([`loss`]),
+//! the compute thread that trains, publishes and checkpoints ([`trainer`]), and the
+//! weight broadcast ([`broadcast`]).
 
 pub mod broadcast;
 pub mod connections;
 pub mod loss;
 pub mod metrics;
+pub mod queue;
 pub mod server;
 pub mod trainer;
+pub mod transport;
 pub mod validate;
 
 use std::collections::HashSet;
@@ -16,15 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use common::settings::Settings;
 use common::shutdown::termination;
 use model::checkpoint::{Checkpoint, ModelKind};
 use model::task::{Split, Task};
 
-use server::{Auth, Service, Shared};
+use broadcast::Publisher;
+use queue::Queue;
+use server::{Service, Shared};
 use trainer::{Outcome, Stopped, Trainer};
+use transport::Auth;
 use validate::Rules;
 
 /// Runs the learner until its step budget or a signal; returns where it left the model.
@@ -72,14 +78,14 @@ pub async fn run(
         eos: vocabulary.eos,
         max_len: model_config.max_len as usize,
         max_trajectories: cfg.queue_capacity,
-        max_staleness: cfg.max_staleness,
         samples_per_prompt: 2,
     };
     anyhow::ensure!(
         !rules.prompts.is_empty(),
         "the task has no training prompts"
     );
-    let (queue_tx, queue_rx) = mpsc::channel(cfg.queue_capacity);
+    let (queue, queue_rx) = Queue::new(cfg.queue_capacity, cfg.max_staleness);
+    let publisher = Arc::new(Publisher::default());
     let shared = Arc::new(Shared::new(
         rules,
         model_config.clone(),
@@ -88,14 +94,15 @@ pub async fn run(
         cfg.max_message_bytes,
         cfg.max_steps,
         settings.limits.clone(),
-        queue_tx,
+        queue,
+        publisher.clone(),
     ));
-    tokio::spawn(server::release_memory(shared.clone()));
+    tokio::spawn(transport::release_memory(shared.streams_closed.clone()));
     let trainer = {
-        let (cfg, shared) = (cfg.clone(), shared.clone());
+        let cfg = cfg.clone();
         let (base, run_dir) = (paths.base.clone(), paths.run_dir.clone());
         tokio::task::spawn_blocking(move || {
-            Trainer::new(cfg, &base, &run_dir, task.as_ref(), shared, device)
+            Trainer::new(cfg, &base, &run_dir, task.as_ref(), publisher, device)
         })
         .await??
     };
@@ -122,7 +129,7 @@ pub async fn run(
     .max_decoding_message_size(cfg.max_message_bytes)
     .max_encoding_message_size(cfg.max_message_bytes);
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let mut builder = server::transport(&settings.limits);
+    let mut builder = transport::transport(&settings.limits);
     let tls = &settings.auth;
     if !tls.tls_cert.is_empty() {
         let read = |key: &str, path: &str| {
@@ -196,7 +203,7 @@ pub async fn run(
     health
         .set_not_serving::<qd_proto::learner_server::LearnerServer<Service>>()
         .await;
-    let _ = shared.closing.send(true);
+    shared.publisher.close();
     let _ = server_stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(3), server)
         .await
@@ -226,7 +233,7 @@ const FINISHED_QUIET: Duration = Duration::from_secs(5);
 /// stream has been open for [`FINISHED_QUIET`], at most `grace` (or until SIGTERM/Ctrl-C).
 async fn announce_finished(shared: &Shared, o: &Outcome, grace: Duration) {
     ::metrics::gauge!(metrics::FINISHED).set(1.0);
-    shared.finished.send_replace(true);
+    shared.publisher.finish();
     let (actors, evaluators) = shared.connected();
     tracing::info!(
         step = o.step,

@@ -12,26 +12,17 @@
 
 use tch::{Device, Kind, Tensor};
 
-use common::settings::Divergence;
+use common::settings::{Divergence, LearnerSettings};
 use model::sampling::{guide, CfgScope, Vocabulary};
 use model::structure;
 use model::transformer::Transformer;
 use tch::TchError;
 
+use crate::queue::Pair;
+
 /// Ratios within this relative distance of `ρ̄` are float noise, not clipping (the
 /// sampler's and the learner's log-probabilities are sums of float32 terms).
 const CLIP_TOLERANCE: f64 = 1e-3;
-
-/// One prompt's pair of samples as the learner trains on it.
-#[derive(Clone, Debug)]
-pub struct Pair {
-    pub prompt: Vec<u32>,
-    /// `(tokens, behaviour log-probs)` per sample.
-    pub samples: Vec<(Vec<u32>, Vec<f32>)>,
-    pub reward: f32,
-    /// The policy version that sampled it.
-    pub version: u64,
-}
 
 /// The loss's settings.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +36,20 @@ pub struct LossConfig {
     pub divergence: Divergence,
     pub jsd_alpha: f64,
     pub rho_bar: f64,
+}
+
+impl From<&LearnerSettings> for LossConfig {
+    fn from(l: &LearnerSettings) -> LossConfig {
+        LossConfig {
+            beta: l.beta,
+            cfg_gamma: l.cfg_gamma,
+            cfg_plausibility: l.cfg_plausibility,
+            cfg_scope: l.cfg_scope,
+            divergence: l.divergence,
+            jsd_alpha: l.jsd_alpha,
+            rho_bar: l.rho_bar,
+        }
+    }
 }
 
 /// The loss to minimise and what the learner reports about the batch.

@@ -1,10 +1,11 @@
 //! The `Learner` gRPC service: registration with the compatibility check, trajectory
-//! intake into the bounded queue (back-pressure, validation), weight subscriptions (the
-//! streaming itself is [`crate::broadcast`]), status, and the bearer-token check.
+//! intake (validation, then [`crate::queue`]), weight subscriptions (the streaming
+//! itself is [`crate::broadcast`]), status, and the per-client stream limits. The
+//! transport, the bearer-token check and memory release are [`crate::transport`].
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use qd_proto::{
     PushAck, RegisterRequest, RegisterResponse, Role, StatusRequest, StatusResponse,
     TrajectoryBatch, WatchRequest, WeightChunk,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -21,19 +22,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use common::settings::LimitSettings;
 use model::config::ModelConfig;
 
-use crate::broadcast::{self, Published};
-use crate::loss::Pair;
+use crate::broadcast::{self, Publisher};
 use crate::metrics as m;
+use crate::queue::{Pair, Queue};
 use crate::validate::{validate, Rules};
 
-/// A validated trajectory waiting for the trainer.
-#[derive(Debug)]
-pub struct Queued {
-    pub pair: Pair,
-    pub actor_id: u64,
-}
-
-/// State shared by the service and the trainer.
+/// The service's state: the rules and limits it applies, the intake's end of the queue,
+/// what the trainer published, and the clients and streams it issued.
 #[derive(Debug)]
 pub struct Shared {
     pub rules: Rules,
@@ -42,26 +37,16 @@ pub struct Shared {
     pub chunk_bytes: usize,
     pub max_message_bytes: usize,
     pub max_steps: u64,
-    pub step: AtomicU64,
-    pub version: AtomicU64,
-    pub queue: mpsc::Sender<Queued>,
-    pub queue_depth: AtomicUsize,
-    pub published: watch::Sender<Option<Arc<Published>>>,
-    /// Set when the learner shuts down: open weight streams end with UNAVAILABLE.
-    pub closing: watch::Sender<bool>,
-    /// Set once the run has reached its step budget and the final version is published:
-    /// weight streams end cleanly after it, `Register` and `Status` say so.
-    pub finished: watch::Sender<bool>,
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-    pub stale: AtomicU64,
+    pub queue: Queue,
+    pub publisher: Arc<Publisher>,
     pub limits: LimitSettings,
     /// The next client id `Register` issues (ids below it were issued).
     next_id: AtomicU64,
     next_stream: AtomicU64,
     streams: Mutex<Streams>,
-    /// Set when a stream ends: the memory its buffers held can go back to the system.
-    pub streams_closed: std::sync::atomic::AtomicBool,
+    /// Set when a stream ends: the memory its buffers held can go back to the system
+    /// (`crate::transport::release_memory`).
+    pub streams_closed: Arc<AtomicBool>,
 }
 
 /// The open streams, by what the learner issued.
@@ -103,7 +88,8 @@ impl Shared {
         max_message_bytes: usize,
         max_steps: u64,
         limits: LimitSettings,
-        queue: mpsc::Sender<Queued>,
+        queue: Queue,
+        publisher: Arc<Publisher>,
     ) -> Shared {
         Shared {
             rules,
@@ -112,21 +98,13 @@ impl Shared {
             chunk_bytes,
             max_message_bytes,
             max_steps,
-            step: AtomicU64::new(0),
-            version: AtomicU64::new(0),
             queue,
-            queue_depth: AtomicUsize::new(0),
-            published: watch::channel(None).0,
-            closing: watch::channel(false).0,
-            finished: watch::channel(false).0,
-            accepted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
+            publisher,
             limits,
             next_id: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             streams: Mutex::new(Streams::default()),
-            streams_closed: std::sync::atomic::AtomicBool::new(false),
+            streams_closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -151,15 +129,6 @@ impl Shared {
             })
     }
 
-    /// Makes `p` the version every subscriber streams next.
-    pub fn publish(&self, p: Published) {
-        self.version.store(p.version, Ordering::SeqCst);
-        metrics::gauge!(m::VERSION).set(p.version as f64);
-        metrics::gauge!(m::PUBLISH_BYTES).set(p.blob.len() as f64);
-        self.published.send_replace(Some(Arc::new(p)));
-    }
-
-    /// Open weight streams of actors and of evaluators.
     /// Open weight streams: (actors, evaluators).
     pub fn connected(&self) -> (usize, usize) {
         let s = self.streams();
@@ -307,11 +276,11 @@ impl Learner for Service {
         tracing::info!(id, name, role = ?role, "client registered");
         Ok(Response::new(RegisterResponse {
             actor_id: id,
-            version: s.version.load(Ordering::SeqCst),
-            step: s.step.load(Ordering::SeqCst),
+            version: s.publisher.version(),
+            step: s.publisher.step(),
             max_message_bytes: s.max_message_bytes as u64,
             samples_per_prompt: s.rules.samples_per_prompt as u32,
-            finished: *s.finished.borrow(),
+            finished: s.publisher.is_finished(),
         }))
     }
 
@@ -388,11 +357,7 @@ impl Learner for Service {
             shared: shared.clone(),
             stream,
         };
-        let published = shared.published.subscribe();
-        let endings = broadcast::Endings {
-            finished: shared.finished.subscribe(),
-            closing: shared.closing.subscribe(),
-        };
+        let (published, endings) = shared.publisher.subscribe();
         let rx = broadcast::stream(published, endings, have, shared.chunk_bytes, guard);
         Ok(Response::new(Box::pin(rx)))
     }
@@ -400,18 +365,19 @@ impl Learner for Service {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.shared;
         let (actors, _) = s.connected();
+        let q = s.queue.counts();
         Ok(Response::new(StatusResponse {
-            step: s.step.load(Ordering::SeqCst),
-            version: s.version.load(Ordering::SeqCst),
-            queue_depth: s.queue_depth.load(Ordering::SeqCst) as u32,
+            step: s.publisher.step(),
+            version: s.publisher.version(),
+            queue_depth: q.depth as u32,
             actors_connected: actors as u32,
-            trajectories_accepted: s.accepted.load(Ordering::SeqCst),
-            trajectories_rejected: s.rejected.load(Ordering::SeqCst),
-            trajectories_stale: s.stale.load(Ordering::SeqCst),
+            trajectories_accepted: q.accepted,
+            trajectories_rejected: q.rejected,
+            trajectories_stale: q.stale,
             max_steps: s.max_steps,
             model_config_hash: s.model_config.hash(),
             vocab_hash: s.vocab_hash.clone(),
-            finished: *s.finished.borrow(),
+            finished: s.publisher.is_finished(),
         }))
     }
 }
@@ -442,11 +408,11 @@ async fn intake(
             Ok(b) => b,
             Err(status) => return Err(undecodable(actor_id, status)),
         };
-        let current = shared.version.load(Ordering::SeqCst);
+        let current = shared.publisher.version();
         if let Err(r) = validate(&batch, &shared.rules, current, last_sequence) {
-            let n = batch.trajectories.len().max(1) as u64;
-            shared.rejected.fetch_add(n, Ordering::SeqCst);
-            metrics::counter!(m::DROPPED, "reason" => r.reason).increment(n);
+            shared
+                .queue
+                .rejected(batch.trajectories.len().max(1) as u64, r.reason);
             tracing::warn!(
                 actor_id,
                 reason = r.reason,
@@ -456,46 +422,32 @@ async fn intake(
             return Err(Status::invalid_argument(r.message));
         }
         last_sequence = Some(batch.sequence);
-        let n = batch.trajectories.len();
-        // Too old to train on: refused here, before it takes a queue slot (the trainer
-        // drops what grows stale while queued).
-        let staleness = current - batch.version;
-        let accepted = if staleness > shared.rules.max_staleness {
-            shared.stale.fetch_add(n as u64, Ordering::SeqCst);
-            metrics::counter!(m::DROPPED, "reason" => "stale").increment(n as u64);
-            tracing::debug!(actor_id, staleness, "refused a stale batch");
-            0
-        } else {
-            for t in batch.trajectories {
-                let pair = Pair {
-                    prompt: t.prompt,
-                    samples: t
-                        .samples
-                        .into_iter()
-                        .map(|s| (s.tokens, s.logprobs))
-                        .collect(),
-                    reward: t.reward,
-                    version: batch.version,
-                };
-                // Counted before it is queued, so that the trainer's decrement never
-                // comes first.
-                let depth = shared.queue_depth.fetch_add(1, Ordering::SeqCst) + 1;
-                metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
-                // Waits while the queue is full: back-pressure to this stream only.
-                if shared.queue.send(Queued { pair, actor_id }).await.is_err() {
-                    shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
-                    return Err(Status::unavailable("the learner is shutting down"));
-                }
-            }
-            shared.accepted.fetch_add(n as u64, Ordering::SeqCst);
-            metrics::counter!(m::ACCEPTED).increment(n as u64);
-            n as u32
-        };
+        let pairs: Vec<Pair> = batch
+            .trajectories
+            .into_iter()
+            .map(|t| Pair {
+                prompt: t.prompt,
+                samples: t
+                    .samples
+                    .into_iter()
+                    .map(|s| (s.tokens, s.logprobs))
+                    .collect(),
+                reward: t.reward,
+                version: batch.version,
+            })
+            .collect();
+        // Waits while the queue is full: back-pressure to this stream only.
+        let accepted = shared
+            .queue
+            .push(pairs, batch.version, current, actor_id)
+            .await
+            .map_err(|_| Status::unavailable("the learner is shutting down"))?
+            as u32;
         let ack = PushAck {
             sequence: batch.sequence,
             accepted,
-            queue_depth: shared.queue_depth.load(Ordering::SeqCst) as u32,
-            learner_version: shared.version.load(Ordering::SeqCst),
+            queue_depth: shared.queue.counts().depth as u32,
+            learner_version: shared.publisher.version(),
         };
         if tx.send(Ok(ack)).await.is_err() {
             return Ok(());
@@ -529,74 +481,3 @@ fn undecodable(actor_id: u64, status: Status) -> Status {
         Status::invalid_argument(message)
     }
 }
-
-/// The gRPC server with qd's transport settings: HTTP/2 windows that let a weight chunk
-/// through at once, the streams per connection, keepalive pings and the time limit of
-/// a call.
-pub fn transport(l: &LimitSettings) -> tonic::transport::Server {
-    let keepalive = Duration::from_secs(l.keepalive_s);
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(qd_proto::STREAM_WINDOW)
-        .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
-        .max_concurrent_streams(l.max_streams_per_connection)
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive * 2))
-        .timeout(Duration::from_secs(l.request_timeout_s))
-}
-
-/// Refuses calls without `authorization: Bearer <token>` when a token is configured.
-#[derive(Clone, Debug)]
-pub struct Auth {
-    pub token: Option<Arc<str>>,
-}
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Ok(req);
-        };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Constant time for tokens of the same length: how much of a guess is right
-        // does not show in the answer's timing.
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            given.as_bytes(),
-            token.as_bytes(),
-        )) {
-            Ok(req)
-        } else {
-            metrics::counter!(m::UNAUTHENTICATED).increment(1);
-            Err(Status::unauthenticated("missing or wrong bearer token"))
-        }
-    }
-}
-
-/// Hands the memory that closed streams' buffers held back to the system, at most every
-/// two seconds: glibc's allocator keeps freed memory otherwise, and a learner that a
-/// burst of streams grew would stay grown.
-pub async fn release_memory(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        if shared.streams_closed.swap(false, Ordering::Relaxed) {
-            trim();
-        }
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn trim() {
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no
-    // pointers and is safe to call from any thread.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}

@@ -5,14 +5,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use common::settings::{Baseline, LearnerSettings};
 use model::checkpoint::{read_policy, save, serialize, Checkpoint, ModelKind, Stamp};
@@ -21,10 +20,10 @@ use model::task::Task;
 use model::train::Schedule;
 use model::transformer::Transformer;
 
-use crate::broadcast::Published;
-use crate::loss::{loss, Generatable, Loss, LossConfig, LossStats, Pair};
+use crate::broadcast::{Published, Publisher};
+use crate::loss::{loss, Generatable, Loss, LossConfig, LossStats};
 use crate::metrics as m;
-use crate::server::{Queued, Shared};
+use crate::queue::{self, Pair};
 
 /// Why the trainer stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +59,8 @@ struct LogLine<'a> {
     /// Prompts (sample pairs) in the step.
     pairs: usize,
     samples_per_second: f64,
+    /// Trajectories dropped as stale so far (refused at intake or grown stale in the
+    /// queue).
     stale_dropped: u64,
     mean_staleness: f64,
     beta: f64,
@@ -165,7 +166,7 @@ pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<(f64, f64)> {
 pub struct Trainer {
     cfg: LearnerSettings,
     run_dir: PathBuf,
-    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
     student_vs: VarStore,
     student: Transformer,
     _teacher_vs: VarStore,
@@ -177,7 +178,6 @@ pub struct Trainer {
     step: u64,
     version: u64,
     log: std::fs::File,
-    stale_dropped: u64,
 }
 
 fn checkpoint_dir(run_dir: &Path) -> PathBuf {
@@ -251,7 +251,7 @@ impl Trainer {
         base: &Path,
         run_dir: &Path,
         task: &dyn Task,
-        shared: Arc<Shared>,
+        publisher: Arc<Publisher>,
         device: Device,
     ) -> Result<Trainer> {
         let vocab_hash = task.vocab_hash();
@@ -338,7 +338,7 @@ impl Trainer {
         let mut t = Trainer {
             cfg,
             run_dir: run_dir.to_path_buf(),
-            shared,
+            publisher,
             student_vs,
             student,
             _teacher_vs: teacher_vs,
@@ -350,9 +350,8 @@ impl Trainer {
             step,
             version,
             log,
-            stale_dropped: 0,
         };
-        t.shared.step.store(step, Ordering::SeqCst);
+        t.publisher.trained(step);
         // A new version even after a resume: actors that got versions published after
         // this checkpoint must not keep weights the learner no longer has.
         t.publish()?;
@@ -407,7 +406,7 @@ impl Trainer {
         )
         .context("recording the published version")?;
         let blob = serialize(&self.student_vs, None, self.stamp())?;
-        self.shared
+        self.publisher
             .publish(Published::new(self.version, self.step, blob));
         metrics::histogram!(m::PUBLISH_SECONDS).record(t0.elapsed().as_secs_f64());
         Ok(())
@@ -435,56 +434,6 @@ impl Trainer {
         }
         tracing::info!(path = %path.display(), step = self.step, version = self.version, "checkpoint written");
         Ok(path)
-    }
-
-    /// The next batch of fresh pairs, or `None` when told to stop.
-    fn next_batch(
-        &mut self,
-        rx: &mut mpsc::Receiver<Queued>,
-        stop: &mut watch::Receiver<bool>,
-        rt: &tokio::runtime::Handle,
-    ) -> Option<(Vec<Pair>, f64)> {
-        let mut pairs = Vec::with_capacity(self.cfg.batch_prompts);
-        let mut staleness_sum = 0.0;
-        while pairs.len() < self.cfg.batch_prompts {
-            let item = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => None,
-                    item = rx.recv() => item,
-                }
-            })?;
-            let depth = self
-                .shared
-                .queue_depth
-                .fetch_sub(1, Ordering::SeqCst)
-                .saturating_sub(1);
-            metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
-            let staleness = self.version.saturating_sub(item.pair.version);
-            metrics::histogram!(m::STALENESS).record(staleness as f64);
-            if staleness > self.cfg.max_staleness {
-                self.stale_dropped += 1;
-                self.shared.stale.fetch_add(1, Ordering::SeqCst);
-                metrics::counter!(m::DROPPED, "reason" => "stale").increment(1);
-                tracing::debug!(
-                    actor_id = item.actor_id,
-                    staleness,
-                    "dropped a stale trajectory"
-                );
-                continue;
-            }
-            staleness_sum += staleness as f64;
-            pairs.push(item.pair);
-        }
-        // A canonical order (by content), so that the same pairs arriving in another
-        // order give the same step bit for bit (synchronous runs are reproducible).
-        pairs.sort_by(|a, b| {
-            (&a.prompt, a.version, &a.samples[..])
-                .partial_cmp(&(&b.prompt, b.version, &b.samples[..]))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        let mean = staleness_sum / pairs.len().max(1) as f64;
-        Some((pairs, mean))
     }
 
     fn baseline(&mut self, pairs: &[Pair]) -> f64 {
@@ -518,19 +467,11 @@ impl Trainer {
     /// Trains until the step budget or `stop`; writes the final checkpoint.
     pub fn run(
         mut self,
-        mut rx: mpsc::Receiver<Queued>,
+        mut rx: queue::Receiver,
         mut stop: watch::Receiver<bool>,
         rt: tokio::runtime::Handle,
     ) -> Result<Outcome> {
-        let loss_cfg = LossConfig {
-            beta: self.cfg.beta,
-            cfg_gamma: self.cfg.cfg_gamma,
-            cfg_plausibility: self.cfg.cfg_plausibility,
-            cfg_scope: self.cfg.cfg_scope,
-            divergence: self.cfg.divergence,
-            jsd_alpha: self.cfg.jsd_alpha,
-            rho_bar: self.cfg.rho_bar,
-        };
+        let loss_cfg = LossConfig::from(&self.cfg);
         metrics::gauge!(m::STEP).set(self.step as f64);
         let mut last_checkpoint = None;
         // `Trainer::new` published the weights it starts from.
@@ -540,7 +481,12 @@ impl Trainer {
                 break Stopped::Budget;
             }
             let wait = Instant::now();
-            let Some((pairs, mean_staleness)) = self.next_batch(&mut rx, &mut stop, &rt) else {
+            let next = rt.block_on(rx.next_batch(self.cfg.batch_prompts, self.version, &mut stop));
+            let Some(queue::Batch {
+                pairs,
+                mean_staleness,
+            }) = next
+            else {
                 break Stopped::Signal;
             };
             let t0 = Instant::now();
@@ -566,7 +512,7 @@ impl Trainer {
                 }
             };
             self.step += 1;
-            self.shared.step.store(self.step, Ordering::SeqCst);
+            self.publisher.trained(self.step);
             let step_seconds = t0.elapsed().as_secs_f64();
             let samples_per_second =
                 (2 * pairs.len()) as f64 / wait.elapsed().as_secs_f64().max(1e-9);
@@ -607,7 +553,7 @@ impl Trainer {
                 step_seconds,
                 pairs: pairs.len(),
                 samples_per_second,
-                stale_dropped: self.stale_dropped,
+                stale_dropped: rx.counts().stale,
                 mean_staleness,
                 beta: self.cfg.beta,
                 loss: s,

@@ -23,8 +23,6 @@ pub struct Rules {
     pub max_len: usize,
     /// Most trajectories in one batch.
     pub max_trajectories: usize,
-    /// Batches more than this many versions behind the learner are refused at intake.
-    pub max_staleness: u64,
     pub samples_per_prompt: usize,
 }
 
@@ -43,7 +41,6 @@ fn reject(reason: &'static str, message: String) -> Rejection {
     Rejection { reason, message }
 }
 
-/// Checks a batch sent by a client holding weights up to `current_version`.
 /// Checks `batch` against `rules` at learner version `current_version`; `last_sequence`
 /// is the sequence number of the last batch accepted on the same stream (a stream's
 /// sequence numbers must rise, so that no batch is trained on twice).
@@ -183,7 +180,6 @@ mod tests {
             eos: 2,
             max_len: 8,
             max_trajectories: 2,
-            max_staleness: 4,
             samples_per_prompt: 2,
         }
     }

@@ -11,7 +11,8 @@
 use tch::Device;
 
 use common::settings::Divergence;
-use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig, Pair};
+use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig};
+use learner::queue::Pair;
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::{sample, CfgScope, SamplingConfig};
 use model::transformer::Transformer;

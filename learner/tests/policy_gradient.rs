@@ -22,7 +22,8 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use common::settings::Divergence;
-use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig, Pair};
+use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig};
+use learner::queue::Pair;
 use model::sampling::CfgScope;
 use model::transformer::Transformer;
 

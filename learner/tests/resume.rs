@@ -12,14 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tch::{Device, Tensor};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use common::settings::{Baseline, LearnerSettings, LimitSettings};
-use learner::loss::Pair;
-use learner::server::{Queued, Shared};
+use common::settings::{Baseline, LearnerSettings};
+use learner::broadcast::Publisher;
+use learner::queue::{Pair, Queue};
 use learner::trainer::{checkpoints, Outcome, Stopped, Trainer};
-use learner::validate::Rules;
-use model::checkpoint::{load_policy, Checkpoint};
+use model::checkpoint::load_policy;
 use model::sampling::{sample, SamplingConfig};
 use model::task::Task;
 use testkit::synthetic::{base_policy, SyntheticTask, FIRST_WORD, PROMPTS};
@@ -78,45 +77,24 @@ fn batches(base: &Path, task: &dyn Task) -> Vec<Vec<Pair>> {
 /// out (as a learner whose actors are gone, told to stop).
 fn train(run_dir: &Path, base: &Path, task: &dyn Task, batches: &[Vec<Pair>]) -> Outcome {
     let cfg = settings();
-    let ck = Checkpoint::read(base).unwrap();
-    let rules = Rules {
-        prompts: task
-            .prompts(model::task::Split::Train)
-            .into_iter()
-            .map(|p| p.ids)
-            .collect(),
-        allowed: vec![true; task.vocab_size()],
-        eos: task.vocabulary().eos,
-        max_len: ck.meta.config.max_len as usize,
-        max_trajectories: 64,
-        max_staleness: cfg.max_staleness,
-        samples_per_prompt: 2,
-    };
-    // The service's queue is not used: the trainer reads this test's channel.
-    let (service_tx, _service_rx) = mpsc::channel(1);
-    let shared = Arc::new(Shared::new(
-        rules,
-        ck.meta.config.clone(),
-        task.vocab_hash(),
-        cfg.chunk_bytes,
-        cfg.max_message_bytes,
-        cfg.max_steps,
-        LimitSettings::default(),
-        service_tx,
-    ));
-    let trainer = Trainer::new(cfg, base, run_dir, task, shared, Device::Cpu).unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    for pair in batches.iter().flatten() {
-        tx.try_send(Queued {
-            pair: pair.clone(),
-            actor_id: 1,
-        })
-        .unwrap();
-    }
-    // Once the queue is empty the trainer stops, as on a signal.
-    drop(tx);
-    let (_stop_tx, stop_rx) = watch::channel(false);
+    let trainer = Trainer::new(
+        cfg.clone(),
+        base,
+        run_dir,
+        task,
+        Arc::new(Publisher::default()),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (queue, rx) = Queue::new(1024, cfg.max_staleness);
     let rt = tokio::runtime::Runtime::new().unwrap();
+    for batch in batches {
+        let pushed = rt.block_on(queue.push(batch.clone(), 0, 0, 1)).unwrap();
+        assert_eq!(pushed, batch.len());
+    }
+    // Once the queue is empty and closed the trainer stops, as on a signal.
+    drop(queue);
+    let (_stop_tx, stop_rx) = watch::channel(false);
     trainer.run(rx, stop_rx, rt.handle().clone()).unwrap()
 }
 

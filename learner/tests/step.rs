@@ -8,7 +8,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use common::settings::Divergence;
-use learner::loss::{Generatable, LossConfig, Pair};
+use learner::loss::{Generatable, LossConfig};
+use learner::queue::Pair;
 use learner::trainer::{train_step, Step};
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::{sample, CfgScope, SamplingConfig};

@@ -8,7 +8,8 @@
 use tch::Device;
 
 use common::settings::Divergence;
-use learner::loss::{teacher_logprobs, Generatable, LossConfig, Pair};
+use learner::loss::{teacher_logprobs, Generatable, LossConfig};
+use learner::queue::Pair;
 use model::sampling::{guided_logprobs, sample, CfgScope, SamplingConfig};
 use testkit::{tiny, vocabulary, VOCAB};
 

@@ -25,9 +25,8 @@ use super::{
     forward_flop, interleaved, reference_tensor, rel_diff, start_reference, StepRate,
     REFERENCE_TENSORS,
 };
-use learner::loss::{
-    loss, teacher_logprobs, Generatable, LossConfig, LossStats, Pair, LENGTH_GROUPS,
-};
+use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, LENGTH_GROUPS};
+use learner::queue::Pair;
 use learner::trainer::{backward, train_step, GradNorms, Step};
 
 /// What to measure.
@@ -191,20 +190,6 @@ pub(crate) fn step_flop(c: &model::config::ModelConfig, pairs: &[Pair], groups: 
     // The conditional rows: the teacher's pass and the student's forward and backward.
     4.0 * forward(true) + forward(false)
 }
-
-/// The loss's settings of the learner's.
-pub(crate) fn loss_config(l: &LearnerSettings) -> LossConfig {
-    LossConfig {
-        beta: l.beta,
-        cfg_gamma: l.cfg_gamma,
-        cfg_plausibility: l.cfg_plausibility,
-        cfg_scope: l.cfg_scope,
-        divergence: l.divergence,
-        jsd_alpha: l.jsd_alpha,
-        rho_bar: l.rho_bar,
-    }
-}
-
 /// The learner's optimizer settings.
 pub(crate) fn adamw_config(l: &LearnerSettings) -> AdamWConfig {
     AdamWConfig {
@@ -243,7 +228,7 @@ fn stepper<'a>(
     pairs: &'a [Pair],
     l: &'a LearnerSettings,
 ) -> impl FnMut() -> Result<f64> + 'a {
-    let (baseline, loss_cfg) = (mean_reward(pairs), loss_config(l));
+    let (baseline, loss_cfg) = (mean_reward(pairs), LossConfig::from(l));
     move || {
         let start = Instant::now();
         let step = train_step(
@@ -287,7 +272,7 @@ pub fn bench_step(
         student.config.vocab_size as usize,
         device,
     );
-    let loss_cfg = loss_config(l);
+    let loss_cfg = LossConfig::from(l);
     let opt_cfg = adamw_config(l);
     let mut opt = AdamW::new(&student_vs, opt_cfg.clone());
     let baseline = mean_reward(&pairs);

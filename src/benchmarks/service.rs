@@ -183,14 +183,13 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         extra: serde_json::Value::Null,
     };
     let blob = model::checkpoint::serialize(&vs, None, stamp)?;
-    let (queue, _rx) = tokio::sync::mpsc::channel(1);
+    let (queue, _rx) = learner::queue::Queue::new(1, 0);
     let rules = Rules {
         prompts: Default::default(),
         allowed: vec![],
         eos: 2,
         max_len: 0,
         max_trajectories: 1,
-        max_staleness: 0,
         samples_per_prompt: 2,
     };
     let shared = Arc::new(Shared::new(
@@ -202,6 +201,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         0,
         settings.limits.clone(),
         queue,
+        Arc::new(learner::broadcast::Publisher::default()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -210,7 +210,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     })
     .max_encoding_message_size(settings.learner.max_message_bytes);
     tokio::spawn(
-        learner::server::transport(&settings.limits)
+        learner::transport::transport(&settings.limits)
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -259,7 +259,7 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
         // (serialising and checksumming are the trainer's work, not the delivery's).
         let version = Published::new(v, 0, blob.clone());
         let t0 = Instant::now();
-        shared.publish(version);
+        shared.publisher.publish(version);
         let mut got = 0;
         while got < n {
             let version = tokio::time::timeout(Duration::from_secs(60), done_rx.recv())

@@ -1,0 +1,225 @@
+//! A client's link to the learner: one connection at a time (register, stream the
+//! weights in, send the trajectory batches out and count their acknowledgements), kept
+//! up with back-off until the run finishes, the learner refuses the client or the client
+//! stops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use qd_proto::{PushAck, Role, TrajectoryBatch, WatchRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+use common::settings::ClientSettings;
+
+use crate::broadcast::{Assembler, Weights, MAX_WEIGHT_BYTES};
+use crate::client::{connect, is_fatal, Backoff, Credentials, Identity};
+use crate::metrics as m;
+
+/// Batches an actor may have made and not yet seen queued by the learner (made, waiting
+/// or in flight). One keeps trajectories fresh: a new rollout starts only once the
+/// learner has queued the last one, so a full learner queue pauses the actors instead of
+/// letting their batches age.
+pub const CREDITS: usize = 1;
+
+/// What keeps a client connected and hands weights to its compute thread.
+#[derive(Debug)]
+pub struct Link {
+    pub settings: ClientSettings,
+    pub credentials: Credentials,
+    pub identity: Identity,
+    /// The newest verified weights (read by the compute thread between rollouts).
+    pub weights: watch::Sender<Option<Arc<Weights>>>,
+    /// Taken by the compute thread before each rollout, given back when the learner
+    /// acknowledges (or the batch is lost): see [`CREDITS`].
+    pub credits: Arc<tokio::sync::Semaphore>,
+    /// Set when the learner has said the run finished (before the compute thread is
+    /// told to stop): `weights` then holds the final version.
+    pub finished: Arc<AtomicBool>,
+}
+
+/// Keeps a connection to the learner until `stop` or the end of the run (then it sets
+/// `link.finished`): registers, streams weights into `link.weights`, and (for actors)
+/// sends `batches`; reconnects with back-off after any failure. Returns an error only
+/// when the learner refuses this client.
+pub async fn maintain(
+    link: &Link,
+    mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut backoff = Backoff::new(&link.settings);
+    let mut pending: Option<TrajectoryBatch> = None;
+    loop {
+        let ended = tokio::select! {
+            r = session(link, batches.as_deref_mut(), &mut pending, &mut backoff) => r,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        let ended = match ended {
+            Ended::Finished { version } => {
+                tracing::info!(version, "the learner has finished the run; stopping");
+                link.finished.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            Ended::Lost(status) => status,
+        };
+        if is_fatal(&ended) {
+            bail!("the learner refused this client: {}", ended.message());
+        }
+        if ended.code() == tonic::Code::Cancelled {
+            return Ok(());
+        }
+        ::metrics::counter!(m::RECONNECTS).increment(1);
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            code = ?ended.code(),
+            retry_in_ms = delay.as_millis() as u64,
+            "connection to the learner lost: {}",
+            ended.message()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+async fn next_ack(acks: &mut Option<Streaming<PushAck>>) -> Result<Option<PushAck>, Status> {
+    match acks {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_batch(
+    b: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+) -> Option<TrajectoryBatch> {
+    match b {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The learner has finished the run; `version` is its final one.
+    Finished { version: u64 },
+    /// It failed (the status says why): connect again.
+    Lost(Status),
+}
+
+/// One connection, until the run finishes or the connection fails.
+async fn session(
+    link: &Link,
+    mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    pending: &mut Option<TrajectoryBatch>,
+    backoff: &mut Backoff,
+) -> Ended {
+    let mut in_flight = 0;
+    let ended = match session_inner(link, &mut batches, pending, backoff, &mut in_flight).await {
+        Ok(version) => Ended::Finished { version },
+        Err(s) => Ended::Lost(s),
+    };
+    // Batches sent but never acknowledged are lost with the connection.
+    link.credits.add_permits(in_flight);
+    ended
+}
+
+/// One connection; `Ok(final version)` when the learner says the run has finished.
+async fn session_inner(
+    link: &Link,
+    batches: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
+    pending: &mut Option<TrajectoryBatch>,
+    backoff: &mut Backoff,
+    in_flight: &mut usize,
+) -> Result<u64, Status> {
+    let mut client = connect(&link.settings, &link.credentials).await?;
+    let reg = link.identity.register(&mut client).await?;
+    // An actor has nothing left to do; an evaluator fetches the final version first
+    // (its weight stream sends it, then ends).
+    if reg.finished && link.identity.role == Role::Actor {
+        return Ok(reg.version);
+    }
+    let id = reg.actor_id;
+    let have = link.weights.borrow().as_ref().map_or(0, |w| w.version);
+    tracing::info!(
+        id,
+        learner_version = reg.version,
+        learner_step = reg.step,
+        have_version = have,
+        "registered with the learner"
+    );
+    let watch_req = link
+        .identity
+        .tag(Request::new(WatchRequest { have_version: have }), id);
+    let mut chunks = client.clone().watch_weights(watch_req).await?.into_inner();
+    let (out_tx, out_rx) = mpsc::channel::<TrajectoryBatch>(CREDITS);
+    let mut acks = match batches {
+        Some(_) => {
+            let req = link
+                .identity
+                .tag(Request::new(ReceiverStream::new(out_rx)), id);
+            Some(client.push_trajectories(req).await?.into_inner())
+        }
+        None => None,
+    };
+    // Only a session whose streams the learner accepted resets the back-off: one refused
+    // after Register (a full learner: limits.max_watchers, max_push_streams) keeps
+    // backing off instead of registering again at once.
+    backoff.reset();
+    let mut known_version = reg.version;
+    let mut assembler = Assembler::default();
+    let mut sequence = 0u64;
+    loop {
+        if let Some(mut b) = pending.take() {
+            if b.version > known_version {
+                // Made with weights of a learner run that no longer exists (it restarted
+                // from an earlier checkpoint): the learner would refuse it.
+                ::metrics::counter!(m::BATCHES_DROPPED, "reason" => "version_ahead").increment(1);
+                link.credits.add_permits(1);
+            } else {
+                b.sequence = sequence;
+                sequence += 1;
+                let n = b.trajectories.len() as u64;
+                out_tx
+                    .send(b)
+                    .await
+                    .map_err(|_| Status::unavailable("trajectory stream closed"))?;
+                *in_flight += 1;
+                ::metrics::counter!(m::TRAJECTORIES_SENT).increment(n);
+                ::metrics::counter!(m::BATCHES_SENT).increment(1);
+            }
+        }
+        tokio::select! {
+            c = chunks.message() => {
+                let Some(c) = c? else {
+                    // A clean end: the run finished (the stream ends after the final
+                    // version), which the learner confirms.
+                    let status = link.identity.tag(Request::new(qd_proto::StatusRequest {}), id);
+                    let s = client.status(status).await?.into_inner();
+                    if s.finished {
+                        return Ok(s.version);
+                    }
+                    return Err(Status::unavailable("the learner ended the weight stream"));
+                };
+                known_version = known_version.max(c.version);
+                if let Some(w) = assembler.push(c, MAX_WEIGHT_BYTES)? {
+                    link.weights.send_replace(Some(Arc::new(w)));
+                }
+            }
+            a = next_ack(&mut acks) => {
+                let a = a?.ok_or_else(|| Status::unavailable("the learner ended the trajectory stream"))?;
+                if *in_flight > 0 {
+                    *in_flight -= 1;
+                    link.credits.add_permits(1);
+                }
+                known_version = known_version.max(a.learner_version);
+                ::metrics::gauge!(m::LEARNER_QUEUE_DEPTH).set(f64::from(a.queue_depth));
+            }
+            b = next_batch(batches) => {
+                *pending = Some(b.ok_or_else(|| Status::cancelled("rollouts ended"))?);
+            }
+        }
+    }
+}
