@@ -109,6 +109,33 @@ fn bad_settings_name_their_key() {
         let msg = format!("{err:#}");
         assert!(msg.contains(key), "{file:?} {e:?} {sets:?}: {msg}");
     }
+    // Every key at fault is named at once, each section's and the checks across them.
+    let sets: Vec<String> = [
+        "learner.keep_checkpoints=0",
+        "client.keepalive_s=0",
+        "actor.max_new_tokens=0",
+        "evaluator.metrics_listen=somewhere",
+        "limits.max_streams_per_connection=2",
+        "run.actors=0",
+        "client.max_message_bytes=1024",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let msg = Settings::load_from(None, &[], &sets)
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "learner.keep_checkpoints must be at least 1 (got 0)",
+        "client.keepalive_s must be at least 1 (got 0)",
+        "actor.max_new_tokens",
+        "evaluator.metrics_listen",
+        "limits.max_streams_per_connection must allow",
+        "run.actors",
+        "client.max_message_bytes must hold one weight chunk",
+    ] {
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
     let err = Settings::load_from(Some(Path::new("/nonexistent/qd.toml")), &[], &[]).unwrap_err();
     assert!(err.to_string().contains("does not exist"));
     let err = Settings::load_from(None, &[], &["learner.beta".into()]).unwrap_err();
