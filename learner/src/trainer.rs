@@ -217,22 +217,8 @@ fn last_published(run_dir: &Path) -> u64 {
 
 /// Checkpoints in `run_dir`, newest first.
 pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoint_dir(run_dir))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name
-                .strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    found.into_iter().map(|(_, p)| p).collect()
+    let found = model::checkpoint::numbered(&checkpoint_dir(run_dir));
+    found.into_iter().rev().map(|(_, p)| p).collect()
 }
 
 /// The step a learner on `run_dir` would resume from: the newest readable checkpoint's.

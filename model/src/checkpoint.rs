@@ -358,6 +358,27 @@ impl Checkpoint {
     }
 }
 
+/// The numbered checkpoints in `dir` (`step-<n>.safetensors`, as the learner writes them),
+/// by step, oldest first; none when `dir` does not exist.
+pub fn numbered(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut found: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// Reads a policy checkpoint for `task`: trained on its vocabulary, and embedding no
 /// structure but the one the task reads (`crate::structure`).
 pub fn read_policy(path: &Path, task: &dyn Task) -> Result<Checkpoint, CheckpointError> {

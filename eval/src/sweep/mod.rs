@@ -380,23 +380,7 @@ fn earlier_students(
 ) -> Result<Vec<Earlier>> {
     let mut out = Vec::new();
     for &run in zeros {
-        let dir = runs[run].dir.join("checkpoints");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut found: Vec<(u64, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                let step = name
-                    .strip_prefix("step-")?
-                    .strip_suffix(".safetensors")?
-                    .parse()
-                    .ok()?;
-                Some((step, e.path()))
-            })
-            .collect();
-        found.sort();
+        let found = model::checkpoint::numbered(&runs[run].dir.join("checkpoints"));
         for (step, path) in found {
             let ck = Checkpoint::read_for(&path, ModelKind::Policy, &task.vocab_hash())
                 .with_context(|| format!("reading the earlier checkpoint {}", path.display()))?;
