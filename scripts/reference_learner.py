@@ -237,7 +237,16 @@ def main():
             norm_pg = torch.nn.utils.get_total_norm(pg_grads).item()
             rest = [p.grad - g for p, g in zip(params.values(), pg_grads)]
             norm_distill = torch.nn.utils.get_total_norm(rest).item()
-        norm = torch.nn.utils.clip_grad_norm_(student.parameters(), opt_cfg["grad_clip"])
+        if opt_cfg.get("grad_clip_scope", "total") == "per_term" and pg_grads is not None:
+            # Each term's gradient clipped on its own, then summed.
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params.values()])
+            scale = lambda n: opt_cfg["grad_clip"] / (n + 1e-6) if n > opt_cfg["grad_clip"] else 1.0
+            s_d, s_pg = scale(norm_distill), scale(norm_pg)
+            with torch.no_grad():
+                for p, g in zip(params.values(), pg_grads):
+                    p.grad.copy_(s_d * (p.grad - g) + s_pg * g)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(student.parameters(), opt_cfg["grad_clip"])
         opt.step()
         return loss, distill, pg, (norm.item(), norm_distill, norm_pg), grads
 

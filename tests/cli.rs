@@ -596,71 +596,78 @@ fn model_commands_end_to_end() {
     // importance weights, CFG — for each divergence, scope and plausibility constraint the
     // learner offers: the first step's loss, gradient and gradient norms, and the weights
     // and AdamW's moments after five steps, tensor by tensor.
+    // Clipping per term once, with the richest teacher.
+    let mut cases: Vec<(&str, &str, &str, &str)> = Vec::new();
     for divergence in ["reverse_kl", "forward_kl", "jsd"] {
         for scope in ["all", "content"] {
             for plausibility in ["0", "0.1"] {
-                let what = format!("{divergence}, scope {scope}, plausibility {plausibility}");
-                let sets = [
-                    format!("paths.base={ck}"),
-                    format!("paths.data={}", p("folk")),
-                    "learner.batch_prompts=3".into(),
-                    "learner.beta=2".into(),
-                    format!("learner.cfg_plausibility={plausibility}"),
-                    format!("learner.cfg_scope={scope}"),
-                    format!("learner.divergence={divergence}"),
-                    "learner.jsd_alpha=0.3".into(),
-                ];
-                let mut args = vec!["bench", "learner", "--new-tokens", "12", "--reps", "1"];
-                args.extend(["--compare-steps", "5", "--python", python.to_str().unwrap()]);
-                args.extend(["--threads", "1", "--json"]);
-                for s in &sets {
-                    args.extend(["--set", s]);
-                }
-                let out = run(&args);
-                let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-                let x = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("no {key}: {v}"));
-                assert_eq!(v["compare_steps"], 5, "{what}: {v}");
-                assert!(x("loss_diff") < 1e-4, "{what}: the losses disagree: {v}");
-                assert!(
-                    x("grad_rel_diff") < 1e-3,
-                    "{what}: the gradients disagree: {v}"
-                );
-                assert!(
-                    x("param_diff_over_lr") < 1e-2,
-                    "{what}: the weights disagree: {v}"
-                );
-                assert!(
-                    x("moment_rel_diff") < 1e-3,
-                    "{what}: the moments disagree: {v}"
-                );
-                // The gradient norms, the step's and each term's alone, agree; both terms
-                // have one.
-                for part in ["grad_norm", "grad_norm_distill", "grad_norm_pg"] {
-                    let norm = |who: &str| {
-                        v[who][part]
-                            .as_f64()
-                            .unwrap_or_else(|| panic!("no {who}.{part}: {v}"))
-                    };
-                    let (q, t) = (norm("qd_grad_norm"), norm("torch_grad_norm"));
-                    assert!(q > 1e-6 && (q - t).abs() < 1e-4 * q, "{what}, {part}: {v}");
-                }
-                // Both terms of the loss were at work, and some importance weights were
-                // clipped.
-                assert!(v["qd"]["pg"].as_f64().unwrap().abs() > 1e-6, "{what}: {v}");
-                assert!(v["qd"]["distill"].as_f64().unwrap() > 1e-6, "{what}: {v}");
-                assert!(
-                    v["qd"]["clip_fraction"].as_f64().unwrap() > 0.0,
-                    "{what}: {v}"
-                );
-                assert!(
-                    (x("qd_gflops") - x("step_gflop") / x("qd_step_seconds")).abs()
-                        < 1e-9 * x("qd_gflops")
-                        && (x("share_of_peak") - x("qd_gflops") / x("gemm_peak_gflops")).abs()
-                            < 1e-9,
-                    "{v}"
-                );
+                cases.push((divergence, scope, plausibility, "total"));
             }
         }
+    }
+    cases.push(("jsd", "content", "0.1", "per_term"));
+    for (divergence, scope, plausibility, clipping) in cases {
+        let what = format!(
+            "{divergence}, scope {scope}, plausibility {plausibility}, clipping {clipping}"
+        );
+        let sets = [
+            format!("paths.base={ck}"),
+            format!("paths.data={}", p("folk")),
+            "learner.batch_prompts=3".into(),
+            "learner.beta=2".into(),
+            format!("learner.cfg_plausibility={plausibility}"),
+            format!("learner.cfg_scope={scope}"),
+            format!("learner.divergence={divergence}"),
+            "learner.jsd_alpha=0.3".into(),
+            format!("learner.grad_clip_scope={clipping}"),
+        ];
+        let mut args = vec!["bench", "learner", "--new-tokens", "12", "--reps", "1"];
+        args.extend(["--compare-steps", "5", "--python", python.to_str().unwrap()]);
+        args.extend(["--threads", "1", "--json"]);
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let out = run(&args);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let x = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("no {key}: {v}"));
+        assert_eq!(v["compare_steps"], 5, "{what}: {v}");
+        assert!(x("loss_diff") < 1e-4, "{what}: the losses disagree: {v}");
+        assert!(
+            x("grad_rel_diff") < 1e-3,
+            "{what}: the gradients disagree: {v}"
+        );
+        assert!(
+            x("param_diff_over_lr") < 1e-2,
+            "{what}: the weights disagree: {v}"
+        );
+        assert!(
+            x("moment_rel_diff") < 1e-3,
+            "{what}: the moments disagree: {v}"
+        );
+        // The gradient norms, the step's and each term's alone, agree; both terms
+        // have one.
+        for part in ["grad_norm", "grad_norm_distill", "grad_norm_pg"] {
+            let norm = |who: &str| {
+                v[who][part]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("no {who}.{part}: {v}"))
+            };
+            let (q, t) = (norm("qd_grad_norm"), norm("torch_grad_norm"));
+            assert!(q > 1e-6 && (q - t).abs() < 1e-4 * q, "{what}, {part}: {v}");
+        }
+        // Both terms of the loss were at work, and some importance weights were
+        // clipped.
+        assert!(v["qd"]["pg"].as_f64().unwrap().abs() > 1e-6, "{what}: {v}");
+        assert!(v["qd"]["distill"].as_f64().unwrap() > 1e-6, "{what}: {v}");
+        assert!(
+            v["qd"]["clip_fraction"].as_f64().unwrap() > 0.0,
+            "{what}: {v}"
+        );
+        assert!(
+            (x("qd_gflops") - x("step_gflop") / x("qd_step_seconds")).abs() < 1e-9 * x("qd_gflops")
+                && (x("share_of_peak") - x("qd_gflops") / x("gemm_peak_gflops")).abs() < 1e-9,
+            "{v}"
+        );
     }
 
     // The pre-training step (in length groups) against its one-pass PyTorch reference.

@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 use tokio::sync::watch;
 
-use common::settings::{Baseline, LearnerSettings};
+use common::settings::{Baseline, GradClip, LearnerSettings};
 use model::checkpoint::{read_policy, save, serialize, Checkpoint, ModelKind, Stamp};
 use model::optim::{global_norm, AdamW, AdamWConfig};
 use model::task::Task;
@@ -93,9 +93,26 @@ pub enum Step {
     Skipped { reason: &'static str },
 }
 
-/// One step of the learner on `pairs`: the loss, its gradient, clipping to `grad_clip`
-/// and an AdamW update at `lr`, unless the loss or the gradient norm is not finite.
-/// Each term's gradient norm is measured on the way ([`backward`]).
+/// How a step's gradient is clipped: to global norm `max`, the whole gradient at once or
+/// each term of the loss on its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Clipping {
+    pub max: f64,
+    pub scope: GradClip,
+}
+
+impl From<&LearnerSettings> for Clipping {
+    fn from(l: &LearnerSettings) -> Clipping {
+        Clipping {
+            max: l.grad_clip,
+            scope: l.grad_clip_scope,
+        }
+    }
+}
+
+/// One step of the learner on `pairs`: the loss, its gradient, clipping and an AdamW
+/// update at `lr`, unless the loss or the gradient norm is not finite. Each term's
+/// gradient norm is measured on the way ([`backward`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     student: &Transformer,
@@ -106,7 +123,7 @@ pub fn train_step(
     baseline: f64,
     cfg: &LossConfig,
     lr: f64,
-    grad_clip: f64,
+    clipping: Clipping,
 ) -> Result<Step> {
     opt.zero_grad();
     let l = loss(student, teacher, pairs, g, baseline, cfg).context("computing the loss")?;
@@ -115,9 +132,9 @@ pub fn train_step(
             reason: "non_finite_loss",
         });
     }
-    let (distill, pg) = backward(&l, opt, cfg.beta)?;
-    let total = opt.clip_grad_norm(grad_clip);
-    if !total.is_finite() {
+    let terms = backward(&l, opt, cfg.beta)?;
+    let grad_norm = clip(opt, &terms, clipping);
+    if !grad_norm.total.is_finite() {
         opt.zero_grad();
         return Ok(Step::Skipped {
             reason: "non_finite_gradient",
@@ -126,14 +143,26 @@ pub fn train_step(
     opt.step(lr);
     Ok(Step::Applied {
         stats: l.stats,
-        grad_norm: GradNorms { total, distill, pg },
+        grad_norm,
     })
 }
 
-/// Back-propagates `l` into `opt`'s gradients and returns the gradient norms of its two
-/// terms, `(L_distill, β·L_pg)`. At β ≠ 0 the policy-gradient term's gradient is taken
-/// apart first (one more backward pass, over the graph the step keeps for it).
-pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<(f64, f64)> {
+/// The step's gradient by term, as [`backward`] leaves it: the total in the optimizer's
+/// gradients, the policy-gradient term's apart (at β ≠ 0), and each term's norm.
+#[derive(Debug)]
+pub struct Terms {
+    /// The norm of `L_distill`'s gradient.
+    pub distill: f64,
+    /// The norm of `β·L_pg`'s gradient (0 at β = 0).
+    pub pg: f64,
+    /// `β·L_pg`'s gradient, in the order of `AdamW::params` (`None` at β = 0).
+    pub pg_grads: Option<Vec<Tensor>>,
+}
+
+/// Back-propagates `l` into `opt`'s gradients and returns them by term. At β ≠ 0 the
+/// policy-gradient term's gradient is taken apart first (one more backward pass, over
+/// the graph the step keeps for it).
+pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<Terms> {
     let pg = if beta != 0.0 && l.weighted_pg.requires_grad() {
         Some(
             Tensor::f_run_backward(&[&l.weighted_pg], &opt.params(), true, false)
@@ -144,7 +173,11 @@ pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<(f64, f64)> {
     };
     l.total.backward();
     Ok(match pg {
-        None => (global_norm(&opt.grads()), 0.0),
+        None => Terms {
+            distill: global_norm(&opt.grads()),
+            pg: 0.0,
+            pg_grads: None,
+        },
         Some(pg) => {
             let distill: Vec<Tensor> = tch::no_grad(|| {
                 opt.grads()
@@ -156,9 +189,44 @@ pub fn backward(l: &Loss, opt: &AdamW, beta: f64) -> Result<(f64, f64)> {
                     })
                     .collect()
             });
-            (global_norm(&distill), global_norm(&pg))
+            Terms {
+                distill: global_norm(&distill),
+                pg: global_norm(&pg),
+                pg_grads: Some(pg),
+            }
         }
     })
+}
+
+/// Clips the gradients [`backward`] left in `opt`; the norms before clipping. With
+/// [`GradClip::PerTerm`] each term's gradient is scaled to norm at most `max` on its own
+/// and the update is their sum, `s_d·g_distill + s_pg·g_pg`.
+pub fn clip(opt: &mut AdamW, terms: &Terms, c: Clipping) -> GradNorms {
+    let (distill, pg) = (terms.distill, terms.pg);
+    let total = match (c.scope, &terms.pg_grads) {
+        (GradClip::PerTerm, Some(pg_grads)) => {
+            let total = global_norm(&opt.grads());
+            if total.is_finite() {
+                let scale = |n: f64| if n > c.max { c.max / (n + 1e-6) } else { 1.0 };
+                let (sd, sp) = (scale(distill), scale(pg));
+                tch::no_grad(|| {
+                    for (mut g, p) in opt.grads().into_iter().zip(pg_grads) {
+                        if !g.defined() {
+                            continue;
+                        }
+                        let _ = g.g_mul_scalar_(sd);
+                        if p.defined() {
+                            let _ = g.g_add_(&(p * (sp - sd)));
+                        }
+                    }
+                });
+            }
+            total
+        }
+        // One term, or the whole gradient at once.
+        _ => opt.clip_grad_norm(c.max),
+    };
+    GradNorms { total, distill, pg }
 }
 
 /// The learner's models, optimizer and counters.
@@ -487,7 +555,7 @@ impl Trainer {
                 baseline,
                 &loss_cfg,
                 lr,
-                self.cfg.grad_clip,
+                Clipping::from(&self.cfg),
             )? {
                 Step::Applied { stats, grad_norm } => (stats, grad_norm),
                 Step::Skipped { reason } => {

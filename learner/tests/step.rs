@@ -7,10 +7,10 @@
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use common::settings::Divergence;
+use common::settings::{Divergence, GradClip};
 use learner::loss::{Generatable, LossConfig};
 use learner::queue::Pair;
-use learner::trainer::{train_step, Step};
+use learner::trainer::{backward, clip, train_step, Clipping, Step};
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::{sample, CfgScope, SamplingConfig};
 use model::transformer::Transformer;
@@ -39,6 +39,11 @@ fn pairs(m: &Transformer, reward: f32) -> Vec<Pair> {
         })
         .collect()
 }
+
+const CLIP: Clipping = Clipping {
+    max: 1.0,
+    scope: GradClip::Total,
+};
 
 const CFG: LossConfig = LossConfig {
     beta: 1.0,
@@ -69,7 +74,7 @@ fn step(teacher_vs: &mut VarStore, teacher: &Transformer, reward: f32) -> (Step,
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
     let ps = pairs(&student, reward);
     let before = weights(&vs);
-    let out = train_step(&student, teacher, &mut opt, &g, &ps, 0.0, &CFG, 1e-3, 1.0).unwrap();
+    let out = train_step(&student, teacher, &mut opt, &g, &ps, 0.0, &CFG, 1e-3, CLIP).unwrap();
     let changed = weights(&vs)
         .iter()
         .zip(&before)
@@ -126,7 +131,7 @@ fn the_step_reports_each_terms_gradient_norm() {
         let want_total = norm(&(&gd + &gp));
         let mut opt = AdamW::new(&vs, AdamWConfig::default());
         let Step::Applied { grad_norm, .. } =
-            train_step(&student, &teacher, &mut opt, &g, &ps, 0.2, &cfg, 1e-3, 1.0).unwrap()
+            train_step(&student, &teacher, &mut opt, &g, &ps, 0.2, &cfg, 1e-3, CLIP).unwrap()
         else {
             panic!("β = {beta}: the step was skipped");
         };
@@ -194,4 +199,60 @@ fn a_non_finite_gradient_leaves_the_weights() {
     );
     assert!(!changed, "a skipped step moved the weights");
     assert_eq!(steps, 0);
+}
+
+/// Clipping per term scales each term's gradient to the bound on its own and adds them:
+/// the distillation part of the update keeps its size when the policy-gradient term is
+/// the larger. Clipping the total scales both by one factor.
+#[test]
+fn per_term_clipping_bounds_each_term_on_its_own() {
+    let (mut tvs, teacher) = tiny(2);
+    tvs.freeze();
+    let g = Generatable::new(vocabulary(), VOCAB, Device::Cpu);
+    let cfg = LossConfig { beta: 2.0, ..CFG };
+    let (vs, student) = tiny(1);
+    let ps = pairs(&student, 0.9);
+    let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
+    let distill = l.total.shallow_clone() - &l.weighted_pg;
+    let gd = flat_grad(&vs, &distill);
+    let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
+    let gp = flat_grad(&vs, &l.weighted_pg);
+    let norm = |t: &Tensor| t.norm().double_value(&[]);
+    let (nd, np) = (norm(&gd), norm(&gp));
+    // A bound below both norms, so that both terms are scaled, by different factors.
+    let max = 0.5 * nd.min(np);
+    assert!(
+        (nd - np).abs() > 0.1 * nd.max(np),
+        "the terms are too alike: {nd} {np}"
+    );
+    let current = || {
+        let flat: Vec<Tensor> = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.grad().flatten(0, -1).copy())
+            .collect();
+        Tensor::cat(&flat, 0)
+    };
+    for scope in [GradClip::PerTerm, GradClip::Total] {
+        let mut opt = AdamW::new(&vs, AdamWConfig::default());
+        opt.zero_grad();
+        let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
+        let terms = backward(&l, &opt, cfg.beta).unwrap();
+        let norms = clip(&mut opt, &terms, Clipping { max, scope });
+        let want = match scope {
+            GradClip::PerTerm => &gd * (max / (nd + 1e-6)) + &gp * (max / (np + 1e-6)),
+            GradClip::Total => (&gd + &gp) * (max / (norms.total + 1e-6)),
+        };
+        let got = current();
+        let diff = norm(&(&got - &want)) / norm(&want);
+        assert!(diff < 1e-4, "{scope:?}: relative difference {diff}");
+        // Each term's and the whole gradient's norms before clipping, either way.
+        assert!((norms.distill - nd).abs() < 1e-4 * nd, "{norms:?}");
+        assert!((norms.pg - np).abs() < 1e-4 * np, "{norms:?}");
+        if scope == GradClip::PerTerm {
+            // The update's distillation part is `max` long, not shrunk by the larger term.
+            assert!(norm(&got) > max, "{}", norm(&got));
+        }
+        opt.zero_grad();
+    }
 }

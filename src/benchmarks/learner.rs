@@ -27,7 +27,7 @@ use super::{
 };
 use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, LENGTH_GROUPS};
 use learner::queue::Pair;
-use learner::trainer::{backward, train_step, GradNorms, Step};
+use learner::trainer::{backward, clip, train_step, Clipping, GradNorms, Step};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -240,7 +240,7 @@ fn stepper<'a>(
             baseline,
             &loss_cfg,
             l.lr,
-            l.grad_clip,
+            Clipping::from(l),
         )?;
         if let Step::Skipped { reason } = step {
             bail!("the benchmark's step was skipped: {reason}");
@@ -282,7 +282,7 @@ pub fn bench_step(
     for _ in 0..cfg.compare_steps.max(1) {
         opt.zero_grad();
         let loss = loss(&student, &teacher, &pairs, &g, baseline, &loss_cfg)?;
-        let (distill, pg) = backward(&loss, &opt, loss_cfg.beta)?;
+        let terms = backward(&loss, &opt, loss_cfg.beta)?;
         let grads: Option<Vec<(String, Tensor)>> = compared.is_none().then(|| {
             student_vs
                 .variables()
@@ -290,10 +290,10 @@ pub fn bench_step(
                 .map(|(n, t)| (n, t.grad().copy()))
                 .collect()
         });
-        let total = opt.clip_grad_norm(l.grad_clip);
+        let norms = clip(&mut opt, &terms, Clipping::from(l));
         opt.step(l.lr);
         if let Some(grads) = grads {
-            compared = Some((loss.stats, GradNorms { total, distill, pg }, grads));
+            compared = Some((loss.stats, norms, grads));
         }
     }
     let (first, grad_norm, grads) = compared.context("no compared step")?;
@@ -332,7 +332,8 @@ pub fn bench_step(
                     "divergence": l.divergence, "jsd_alpha": l.jsd_alpha, "rho_bar": l.rho_bar,
                 },
                 "optimizer": {
-                    "lr": l.lr, "grad_clip": l.grad_clip, "weight_decay": opt_cfg.weight_decay,
+                    "lr": l.lr, "grad_clip": l.grad_clip, "grad_clip_scope": l.grad_clip_scope,
+                    "weight_decay": opt_cfg.weight_decay,
                     "beta1": opt_cfg.beta1, "beta2": opt_cfg.beta2, "eps": opt_cfg.eps,
                 },
                 "compare_steps": cfg.compare_steps.max(1),
@@ -373,10 +374,10 @@ pub fn bench_step(
         parts[0].push(teacher_s);
         parts[1].push((t.elapsed().as_secs_f64() - teacher_s).max(0.0));
         let t = Instant::now();
-        backward(&out, &opt, loss_cfg.beta)?;
+        let terms = backward(&out, &opt, loss_cfg.beta)?;
         parts[2].push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        opt.clip_grad_norm(l.grad_clip);
+        clip(&mut opt, &terms, Clipping::from(l));
         opt.step(l.lr);
         parts[3].push(t.elapsed().as_secs_f64());
     }

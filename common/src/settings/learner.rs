@@ -26,6 +26,18 @@ pub enum Baseline {
     Ema,
 }
 
+/// What gradient clipping bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradClip {
+    /// The whole gradient's global norm: when the policy-gradient term's gradient is the
+    /// larger, clipping shrinks the distillation part of the update with it.
+    Total,
+    /// Each term's gradient on its own (`L_distill`'s and `β·L_pg`'s), then their sum: the
+    /// distillation part of the update keeps its size whatever β is.
+    PerTerm,
+}
+
 /// `qd learner`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,7 +75,10 @@ pub struct LearnerSettings {
     pub lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
+    /// The largest global gradient norm (see `grad_clip_scope`).
     pub grad_clip: f64,
+    /// `total` (the default) or `per_term`.
+    pub grad_clip_scope: GradClip,
     /// Trajectories more than this many versions behind the learner are dropped.
     pub max_staleness: u64,
     /// Truncation of the importance weight `min(ρ̄, π_θ(y)/μ(y))` of the PG term.
@@ -112,6 +127,7 @@ impl Default for LearnerSettings {
             warmup_steps: 10,
             weight_decay: 0.0,
             grad_clip: 1.0,
+            grad_clip_scope: GradClip::Total,
             max_staleness: 4,
             rho_bar: 1.0,
             publish_every: 1,

@@ -23,7 +23,7 @@ pub use actor::{ActorSettings, EvaluatorSettings};
 pub use client::{
     AuthSettings, ClientSettings, LimitSettings, MIN_TOKEN_BYTES, PLACEHOLDER_TOKENS,
 };
-pub use learner::{Baseline, Divergence, LearnerSettings};
+pub use learner::{Baseline, Divergence, GradClip, LearnerSettings};
 
 /// Every setting of every role.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
