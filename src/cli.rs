@@ -93,9 +93,12 @@ pub enum Command {
     /// Compare CFG, temperature, the β-sweep students and weight interpolation on the same
     /// held-out prompts and seeds: a CSV, plots, hypervolumes (each point cached).
     ///
-    /// Families: the base model with CFG γ and with temperatures, the β = 0 student with
-    /// temperatures, every run's student, LERP from the β = 0 student to the most diverse
-    /// student and to the base model, and the average of all students.
+    /// Families: the base model with CFG γ, with temperatures and with the plausibility
+    /// constraint alone, the β = 0 students with temperatures and at their earlier
+    /// checkpoints (distilling less), every run's student, LERP from each β = 0 student to
+    /// the most diverse β's student and to the base model, and the average of all students.
+    /// The summary tells whether the diversity reward beats each baseline at matched
+    /// diversity, with intervals over runs and prompts.
     Sweep(SweepArgs),
     /// Learning curves: held-out quality and bar validity of checkpoints against their
     /// step, from `qd eval --json` reports saved as `<run folder>/eval-<step>.json`, one

@@ -34,7 +34,9 @@ pub enum GradClip {
     /// larger, clipping shrinks the distillation part of the update with it.
     Total,
     /// Each term's gradient on its own (`L_distill`'s and `β·L_pg`'s), then their sum: the
-    /// distillation part of the update keeps its size whatever β is.
+    /// distillation part of the update keeps its size whatever β is — and so does the
+    /// policy-gradient part once `β·L_pg`'s gradient exceeds the bound, so β then stops
+    /// mattering (measured in docs/results.md, "Clipping each term on its own").
     PerTerm,
 }
 
