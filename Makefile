@@ -111,7 +111,9 @@ paper-runs: setup
 
 paper-dev: paper-runs
 	$(QD) sweep --runs $(PAPER_RUNS) $(PAPER_SWEEP) --split val --out runs/sweep-val
-	@echo "validation tables: runs/sweep-val/summary.md"
+	@mkdir -p docs/figures/val
+	cp runs/sweep-val/{front,lerp,training}.png runs/sweep-val/summary.md docs/figures/val/
+	@echo "validation figures and tables: docs/figures/val/summary.md"
 
 paper: paper-runs
 	$(QD) sweep --runs $(PAPER_RUNS) $(PAPER_SWEEP) --split test --out runs/sweep
