@@ -10,6 +10,7 @@ pub mod loss;
 pub mod metrics;
 pub mod queue;
 pub mod server;
+pub mod step;
 pub mod trainer;
 pub mod transport;
 pub mod validate;

@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 use common::settings::{Divergence, GradClip};
 use learner::loss::{Generatable, LossConfig};
 use learner::queue::Pair;
-use learner::trainer::{backward, clip, train_step, Clipping, Step};
+use learner::step::{backward, clip, train_step, Clipping, Step};
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::{sample, CfgScope, SamplingConfig};
 use model::transformer::Transformer;

@@ -27,7 +27,7 @@ use super::{
 };
 use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, LENGTH_GROUPS};
 use learner::queue::Pair;
-use learner::trainer::{backward, clip, train_step, Clipping, GradNorms, Step};
+use learner::step::{backward, clip, train_step, Clipping, GradNorms, Step};
 
 /// What to measure.
 #[derive(Clone, Debug)]

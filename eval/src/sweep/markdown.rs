@@ -287,7 +287,7 @@ impl Summary {
             .collect();
         arms.dedup();
         for (family, param) in arms {
-            let of: Vec<&super::summary::BaselineGain> = self
+            let of: Vec<&super::baselines::BaselineGain> = self
                 .baseline_gains
                 .iter()
                 .filter(|g| g.family == family && g.param == param)
