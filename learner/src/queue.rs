@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use model::sampling::{sample, SamplingConfig, Vocabulary};
+use model::transformer::Transformer;
+
 use crate::metrics as m;
 
 /// One prompt's pair of samples as the learner trains on it.
@@ -21,6 +24,37 @@ pub struct Pair {
     pub reward: f32,
     /// The policy version that sampled it.
     pub version: u64,
+}
+
+/// Two samples of `model` for each of `prompts` (row `r` seeded `first_seed + r`), as
+/// pairs sampled by `version` with `reward(i)` for the `i`-th prompt: the batches that
+/// tests and benchmarks hand the learner (actors send theirs over gRPC).
+pub fn sample_pairs(
+    model: &Transformer,
+    prompts: Vec<Vec<u32>>,
+    vocabulary: &Vocabulary,
+    cfg: &SamplingConfig,
+    first_seed: u64,
+    version: u64,
+    reward: impl Fn(usize) -> f32,
+) -> Result<Vec<Pair>, tch::TchError> {
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| [p.clone(), p.clone()])
+        .collect();
+    let seeds: Vec<u64> = (first_seed..first_seed + rows.len() as u64).collect();
+    let s = sample(model, &rows, &seeds, vocabulary, cfg)?;
+    let mut samples = s.tokens.into_iter().zip(s.logprobs);
+    Ok(prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| Pair {
+            prompt,
+            samples: samples.by_ref().take(2).collect(),
+            reward: reward(i),
+            version,
+        })
+        .collect())
 }
 
 /// A pair waiting for the trainer, and the client that sent it.

@@ -12,9 +12,9 @@ use tch::Device;
 
 use common::settings::Divergence;
 use learner::loss::{loss, sequence_logprobs, Generatable, LossConfig};
-use learner::queue::Pair;
+use learner::queue::{sample_pairs, Pair};
 use model::optim::{AdamW, AdamWConfig};
-use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::sampling::{CfgScope, SamplingConfig};
 use model::transformer::Transformer;
 
 use testkit::{tiny as model, vocabulary, VOCAB};
@@ -25,28 +25,12 @@ fn generatable() -> Generatable {
 
 /// Two samples for each of three prompts of different lengths, drawn from `m`.
 fn pairs(m: &Transformer, rewards: [f32; 3]) -> Vec<Pair> {
-    let prompts = [vec![4, 5, 6], vec![7], vec![8, 9, 4, 5, 6]];
-    let rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| [p.clone(), p.clone()])
-        .collect();
-    let seeds: Vec<u64> = (0..rows.len() as u64).collect();
+    let prompts = vec![vec![4, 5, 6], vec![7], vec![8, 9, 4, 5, 6]];
     let cfg = SamplingConfig {
         max_new_tokens: 16,
         ..SamplingConfig::default()
     };
-    let s = sample(m, &rows, &seeds, &vocabulary(), &cfg).unwrap();
-    let mut samples = s.tokens.into_iter().zip(s.logprobs);
-    prompts
-        .iter()
-        .zip(rewards)
-        .map(|(p, r)| Pair {
-            prompt: p.clone(),
-            samples: samples.by_ref().take(2).collect(),
-            reward: r,
-            version: 1,
-        })
-        .collect()
+    sample_pairs(m, prompts, &vocabulary(), &cfg, 0, 1, |i| rewards[i]).unwrap()
 }
 
 fn cfg(beta: f64, divergence: Divergence, gamma: f64) -> LossConfig {

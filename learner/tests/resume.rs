@@ -16,10 +16,10 @@ use tokio::sync::watch;
 
 use common::settings::{Baseline, LearnerSettings};
 use learner::broadcast::Publisher;
-use learner::queue::{Pair, Queue};
+use learner::queue::{sample_pairs, Pair, Queue};
 use learner::trainer::{checkpoints, Outcome, Stopped, Trainer};
 use model::checkpoint::load_policy;
-use model::sampling::{sample, SamplingConfig};
+use model::sampling::SamplingConfig;
 use model::task::Task;
 use testkit::synthetic::{base_policy, SyntheticTask, FIRST_WORD, PROMPTS};
 
@@ -49,27 +49,12 @@ fn batches(base: &Path, task: &dyn Task) -> Vec<Vec<Pair>> {
     let prompts: Vec<Vec<u32>> = (0..n)
         .map(|i| vec![FIRST_WORD + (i as u32 % PROMPTS)])
         .collect();
-    let rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| [p.clone(), p.clone()])
-        .collect();
-    let seeds: Vec<u64> = (0..rows.len() as u64).collect();
     let cfg = SamplingConfig {
         max_new_tokens: 6,
         ..SamplingConfig::default()
     };
-    let s = sample(&m, &rows, &seeds, task.vocabulary(), &cfg).unwrap();
-    let mut samples = s.tokens.into_iter().zip(s.logprobs);
-    let pairs: Vec<Pair> = prompts
-        .into_iter()
-        .enumerate()
-        .map(|(i, prompt)| Pair {
-            prompt,
-            samples: samples.by_ref().take(2).collect(),
-            reward: 0.1 + 0.07 * (i % 5) as f32,
-            version: 0,
-        })
-        .collect();
+    let reward = |i: usize| 0.1 + 0.07 * (i % 5) as f32;
+    let pairs = sample_pairs(&m, prompts, task.vocabulary(), &cfg, 0, 0, reward).unwrap();
     pairs.chunks(BATCH).map(<[Pair]>::to_vec).collect()
 }
 

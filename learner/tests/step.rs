@@ -9,35 +9,21 @@ use tch::{Device, Tensor};
 
 use common::settings::{Divergence, GradClip};
 use learner::loss::{Generatable, LossConfig};
-use learner::queue::Pair;
+use learner::queue::{sample_pairs, Pair};
 use learner::step::{backward, clip, train_step, Clipping, Step};
 use model::optim::{AdamW, AdamWConfig};
-use model::sampling::{sample, CfgScope, SamplingConfig};
+use model::sampling::{CfgScope, SamplingConfig};
 use model::transformer::Transformer;
 
 use testkit::{tiny, vocabulary, VOCAB};
 
 fn pairs(m: &Transformer, reward: f32) -> Vec<Pair> {
-    let prompts = [vec![4, 5, 6], vec![7]];
-    let rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| [p.clone(), p.clone()])
-        .collect();
     let cfg = SamplingConfig {
         max_new_tokens: 12,
         ..SamplingConfig::default()
     };
-    let s = sample(m, &rows, &[1, 2, 3, 4], &vocabulary(), &cfg).unwrap();
-    let mut samples = s.tokens.into_iter().zip(s.logprobs);
-    prompts
-        .iter()
-        .map(|p| Pair {
-            prompt: p.clone(),
-            samples: samples.by_ref().take(2).collect(),
-            reward,
-            version: 1,
-        })
-        .collect()
+    let prompts = vec![vec![4, 5, 6], vec![7]];
+    sample_pairs(m, prompts, &vocabulary(), &cfg, 1, 1, |_| reward).unwrap()
 }
 
 const CLIP: Clipping = Clipping {
@@ -109,6 +95,23 @@ fn flat_grad(vs: &VarStore, loss: &Tensor) -> Tensor {
     Tensor::cat(&flat, 0)
 }
 
+/// The gradients of `L_distill` and of `β·L_pg` over `vs`, each from a loss of its own
+/// (baseline 0.2), flattened.
+fn term_grads(
+    vs: &VarStore,
+    student: &Transformer,
+    teacher: &Transformer,
+    ps: &[Pair],
+    cfg: &LossConfig,
+) -> (Tensor, Tensor) {
+    let g = Generatable::new(vocabulary(), VOCAB, Device::Cpu);
+    let l = learner::loss::loss(student, teacher, ps, &g, 0.2, cfg).unwrap();
+    let distill = l.total.shallow_clone() - &l.weighted_pg;
+    let gd = flat_grad(vs, &distill);
+    let l = learner::loss::loss(student, teacher, ps, &g, 0.2, cfg).unwrap();
+    (gd, flat_grad(vs, &l.weighted_pg))
+}
+
 /// Each term's gradient norm is the norm of that term's gradient alone, taken from a
 /// loss of its own; the terms add up to the step's gradient; at β = 0 the
 /// policy-gradient term's is 0 and the distillation's is the whole.
@@ -122,11 +125,7 @@ fn the_step_reports_each_terms_gradient_norm() {
         let (vs, student) = tiny(1);
         let ps = pairs(&student, 0.9);
         // By hand: the two terms' gradients from separate losses.
-        let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
-        let distill = l.total.shallow_clone() - &l.weighted_pg;
-        let gd = flat_grad(&vs, &distill);
-        let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
-        let gp = flat_grad(&vs, &l.weighted_pg);
+        let (gd, gp) = term_grads(&vs, &student, &teacher, &ps, &cfg);
         let norm = |t: &Tensor| t.norm().double_value(&[]);
         let want_total = norm(&(&gd + &gp));
         let mut opt = AdamW::new(&vs, AdamWConfig::default());
@@ -212,11 +211,7 @@ fn per_term_clipping_bounds_each_term_on_its_own() {
     let cfg = LossConfig { beta: 2.0, ..CFG };
     let (vs, student) = tiny(1);
     let ps = pairs(&student, 0.9);
-    let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
-    let distill = l.total.shallow_clone() - &l.weighted_pg;
-    let gd = flat_grad(&vs, &distill);
-    let l = learner::loss::loss(&student, &teacher, &ps, &g, 0.2, &cfg).unwrap();
-    let gp = flat_grad(&vs, &l.weighted_pg);
+    let (gd, gp) = term_grads(&vs, &student, &teacher, &ps, &cfg);
     let norm = |t: &Tensor| t.norm().double_value(&[]);
     let (nd, np) = (norm(&gd), norm(&gp));
     // A bound below both norms, so that both terms are scaled, by different factors.

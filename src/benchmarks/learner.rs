@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use common::settings::LearnerSettings;
 use model::checkpoint::load_policy;
 use model::optim::{AdamW, AdamWConfig};
-use model::sampling::{sample, CfgScope, SamplingConfig, Vocabulary};
+use model::sampling::{CfgScope, SamplingConfig, Vocabulary};
 use model::task::{Split, Task};
 use model::transformer::Transformer;
 
@@ -26,7 +26,7 @@ use super::{
     REFERENCE_TENSORS,
 };
 use learner::loss::{loss, teacher_logprobs, Generatable, LossConfig, LossStats, LENGTH_GROUPS};
-use learner::queue::Pair;
+use learner::queue::{sample_pairs, Pair};
 use learner::step::{backward, clip, train_step, Clipping, GradNorms, Step};
 
 /// What to measure.
@@ -117,11 +117,6 @@ pub(crate) fn batch(
         .take(prompts)
         .map(|p| p.ids)
         .collect();
-    let rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| [p.clone(), p.clone()])
-        .collect();
-    let seeds: Vec<u64> = (0..rows.len() as u64).collect();
     let cfg = SamplingConfig {
         max_new_tokens: new_tokens,
         ..SamplingConfig::default()
@@ -142,28 +137,18 @@ pub(crate) fn batch(
     } else {
         v.clone()
     };
-    let s = sample(model, &rows, &seeds, &v, &cfg)?;
-    let mut samples = s
-        .tokens
-        .into_iter()
-        .zip(s.logprobs)
-        .enumerate()
-        .map(|(i, (t, mut lp))| {
+    let reward = |i: usize| ((i * 37) % 100) as f32 / 100.0;
+    let mut pairs = sample_pairs(model, prompts, &v, &cfg, 0, 0, reward)?;
+    // Behaviour log-probs off the student's by ±0.5 on the first token, alternating by
+    // prompt: importance weights above and below ρ̄.
+    for (i, p) in pairs.iter_mut().enumerate() {
+        for (_, lp) in p.samples.iter_mut() {
             if let Some(first) = lp.first_mut() {
-                *first += if (i / 2) % 2 == 0 { 0.5 } else { -0.5 };
+                *first += if i % 2 == 0 { 0.5 } else { -0.5 };
             }
-            (t, lp)
-        });
-    Ok(prompts
-        .into_iter()
-        .enumerate()
-        .map(|(i, prompt)| Pair {
-            prompt,
-            samples: samples.by_ref().take(2).collect(),
-            reward: ((i * 37) % 100) as f32 / 100.0,
-            version: 0,
-        })
-        .collect())
+        }
+    }
+    Ok(pairs)
 }
 
 /// One learner step's FLOPs on `pairs`: the teacher's conditional and unconditional

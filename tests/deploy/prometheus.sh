@@ -245,6 +245,7 @@ run_qd judge judge train --steps 3 --out "$WORK/judge.safetensors" "${COMMON[@]}
 # always a version behind, so the stale-drop path runs and the dropped-by-reason panel
 # shows drops that grow (qd exports every reason's counter at 0 from the start, so its
 # series alone would prove nothing).
+# beta = 1: the policy-gradient term is at work, so its gradient norm leaves 0.
 TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat >"$WORK/qd.toml" <<EOF
 [paths]
@@ -264,6 +265,7 @@ max_watchers = 3
 listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 batch_prompts = 4
+beta = 1.0
 queue_capacity = 16
 max_staleness = 0
 lr = 0.001
@@ -427,7 +429,7 @@ queries = [(title, legend, expand(title, expr, "rl")) for title, legend, expr in
 MAY_STAY_ZERO = frozenset({
     # max_staleness = 0: every trajectory trained on comes from the current policy, so
     # every importance ratio is 1 and none is clipped.
-    ("Entropy and clipped ratios", "{{run}} clipped share"),
+    ("Importance weights", "{{run}} clipped share"),
     # Tiny models after 30 steps of pre-training write no bar that fits the meter:
     # validity 0, and quality = adherence × validity. (Adherence, diversity and the
     # evaluated version must still leave 0, so an evaluation has to have happened.)
