@@ -376,7 +376,7 @@ PIDS+=($!)
 # --- every dashboard query returns data; rules and targets healthy ------------------------
 say "polling every dashboard query (deadline ${DEADLINE_S}s)"
 python3 - "$PROM" "$DASHBOARD" "$DEADLINE_S" "$RATE_INTERVAL" "${PIDS[@]}" <<'EOF' ||
-import json, math, sys, time, urllib.parse, urllib.request
+import json, math, re, sys, time, urllib.parse, urllib.request
 
 prom, dash_path, deadline_s, rate_interval, *pids = sys.argv[1:]
 deadline = time.monotonic() + float(deadline_s)
@@ -478,6 +478,35 @@ if pending:
         print(f"  {last[(title, legend, expr)]}: [{title}] {legend}: {expr}", file=sys.stderr)
     sys.exit("some dashboard queries showed no data produced by the run "
              "(\"only 0\": the series exists but never left 0)")
+
+# Every field override of the dashboard matches a series it was written for: each
+# panel's legends are rendered from its queries' results as Grafana renders them
+# ({{label}} replaced by the series' label value), and every byName / byRegexp matcher
+# must match one of them (an override that matches nothing silently draws its series on
+# the wrong axis or in the wrong unit).
+def legends(legend, expr):
+    out = []
+    for r in api("query", query=expr)["result"]:
+        labels = r["metric"]
+        out.append(re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), legend))
+    return out
+unmatched = []
+for panel in json.load(open(dash_path))["panels"]:
+    names = [n for t in panel.get("targets", [])
+             for n in legends(t.get("legendFormat", ""), expand(panel["title"], t["expr"], "rl"))]
+    for o in panel.get("fieldConfig", {}).get("overrides", []):
+        kind, pattern = o["matcher"]["id"], o["matcher"].get("options", "")
+        if kind == "byName":
+            hit = pattern in names
+        elif kind == "byRegexp":
+            hit = any(re.search(pattern, n) for n in names)
+        else:
+            continue
+        if not hit:
+            unmatched.append(f"[{panel['title']}] {kind} {pattern!r} matches none of {sorted(set(names))}")
+if unmatched:
+    sys.exit("dashboard overrides that match no series:\n  " + "\n  ".join(unmatched))
+print("every dashboard override matches a series the run produced")
 
 # Two runs overlay: with both selected (Grafana's multi-value variable expands to
 # "rl|rl2"), every query about a role both runs have (all but the evaluator's) shows a
