@@ -48,8 +48,9 @@ lint:
 ## demo: the dataset, a pre-trained policy, the embedder and the judge (each cached),
 ## then distributed CFG distillation (`qd run`: learner, 2 actors, evaluator; resumes or
 ## skips when its run folder holds a finished run); a small sweep (quality and diversity
-## of the base model with and without CFG, of the distilled student and of its LERP with
-## the base model, on 100 held-out prompts; cached) with its plot; and tunes (.abc, .mid)
+## of the base model with and without CFG and with the plausibility constraint alone, of
+## the distilled student, its kept earlier checkpoints and its LERP with the base model,
+## on 100 held-out prompts; cached) with its plot; and tunes (.abc, .mid)
 ## for a few prompts from the base model with CFG, the student and the merged model
 BASE := runs/pretrain/last.safetensors
 STUDENT := runs/rl/default/student.safetensors
@@ -59,7 +60,7 @@ demo: install
 	$(QD) data prepare
 	@$(MAKE) --no-print-directory $(BASE) runs/embedder.safetensors runs/judge.safetensors
 	$(QD) run --config configs/default.toml
-	$(QD) sweep --runs runs/rl/default --cfg 1,3 --temperatures 1 --lambdas 0,0.5,1 --out runs/demo-sweep
+	$(QD) sweep --runs runs/rl/default --cfg 1,3 --temperatures 1 --plausibility 0.1 --lambdas 0,0.5,1 --out runs/demo-sweep
 	$(QD) merge $(STUDENT) $(BASE) --lambda 0.5 --out $(MERGED)
 	$(QD) data export --split test -n 2 --out samples/corpus > /dev/null
 	@for p in $(DEMO_PROMPTS); do \
