@@ -61,16 +61,33 @@ struct Streams {
 /// Bytes of a client's string echoed back or logged; the rest is cut.
 const ECHO_BYTES: usize = 64;
 
-/// `s` cut to [`ECHO_BYTES`] (at a character boundary), marked when cut.
+/// `s` as a client's string may be echoed or logged: control characters escaped (a
+/// newline in a client's name cannot forge a line of the learner's log), cut to
+/// [`ECHO_BYTES`] at a character boundary and marked when cut.
 pub fn clip(s: &str) -> String {
+    let len = s.len();
+    let s: String = if s.chars().any(char::is_control) {
+        s.chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect()
+    } else {
+        s.to_string()
+    };
     if s.len() <= ECHO_BYTES {
-        return s.to_string();
+        return s;
     }
     let mut end = ECHO_BYTES;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… ({} bytes)", &s[..end], s.len())
+    format!("{}… ({len} bytes)", &s[..end])
 }
 
 /// Longest `Register` fields accepted: names and hashes, and the model config's JSON.
@@ -479,5 +496,24 @@ fn undecodable(actor_id: u64, status: Status) -> Status {
         Status::out_of_range(message)
     } else {
         Status::invalid_argument(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_strings_are_escaped_and_cut() {
+        // A newline cannot start a forged log line; other control characters show too.
+        assert_eq!(clip("abc\nERROR forged"), "abc\\nERROR forged");
+        assert_eq!(clip("a\u{1b}[31mb\tc"), "a\\u{1b}[31mb\\tc");
+        assert_eq!(clip("plain name-1"), "plain name-1");
+        // Cut at a character boundary, with the length the client sent.
+        let long = "é".repeat(100);
+        let c = clip(&long);
+        assert!(c.ends_with("… (200 bytes)"), "{c}");
+        assert!(c.len() <= ECHO_BYTES + "… (200 bytes)".len());
+        assert!(!clip(&format!("{}\n", "x".repeat(100))).contains('\n'));
     }
 }
