@@ -11,6 +11,11 @@ use qd_proto::TrajectoryBatch;
 /// never drawn. A lower value was not recorded by a sampler.
 pub const MIN_LOGPROB: f32 = -104.0;
 
+/// The highest: 0, and the float32 rounding of a log-softmax above it (the difference of
+/// a logit and the log-sum-exp, each rounded at their magnitude: about 2e-6 for logits of
+/// 20, 1e-4 for logits of several hundred).
+pub const MAX_LOGPROB: f32 = 1e-4;
+
 /// What the learner knows to check a batch against.
 #[derive(Debug)]
 pub struct Rules {
@@ -151,11 +156,11 @@ pub fn validate(
             if let Some(lp) = s
                 .logprobs
                 .iter()
-                .find(|lp| !(MIN_LOGPROB..=1e-4).contains(*lp))
+                .find(|lp| !(MIN_LOGPROB..=MAX_LOGPROB).contains(*lp))
             {
                 return Err(reject(
                     "logprob",
-                    format!("{at}: log-probability {lp} is not in [{MIN_LOGPROB}, 0]: no sampler draws that"),
+                    format!("{at}: log-probability {lp} is not in [{MIN_LOGPROB}, {MAX_LOGPROB}] (0 and float rounding): no sampler draws that"),
                 ));
             }
         }
@@ -167,7 +172,7 @@ pub fn validate(
 mod tests {
     use qd_proto::{Sample, Trajectory, TrajectoryBatch};
 
-    use super::{validate, Rules, MIN_LOGPROB};
+    use super::{validate, Rules, MAX_LOGPROB, MIN_LOGPROB};
 
     /// Prompts `[4]` and `[5, 6]`; ids 10..20 and `<eos>` (2) allowed; context 8.
     fn rules() -> Rules {
@@ -341,7 +346,16 @@ mod tests {
         assert_eq!(reason(set(0.0)), None);
         assert_eq!(reason(set(-80.0)), None);
         assert_eq!(reason(set(MIN_LOGPROB)), None);
-        for bad in [0.01, f32::NAN, f32::NEG_INFINITY, -104.5, -3.4e38] {
+        // Rounding above 0 is what a float32 log-softmax records; beyond it, nothing.
+        assert_eq!(reason(set(MAX_LOGPROB)), None);
+        for bad in [
+            2.0 * MAX_LOGPROB,
+            0.01,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -104.5,
+            -3.4e38,
+        ] {
             assert_eq!(reason(set(bad)), Some("logprob"), "{bad}");
         }
     }
