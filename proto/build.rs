@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     config.bytes(["."]);
-    tonic_prost_build::configure().compile_with_config(config, &["qd.proto"], &["."])?;
+    // Every message is checked before it is decoded (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::BoundedCodec")
+        .compile_with_config(config, &["qd.proto"], &["."])?;
     Ok(())
 }

@@ -101,6 +101,8 @@ fn bad_settings_name_their_key() {
             &["client.learner=https://learner:50051"],
             "auth.tls_ca",
         ),
+        // A CA over http:// would verify nothing: refused, not silently plaintext.
+        ("", &[], &["auth.tls_ca=ca.pem"], "must be https://"),
     ];
     for (file, e, sets, key) in cases {
         let f = write(dir.path(), file);

@@ -124,13 +124,9 @@ pub async fn run(
     let auth = Auth {
         token: (!settings.auth.token.is_empty()).then(|| Arc::from(settings.auth.token.as_str())),
     };
-    let learner_service = qd_proto::learner_server::LearnerServer::new(Service {
-        shared: shared.clone(),
-    })
-    .max_decoding_message_size(cfg.max_message_bytes)
-    .max_encoding_message_size(cfg.max_message_bytes);
+    let learner_service = Service::server(shared.clone());
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let mut builder = transport::transport(&settings.limits);
+    let mut builder = transport::transport(&settings.limits, shared.max_request_bytes);
     let tls = &settings.auth;
     if !tls.tls_cert.is_empty() {
         let read = |key: &str, path: &str| {

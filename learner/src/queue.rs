@@ -3,10 +3,14 @@
 //! stream back, and that stream only); one staleness rule decides at both ends — a batch
 //! too old is refused at intake, a pair that grew too old while queued is dropped when
 //! the trainer takes it — and the queue keeps the counters of what was accepted,
-//! rejected and dropped as stale, for `Status` and the metrics.
+//! rejected and dropped as stale, for `Status` and the metrics. A pair is trained on
+//! once: one whose content the queue accepted before (within a batch or across batches,
+//! whatever its sequence number, version or reward) is dropped as a duplicate.
 
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
@@ -70,6 +74,65 @@ pub struct Queued {
 pub struct Queue {
     tx: mpsc::Sender<Queued>,
     tally: Arc<Tally>,
+    seen: Mutex<Seen>,
+}
+
+/// How many accepted pairs the queue remembers to refuse again (about 40 bytes each:
+/// 40 MiB when full, reached after a million accepted pairs).
+pub const REMEMBERED_PAIRS: usize = 1 << 20;
+
+/// The pairs accepted so far (the last [`REMEMBERED_PAIRS`]), by a hash of their
+/// content keyed at random per process, so that a client cannot make another's pair
+/// collide with one it sent.
+#[derive(Debug)]
+struct Seen {
+    keys: RandomState,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Seen {
+        Seen {
+            keys: RandomState::new(),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The content of a pair: its prompt and its two samples (tokens and behaviour
+    /// log-probabilities) in either order; not the reward, version or batch it came in.
+    fn key(&self, pair: &Pair) -> u64 {
+        let mut samples: Vec<u64> = pair
+            .samples
+            .iter()
+            .map(|(tokens, logprobs)| {
+                let mut h = self.keys.build_hasher();
+                tokens.hash(&mut h);
+                logprobs.iter().for_each(|l| l.to_bits().hash(&mut h));
+                h.finish()
+            })
+            .collect();
+        samples.sort_unstable();
+        self.keys.hash_one((&pair.prompt, samples))
+    }
+
+    /// Remembers `pair`; false when it was seen before.
+    fn first_time(&mut self, pair: &Pair) -> bool {
+        let key = self.key(pair);
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 /// The trainer's end of the queue.
@@ -147,14 +210,16 @@ impl Queue {
             Queue {
                 tx,
                 tally: tally.clone(),
+                seen: Mutex::new(Seen::new(REMEMBERED_PAIRS)),
             },
             Receiver { rx, tally },
         )
     }
 
-    /// Queues one batch's pairs, waiting while the queue is full; counts them accepted.
-    /// A batch too stale for the learner's `current` version is refused whole and
-    /// counted stale: `Ok(0)`.
+    /// Queues one batch's pairs, waiting while the queue is full; counts them accepted
+    /// and returns how many. A batch too stale for the learner's `current` version is
+    /// refused whole and counted stale: `Ok(0)`. A pair accepted before is dropped and
+    /// counted rejected as a `duplicate`.
     pub async fn push(
         &self,
         pairs: Vec<Pair>,
@@ -173,6 +238,19 @@ impl Queue {
             );
             return Ok(0);
         }
+        let pairs: Vec<Pair> = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            pairs.into_iter().filter(|p| seen.first_time(p)).collect()
+        };
+        if pairs.len() < n {
+            self.rejected((n - pairs.len()) as u64, "duplicate");
+            tracing::warn!(
+                actor_id,
+                duplicates = n - pairs.len(),
+                "dropped pairs accepted before: a pair is trained on once"
+            );
+        }
+        let n = pairs.len();
         for pair in pairs {
             // Counted before it is queued, so that the trainer's decrement never comes
             // first.
@@ -305,6 +383,41 @@ mod tests {
         );
         q.rejected(4, "malformed");
         assert_eq!(q.counts().rejected, 4);
+    }
+
+    #[tokio::test]
+    async fn a_pair_is_accepted_once_whatever_batch_version_or_reward_it_comes_with() {
+        let (q, mut rx) = Queue::new(16, 10);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        // The same pair three times in one batch: once.
+        assert_eq!(q.push(vec![pair(1, 3); 3], 3, 3, 7).await, Ok(1));
+        // Again in a later batch, under a new version, with a new reward, its samples
+        // swapped, from another client: never again.
+        let mut again = pair(1, 4);
+        again.reward = 1.5;
+        again.samples.reverse();
+        assert_eq!(q.push(vec![again, pair(2, 4)], 4, 4, 8).await, Ok(1));
+        // A sample that differs in one log-probability is another pair.
+        let mut other = pair(1, 4);
+        other.samples[1].1[0] = -0.71;
+        assert_eq!(q.push(vec![other], 4, 4, 7).await, Ok(1));
+        let c = q.counts();
+        assert_eq!((c.accepted, c.rejected, c.depth), (3, 3, 3));
+        let b = rx.next_batch(3, 4, &mut stop).await.unwrap();
+        assert_eq!(b.pairs.len(), 3);
+    }
+
+    #[test]
+    fn the_memory_of_pairs_is_bounded_and_forgets_the_oldest() {
+        let mut seen = Seen::new(2);
+        assert!(seen.first_time(&pair(1, 0)));
+        assert!(seen.first_time(&pair(2, 0)));
+        assert!(!seen.first_time(&pair(1, 0)));
+        assert!(seen.first_time(&pair(3, 0)));
+        assert_eq!((seen.set.len(), seen.order.len()), (2, 2));
+        // Pair 1 was the oldest remembered: forgotten.
+        assert!(seen.first_time(&pair(1, 0)));
+        assert!(!seen.first_time(&pair(3, 0)));
     }
 
     #[tokio::test]

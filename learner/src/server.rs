@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qd_proto::learner_server::Learner;
+use qd_proto::learner_server::{Learner, LearnerServer};
 use qd_proto::{
     PushAck, RegisterRequest, RegisterResponse, Role, StatusRequest, StatusResponse,
     TrajectoryBatch, WatchRequest, WeightChunk,
@@ -35,7 +35,11 @@ pub struct Shared {
     pub model_config: ModelConfig,
     pub vocab_hash: String,
     pub chunk_bytes: usize,
-    pub max_message_bytes: usize,
+    /// The largest message the learner sends (weight chunks).
+    pub max_send_bytes: usize,
+    /// The largest it accepts: the largest honest batch ([`Rules::max_batch_bytes`]),
+    /// at least a `Register`.
+    pub max_request_bytes: usize,
     pub max_steps: u64,
     pub queue: Queue,
     pub publisher: Arc<Publisher>,
@@ -102,18 +106,22 @@ impl Shared {
         model_config: ModelConfig,
         vocab_hash: String,
         chunk_bytes: usize,
-        max_message_bytes: usize,
+        max_send_bytes: usize,
         max_steps: u64,
         limits: LimitSettings,
         queue: Queue,
         publisher: Arc<Publisher>,
     ) -> Shared {
+        let max_request_bytes = rules
+            .max_batch_bytes()
+            .max(qd_proto::codec::MAX_REGISTER_BYTES);
         Shared {
             rules,
             model_config,
             vocab_hash,
             chunk_bytes,
-            max_message_bytes,
+            max_send_bytes,
+            max_request_bytes,
             max_steps,
             queue,
             publisher,
@@ -214,6 +222,18 @@ pub struct Service {
     pub shared: Arc<Shared>,
 }
 
+impl Service {
+    /// The gRPC server of the service, with its message limits: what a client sends is
+    /// bounded by the batch shape (on the wire here, decoded in `qd_proto::codec`), what
+    /// the learner sends by `learner.max_message_bytes`.
+    pub fn server(shared: Arc<Shared>) -> LearnerServer<Service> {
+        let (request, send) = (shared.max_request_bytes, shared.max_send_bytes);
+        LearnerServer::new(Service { shared })
+            .max_decoding_message_size(request)
+            .max_encoding_message_size(send)
+    }
+}
+
 fn client_name<T>(req: &Request<T>) -> String {
     clip(
         req.metadata()
@@ -295,7 +315,7 @@ impl Learner for Service {
             actor_id: id,
             version: s.publisher.version(),
             step: s.publisher.step(),
-            max_message_bytes: s.max_message_bytes as u64,
+            max_message_bytes: s.max_request_bytes as u64,
             samples_per_prompt: s.rules.samples_per_prompt as u32,
             finished: s.publisher.is_finished(),
         }))
@@ -473,8 +493,9 @@ async fn intake(
 }
 
 /// The status a trajectory stream ends with when a message cannot be read: a message
-/// over the size limit or one that does not decode is the client's fault and said so
-/// (and counted); a connection that went away ends the stream quietly.
+/// over the size limit (OUT_OF_RANGE), one that would decode too large
+/// (RESOURCE_EXHAUSTED) or one that does not decode (INVALID_ARGUMENT) is the client's
+/// fault and said so (and counted); a connection that went away ends the stream quietly.
 fn undecodable(actor_id: u64, status: Status) -> Status {
     let reason = match status.code() {
         Code::OutOfRange | Code::ResourceExhausted => "oversize",
@@ -491,11 +512,14 @@ fn undecodable(actor_id: u64, status: Status) -> Status {
         "refused an unreadable message: {}",
         status.message()
     );
-    let message = format!("unreadable TrajectoryBatch: {}", status.message());
-    if reason == "oversize" {
-        Status::out_of_range(message)
-    } else {
-        Status::invalid_argument(message)
+    match status.code() {
+        Code::Internal => {
+            Status::invalid_argument(format!("unreadable TrajectoryBatch: {}", status.message()))
+        }
+        code => Status::new(
+            code,
+            format!("refused a TrajectoryBatch: {}", status.message()),
+        ),
     }
 }
 

@@ -12,18 +12,32 @@ use common::settings::LimitSettings;
 
 use crate::metrics as m;
 
-/// The gRPC server with qd's transport settings: HTTP/2 windows that let a weight chunk
-/// through at once, the streams per connection, keepalive pings and the time limit of
-/// a call.
-pub fn transport(l: &LimitSettings) -> tonic::transport::Server {
+/// The gRPC server with qd's transport settings: HTTP/2 receive windows sized to the
+/// largest message a client may send (`request_bytes`), the streams per connection,
+/// keepalive pings and the time limit of a call.
+///
+/// The learner's receive windows bound what a client can make it buffer unread (a
+/// trajectory stream held back by a full queue): a stream window holds one whole
+/// message, a connection's two. Weights flow the other way, paced by the clients' own
+/// windows ([`qd_proto::STREAM_WINDOW`]).
+pub fn transport(l: &LimitSettings, request_bytes: usize) -> tonic::transport::Server {
     let keepalive = Duration::from_secs(l.keepalive_s);
+    let stream_window = receive_window(request_bytes);
     tonic::transport::Server::builder()
-        .initial_stream_window_size(qd_proto::STREAM_WINDOW)
-        .initial_connection_window_size(qd_proto::CONNECTION_WINDOW)
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(2))
         .max_concurrent_streams(l.max_streams_per_connection)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive * 2))
         .timeout(Duration::from_secs(l.request_timeout_s))
+}
+
+/// A stream's receive window: one message and its 5-byte gRPC header, at least
+/// HTTP/2's default, at most the clients' window.
+pub fn receive_window(request_bytes: usize) -> u32 {
+    u32::try_from(request_bytes + 5)
+        .unwrap_or(u32::MAX)
+        .clamp(65_535, qd_proto::STREAM_WINDOW)
 }
 
 /// Refuses calls without `authorization: Bearer <token>` when a token is configured.

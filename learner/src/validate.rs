@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use qd_proto::TrajectoryBatch;
+use prost::Message;
+use qd_proto::{Sample, Trajectory, TrajectoryBatch};
 
 /// The lowest log-probability a sampled id can have: a float32 softmax gives an id
 /// below e^-104 (the smallest subnormal) probability 0, and an id of probability 0 is
@@ -29,6 +30,43 @@ pub struct Rules {
     /// Most trajectories in one batch.
     pub max_trajectories: usize,
     pub samples_per_prompt: usize,
+}
+
+impl Rules {
+    /// The most bytes an honest `TrajectoryBatch` takes on the wire: `max_trajectories`
+    /// trajectories of the longest training prompt, each with samples that fill the
+    /// context, every id at the vocabulary's widest and every field present. The
+    /// learner's limit on what a client may send (`Register` is smaller).
+    pub fn max_batch_bytes(&self) -> usize {
+        let prompt_ids = self
+            .prompts
+            .iter()
+            .max_by_key(|p| {
+                p.iter()
+                    .map(|&w| prost::encoding::encoded_len_varint(u64::from(w)))
+                    .sum::<usize>()
+            })
+            .cloned()
+            .unwrap_or_default();
+        let widest = u32::try_from(self.allowed.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let sample = Sample {
+            tokens: vec![widest; self.max_len],
+            logprobs: vec![MIN_LOGPROB; self.max_len],
+        };
+        let one = Trajectory {
+            prompt: prompt_ids,
+            reward: 2.0,
+            samples: vec![sample; self.samples_per_prompt],
+        }
+        .encoded_len();
+        let header = TrajectoryBatch {
+            version: u64::MAX,
+            sequence: u64::MAX,
+            trajectories: Vec::new(),
+        }
+        .encoded_len();
+        header + self.max_trajectories * (1 + prost::length_delimiter_len(one) + one)
+    }
 }
 
 /// A refused batch: the metric label and the message.
@@ -170,6 +208,7 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
     use qd_proto::{Sample, Trajectory, TrajectoryBatch};
 
     use super::{validate, Rules, MAX_LOGPROB, MIN_LOGPROB};
@@ -214,6 +253,32 @@ mod tests {
         let mut b = batch();
         change(&mut b);
         validate(&b, &rules(), 3, None).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn the_largest_honest_batch_fits_the_bound_exactly() {
+        let r = rules();
+        // Two trajectories of the longest prompt, samples that fill the context with the
+        // widest id: what the bound says, to the byte.
+        let full = TrajectoryBatch {
+            version: u64::MAX,
+            sequence: u64::MAX,
+            trajectories: vec![
+                Trajectory {
+                    prompt: vec![5, 6],
+                    reward: 2.0,
+                    samples: vec![
+                        Sample {
+                            tokens: vec![19; 8],
+                            logprobs: vec![-1.0; 8],
+                        };
+                        2
+                    ],
+                };
+                2
+            ],
+        };
+        assert_eq!(r.max_batch_bytes(), full.encoded_len());
     }
 
     #[test]

@@ -5,11 +5,15 @@
 
 tonic::include_proto!("qd.v1");
 
+pub mod codec;
+
 /// Bumped whenever `qd.proto` changes incompatibly; checked at `Register`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// HTTP/2 flow-control windows both sides use: large enough that a version of the
-/// `small` model (3.6 MB) is never held back by the 64 KiB protocol default.
+/// HTTP/2 flow-control windows of clients, which receive weights: large enough that a
+/// version of the `small` model (3.6 MB) is never held back by the 64 KiB protocol
+/// default. The learner's own windows are sized to what clients send it
+/// (`learner::transport`).
 pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 

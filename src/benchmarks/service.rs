@@ -205,12 +205,9 @@ async fn delivery(settings: &Settings, n: usize, reps: usize) -> Result<(usize, 
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let svc = qd_proto::learner_server::LearnerServer::new(Service {
-        shared: shared.clone(),
-    })
-    .max_encoding_message_size(settings.learner.max_message_bytes);
+    let svc = Service::server(shared.clone());
     tokio::spawn(
-        learner::transport::transport(&settings.limits)
+        learner::transport::transport(&settings.limits, shared.max_request_bytes)
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );

@@ -33,7 +33,8 @@ pub enum BenchCommand {
     /// `<eos>` disallowed); `scaling.csv` and `scaling.png`/`.svg` in --out.
     Scaling(BenchScalingArgs),
     /// The fault campaign against a learner and two actors on loopback (minutes): idle
-    /// and silent streams (memory, Status latency), generated malformed messages, actor
+    /// and silent streams (memory, Status latency), the heaviest messages the limits let
+    /// through (peak memory), generated malformed messages, actor
     /// and learner SIGKILLs (resume, version identity, reconnect times, the training
     /// log). The base model, dataset and embedder come from the config's paths.
     Faults(BenchFaultsArgs),
@@ -49,6 +50,12 @@ pub struct BenchFaultsArgs {
     /// `PushTrajectories` streams opened and never written.
     #[arg(long, default_value_t = 500)]
     pub idle_pushes: usize,
+    /// Trajectory streams sending the heaviest messages the limits let through, at once.
+    #[arg(long, default_value_t = 128)]
+    pub heavy_streams: usize,
+    /// 63 MiB messages sent at once after them.
+    #[arg(long, default_value_t = 4)]
+    pub oversize_messages: usize,
     /// Malformed messages sent, each on its own stream.
     #[arg(long, default_value_t = 1000)]
     pub malformed: usize,

@@ -206,6 +206,8 @@ pub fn faults(a: BenchFaultsArgs) -> Result<()> {
     let cfg = FaultsConfig {
         idle_watchers: a.idle_watchers,
         idle_pushes: a.idle_pushes,
+        heavy_streams: a.heavy_streams,
+        oversize_messages: a.oversize_messages,
         malformed: a.malformed,
         actor_kills: a.actor_kills,
         learner_kills: a.learner_kills,

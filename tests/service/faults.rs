@@ -1,4 +1,4 @@
-//! `qd bench faults` in miniature: idle and silent streams, generated malformed messages,
+//! `qd bench faults` in miniature: idle and silent streams, heavy and malformed messages,
 //! actor and learner SIGKILLs against real processes. Every malformed message is
 //! refused with a status, no version is reused, no temporary file is left, the training
 //! log holds each step once and the learner logs no error.
@@ -17,6 +17,10 @@ fn a_small_fault_campaign_leaves_training_intact() {
             "150",
             "--idle-pushes",
             "20",
+            "--heavy-streams",
+            "8",
+            "--oversize-messages",
+            "1",
             "--malformed",
             "60",
             "--actor-kills",
@@ -53,6 +57,18 @@ fn a_small_fault_campaign_leaves_training_intact() {
     assert!(
         n(&["idle", "steps_during"]) > 0.0,
         "the actors stopped training: {r}"
+    );
+    // The heaviest messages: those the limits let through to decoding are refused by
+    // validation, those that would decode too large before decoding, the 63 MiB one at
+    // its length, never buffered whole.
+    let codes = &r["heavy"]["codes"];
+    assert_eq!(codes["InvalidArgument"], 4, "{r}");
+    assert_eq!(codes["ResourceExhausted"], 4, "{r}");
+    assert_eq!(codes["OutOfRange"], 1, "{r}");
+    assert_eq!(codes.as_object().map(|c| c.len()), Some(3), "{r}");
+    assert!(
+        n(&["heavy", "rss_peak_oversize_mib"]) - n(&["heavy", "rss_before_mib"]) < 32.0,
+        "{r}"
     );
     // Every malformed message was refused with a status.
     assert_eq!(n(&["malformed", "refused"]), 60.0, "{r}");

@@ -215,13 +215,38 @@ fn unreadable_messages_get_a_status() {
     };
     let e = push_encoded(&rt, addr, id, vec![big]).unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
-    for reason in ["malformed", "oversize"] {
+    // Within the length limit, a batch of empty trajectories would decode to ~50 times
+    // its size: refused before it is decoded, saying so.
+    let s0 = status(&rt, &mut c, None);
+    let limit = rt
+        .block_on(c.register(RegisterRequest {
+            protocol_version: qd_proto::PROTOCOL_VERSION,
+            model_config_hash: s0.model_config_hash,
+            vocab_hash: s0.vocab_hash,
+            role: Role::Actor as i32,
+            ..RegisterRequest::default()
+        }))
+        .unwrap()
+        .into_inner()
+        .max_message_bytes as usize;
+    // What the batch shape needs (a tiny model's here), at least a Register's 20 KiB:
+    // kilobytes, where the weights going the other way may take 64 MiB.
+    assert!((20 << 10..1 << 20).contains(&limit), "{limit}");
+    let hollow = TrajectoryBatch {
+        version: 1,
+        sequence: 1,
+        trajectories: vec![Trajectory::default(); (limit - 64) / 2],
+    };
+    let e = push_encoded(&rt, addr, id, vec![hollow]).unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("bytes to decode"), "{e:?}");
+    for (reason, n) in [("malformed", 1.0), ("oversize", 2.0)] {
         let v = scrape(
             m,
             "qd_learner_trajectories_dropped_total",
             &[("reason", reason)],
         );
-        assert_eq!(v, Some(1.0), "{reason}");
+        assert_eq!(v, Some(n), "{reason}");
     }
 
     // Register's strings are bounded; a refusal never echoes one unbounded.
@@ -235,18 +260,31 @@ fn unreadable_messages_get_a_status() {
         name: "a client".into(),
     };
     let long = "x".repeat(100_000);
+    // A Register longer than any honest one is refused at its length.
+    let e = rt
+        .block_on(c.register(RegisterRequest {
+            name: long.clone(),
+            ..good.clone()
+        }))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // (tonic's length limit or, where the batch shape allows more, the codec's.)
+    assert!(
+        e.message().contains("too large") || e.message().contains("RegisterRequest"),
+        "{e:?}"
+    );
     for (field, req) in [
         (
             "name",
             RegisterRequest {
-                name: long.clone(),
+                name: long[..1_000].to_string(),
                 ..good.clone()
             },
         ),
         (
             "vocab_hash",
             RegisterRequest {
-                vocab_hash: long[..20_000].to_string(),
+                vocab_hash: long[..10_000].to_string(),
                 ..good.clone()
             },
         ),

@@ -446,10 +446,9 @@ fn tls_and_token_together() {
     let cfg = f.config(
         "tls",
         &format!(
-            "[auth]\ntoken = \"s3cret-0123456789ab\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+            "[auth]\ntoken = \"s3cret-0123456789ab\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             cert.display(),
             key.display(),
-            ca.display()
         ),
     );
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
@@ -458,7 +457,10 @@ fn tls_and_token_together() {
         "actor-1",
         "actor",
         &cfg,
-        &[format!("client.learner=https://localhost:{}", addr.port())],
+        &[
+            format!("client.learner=https://localhost:{}", addr.port()),
+            format!("auth.tls_ca={}", ca.display()),
+        ],
     );
     // The actor connects over TLS with the token: the learner trains on its trajectories.
     let rt = runtime();

@@ -102,7 +102,8 @@ pub struct LearnerSettings {
     /// reaches an actor without being copied out of its message; larger ones are copied
     /// together (at most one chunk per subscriber is held while being sent).
     pub chunk_bytes: usize,
-    /// Largest gRPC message accepted or sent.
+    /// Largest gRPC message the learner sends (a weight chunk and its header). What it
+    /// accepts is bounded by the batch shape instead (docs/reliability.md).
     pub max_message_bytes: usize,
     /// libtorch threads (0: all cores).
     pub threads: usize,

@@ -207,6 +207,12 @@ impl Settings {
             "must name the CA certificate when client.learner is https://",
             format!("{:?}", self.auth.tls_ca),
         );
+        c.check(
+            self.auth.tls_ca.is_empty() || self.client.learner.starts_with("https://"),
+            "client.learner",
+            "must be https:// when auth.tls_ca is set (over http:// nothing is verified and the token travels in plaintext)",
+            format!("{:?}", self.client.learner),
+        );
         if !c.0.is_empty() {
             bail!("invalid configuration: {}", c.0.join("; "));
         }

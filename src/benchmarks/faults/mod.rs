@@ -5,19 +5,23 @@
 //!    `PushTrajectories` streams: the learner's resident memory before, at its peak and
 //!    after they close, the slowest `Status` answer meanwhile, and whether the actors
 //!    kept training.
-//! 2. **Malformed messages**: generated bad batches (every field of a valid one broken
+//! 2. **Heavy messages** (`heavy.rs`): the largest batches the limits let through to
+//!    decoding and as long ones of empty trajectories, on many streams at once, then
+//!    63 MiB messages: the learner's peak resident memory.
+//! 3. **Malformed messages**: generated bad batches (every field of a valid one broken
 //!    in turn: ids, lengths, NaN and infinities, rewards, versions, duplicates, empty,
 //!    oversize, undecodable bytes, unregistered client ids), each on its own stream:
 //!    every one must come back as an error status; the actors' training rate before and
 //!    during the barrage.
-//! 3. **Actor kills**: SIGKILL at random moments (an actor pushes all the time, so many
+//! 4. **Actor kills**: SIGKILL at random moments (an actor pushes all the time, so many
 //!    land mid-push), each restarted.
-//! 4. **Learner kills**: SIGKILL at random moments and a restart on the same port: it must
+//! 5. **Learner kills**: SIGKILL at random moments and a restart on the same port: it must
 //!    resume, leave no temporary file, publish a version above every earlier one, and
 //!    every actor must hold it (reconnect time measured); `train.jsonl` must hold each
 //!    step once at the end.
 
 mod cluster;
+mod heavy;
 mod idle;
 mod malformed;
 
@@ -34,6 +38,8 @@ use eval::bench::median;
 use folk::dataset::Dataset;
 
 use cluster::*;
+use heavy::heavy_messages;
+pub use heavy::HeavyReport;
 use idle::idle_streams;
 use malformed::malformed;
 
@@ -42,6 +48,9 @@ use malformed::malformed;
 pub struct FaultsConfig {
     pub idle_watchers: usize,
     pub idle_pushes: usize,
+    /// Trajectory streams sending heavy messages at once, and 63 MiB messages after.
+    pub heavy_streams: usize,
+    pub oversize_messages: usize,
     pub malformed: usize,
     pub actor_kills: usize,
     pub learner_kills: usize,
@@ -113,6 +122,7 @@ pub struct KillReport {
 #[derive(Debug, Default, Serialize)]
 pub struct FaultsReport {
     pub idle: IdleReport,
+    pub heavy: HeavyReport,
     pub malformed: MalformedReport,
     pub kills: KillReport,
 }
@@ -167,6 +177,17 @@ pub fn bench_faults(
     );
     let pid = endpoints.pid;
     report.idle = rt.block_on(idle_streams(addr, pid, cfg))?;
+
+    eprintln!(
+        "bench faults: heavy messages on {} streams, {} of 63 MiB…",
+        cfg.heavy_streams, cfg.oversize_messages
+    );
+    report.heavy = rt.block_on(heavy_messages(
+        addr,
+        pid,
+        cfg.heavy_streams,
+        cfg.oversize_messages,
+    ))?;
 
     eprintln!("bench faults: {} malformed messages…", cfg.malformed);
     let ds = Dataset::load(&settings.paths.data)?;
