@@ -205,12 +205,14 @@ gpu-check: setup
 	scripts/gpu-check.sh
 
 ## soak: the fault campaign (docs/reliability.md): 2,000 idle weight streams and 500
-## silent trajectory streams, 1,000 malformed messages, 10 actor and 20 learner SIGKILLs
-## against a learner and two actors on loopback (tiny models; minutes)
+## silent trajectory streams, the heaviest messages on 128 streams and four of 63 MiB,
+## 1,000 malformed messages, 10 actor and 20 learner SIGKILLs against a learner and two
+## actors on loopback (minutes). SOAK_PRESET=base measures with the base model.
+SOAK_PRESET ?= tiny
 soak: setup | data/folk/dataset.json
-	$(QD) pretrain --preset tiny --steps 30 --context 64 --batch-size 8 --out runs/soak/pretrain --no-progress
+	$(QD) pretrain --preset $(SOAK_PRESET) --steps 30 --context 64 --batch-size 8 --out runs/soak/$(SOAK_PRESET)/pretrain --no-progress
 	@test -f runs/soak/embedder.safetensors || $(QD) embedder train --steps 5 --out runs/soak/embedder.safetensors --no-progress
-	$(QD) bench faults --config configs/default.toml --set paths.base=runs/soak/pretrain/last.safetensors \
+	$(QD) bench faults --config configs/default.toml --set paths.base=runs/soak/$(SOAK_PRESET)/pretrain/last.safetensors \
 	  --set paths.embedder=runs/soak/embedder.safetensors --set learner.batch_prompts=4 \
 	  --set actor.batch_prompts=4 --set actor.max_new_tokens=64 --set learner.threads=1 --set actor.threads=1
 

@@ -5,7 +5,8 @@
 //! - `cli`: every clap definition (the `///` comments are the `--help` texts);
 //! - `commands`: the command bodies, by concern (`data`, `train`, `models`, `bench`,
 //!   `sweep`, `service`);
-//! - `run`, `health`, `benchmarks`: the `qd run` supervisor, the health probe, and the
+//! - `run`, `health`, `tls`, `benchmarks`: the `qd run` supervisor, the health probe, the
+//!   deployment's certificates, and the
 //!   benchmarks that need the whole service (the learner step against PyTorch, the
 //!   running service);
 //! - here: the logging set-up and the dispatch of each command to its function.
@@ -22,6 +23,7 @@ mod cli;
 mod commands;
 mod health;
 mod run;
+mod tls;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -58,6 +60,7 @@ fn main() -> Result<()> {
         Command::Sweep(a) => sweep::sweep(a),
         Command::Curve(a) => sweep::curve(a),
         Command::Health(a) => service::health(&a),
+        Command::Tls(c) => service::tls(c),
         Command::Info { json } => commands::info(json),
     }
 }

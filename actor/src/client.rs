@@ -62,6 +62,15 @@ impl Credentials {
             if !auth.tls_domain.is_empty() {
                 c = c.domain_name(auth.tls_domain.clone());
             }
+            if !auth.tls_client_cert.is_empty() {
+                let read = |key: &str, path: &str| {
+                    std::fs::read(path).with_context(|| format!("{key}: reading {path}"))
+                };
+                c = c.identity(tonic::transport::Identity::from_pem(
+                    read("auth.tls_client_cert", &auth.tls_client_cert)?,
+                    read("auth.tls_client_key", &auth.tls_client_key)?,
+                ));
+            }
             Some(c)
         };
         Ok(Credentials {

@@ -136,9 +136,16 @@ pub async fn run(
             read("auth.tls_cert", &tls.tls_cert)?,
             read("auth.tls_key", &tls.tls_key)?,
         );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if !tls.tls_client_ca.is_empty() {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "auth.tls_client_ca",
+                &tls.tls_client_ca,
+            )?));
+        }
         builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .context("auth.tls_cert / auth.tls_key")?;
+            .tls_config(config)
+            .context("auth.tls_cert / auth.tls_key / auth.tls_client_ca")?;
     }
     let server = tokio::spawn(
         builder
@@ -163,6 +170,7 @@ pub async fn run(
     tracing::info!(
         grpc = %grpc_addr,
         tls = !tls.tls_cert.is_empty(),
+        mutual_tls = !tls.tls_client_ca.is_empty(),
         auth = !settings.auth.token.is_empty(),
         metrics = ?metrics_addr,
         beta = cfg.beta,

@@ -110,9 +110,13 @@ pub enum Command {
     /// step, from `qd eval --json` reports saved as `<run folder>/eval-<step>.json`, one
     /// line per folder (`make curve`).
     Curve(CurveArgs),
-    /// Probe a qd process: gRPC health (`host:port`, the learner) or an HTTP endpoint
-    /// (`http://host:port/metrics`, every process); exit 0 when it is healthy.
+    /// Probe a qd process: gRPC health (`host:port`, the learner; `grpcs://host:port`
+    /// over TLS) or an HTTP endpoint (`http://host:port/metrics`, every process); exit 0
+    /// when it is healthy.
     Health(HealthArgs),
+    /// Certificates for TLS between the learner and its clients.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Print the libtorch build qd runs on.
     Info {
         /// Print one JSON object.
@@ -143,6 +147,36 @@ pub struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// For `grpcs://`: the CA (PEM) the learner's certificate must chain to.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// For `grpcs://`: the name expected in the learner's certificate (default: the
+    /// target's host).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// For `grpcs://` against a learner that wants mutual TLS: a client certificate
+    /// (PEM)…
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// …and its key.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a private CA, the learner's certificate (for the given names, `localhost`
+    /// and 127.0.0.1) and a client certificate for mutual TLS into a folder: ca.pem,
+    /// learner.pem, client.pem and their keys (readable by their owner only). A folder
+    /// that already holds a set is left as it is.
+    Init {
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or IP addresses clients reach the learner by (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

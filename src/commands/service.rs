@@ -10,7 +10,7 @@ use common::telemetry::init_logging;
 use folk::FolkTask;
 use model::task::Task;
 
-use crate::cli::{HealthArgs, LogFormat, ServiceArgs};
+use crate::cli::{HealthArgs, LogFormat, ServiceArgs, TlsCommand};
 
 pub fn learner(args: &ServiceArgs, flag: Option<LogFormat>) -> Result<()> {
     service(args, flag, |s, f| {
@@ -55,10 +55,36 @@ pub fn config(args: &ServiceArgs) -> Result<()> {
 pub fn health(a: &HealthArgs) -> Result<()> {
     let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout {}: {e}", a.timeout))?;
+    let tls = crate::health::Tls {
+        ca: a.ca.clone(),
+        domain: a.domain.clone(),
+        identity: a.cert.clone().zip(a.key.clone()),
+    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(crate::health::check(&a.target, &a.service, timeout))
+        .block_on(crate::health::check(&a.target, &a.service, &tls, timeout))
+}
+
+/// `qd tls init`: a deployment's certificates.
+pub fn tls(c: TlsCommand) -> Result<()> {
+    match c {
+        TlsCommand::Init { out, names } => {
+            if crate::tls::init(&out, &names)? {
+                println!(
+                    "wrote a CA, the learner's certificate ({} and localhost) and a client certificate into {}",
+                    names.join(", "),
+                    out.display()
+                );
+            } else {
+                println!(
+                    "{} already holds a learner certificate: kept (remove the folder to renew)",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Runs a service role on a tokio runtime, logging as its settings say.

@@ -528,6 +528,106 @@ fn tls_and_token_together() {
     status(&rt, &mut c, token);
 }
 
+#[test]
+fn mutual_tls_wants_a_client_certificate() {
+    let f = Fixture::new();
+    // The certificates a deployment uses, as `qd tls init` writes them.
+    let tls = f.path("tls");
+    let init = Command::new(env!("CARGO_BIN_EXE_qd"))
+        .args(["tls", "init", "--name", "localhost", "--out"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let file = |name: &str| tls.join(name).display().to_string();
+    let cfg = f.config(
+        "mtls",
+        &format!(
+            "[auth]\ntoken = \"s3cret-0123456789ab\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+            file("learner.pem"),
+            file("learner-key.pem"),
+            file("ca.pem"),
+        ),
+    );
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let token = Some("s3cret-0123456789ab");
+    let rt = runtime();
+
+    // Without a client certificate: refused in the handshake, never answered.
+    let why = match tls_channel(&rt, addr.port(), &tls.join("ca.pem")) {
+        Err(e) => error_chain(&e),
+        Ok(ch) => {
+            let e = rt
+                .block_on(LearnerClient::new(ch).status(with_token(StatusRequest {}, token)))
+                .unwrap_err();
+            assert!(from_transport(&e), "the learner answered: {e:?}");
+            error_chain(&e)
+        }
+    };
+    // (rustls' alert, or the connection closed under the call, by timing.)
+    assert!(
+        why.contains("CertificateRequired") || why.contains("connection closed"),
+        "{why}"
+    );
+    // With the one `qd tls init` issued: served.
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(tls.join("client.pem")).unwrap(),
+        std::fs::read(tls.join("client-key.pem")).unwrap(),
+    );
+    let endpoint = tls_endpoint(addr.port(), &tls.join("ca.pem"));
+    let tls_config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(tls.join("ca.pem")).unwrap(),
+        ))
+        .domain_name("localhost")
+        .identity(identity);
+    let ch = rt
+        .block_on(endpoint.tls_config(tls_config).unwrap().connect())
+        .unwrap();
+    let mut c = LearnerClient::new(ch);
+    status(&rt, &mut c, token);
+
+    // The health probe the containers run, over TLS with the client certificate; without
+    // it, unhealthy.
+    let probe = |cert: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qd"));
+        cmd.args([
+            "health",
+            &format!("grpcs://127.0.0.1:{}", addr.port()),
+            "--ca",
+        ])
+        .arg(tls.join("ca.pem"));
+        if cert {
+            cmd.arg("--cert")
+                .arg(tls.join("client.pem"))
+                .arg("--key")
+                .arg(tls.join("client-key.pem"));
+        }
+        cmd.output().unwrap().status.success()
+    };
+    assert!(probe(true));
+    assert!(!probe(false));
+
+    // An actor configured with it trains.
+    let _actor = f.spawn(
+        "actor-1",
+        "actor",
+        &cfg,
+        &[
+            format!("client.learner=https://localhost:{}", addr.port()),
+            format!("auth.tls_ca={}", file("ca.pem")),
+            format!("auth.tls_client_cert={}", file("client.pem")),
+            format!("auth.tls_client_key={}", file("client-key.pem")),
+        ],
+    );
+    wait_for_step(&rt, &mut c, token, 2, &mut learner);
+}
+
 /// An endpoint for `https://localhost:port` trusting the CA in `ca`.
 fn tls_endpoint(port: u16, ca: &Path) -> tonic::transport::Endpoint {
     let tls = tonic::transport::ClientTlsConfig::new()

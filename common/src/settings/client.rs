@@ -81,6 +81,12 @@ pub struct AuthSettings {
     /// The name clients expect in the learner's certificate (default: the host of
     /// `client.learner`).
     pub tls_domain: String,
+    /// Mutual TLS (learner): the CA (PEM) every client's certificate must chain to; a
+    /// client without one is refused in the handshake. Needs `tls_cert`.
+    pub tls_client_ca: String,
+    /// Mutual TLS (clients): the certificate chain (PEM) they present, and its key.
+    pub tls_client_cert: String,
+    pub tls_client_key: String,
 }
 
 /// Tokens that were ever shipped as examples: refused, since anyone can read them.
@@ -120,6 +126,24 @@ impl AuthSettings {
             "auth.tls_key",
             "and auth.tls_cert must be set together",
             format!("{:?}", self.tls_key),
+        );
+        c.check(
+            self.tls_client_cert.is_empty() == self.tls_client_key.is_empty(),
+            "auth.tls_client_key",
+            "and auth.tls_client_cert must be set together",
+            format!("{:?}", self.tls_client_key),
+        );
+        c.check(
+            self.tls_client_ca.is_empty() || !self.tls_cert.is_empty(),
+            "auth.tls_client_ca",
+            "needs auth.tls_cert: mutual TLS is TLS first",
+            format!("{:?}", self.tls_client_ca),
+        );
+        c.check(
+            self.tls_client_cert.is_empty() || !self.tls_ca.is_empty(),
+            "auth.tls_client_cert",
+            "needs auth.tls_ca: a client certificate is presented over TLS",
+            format!("{:?}", self.tls_client_cert),
         );
     }
 }
