@@ -2,7 +2,8 @@
 //! version is at least `every_versions` past the last one scored, it evaluates those
 //! weights on held-out prompts (as `qd eval`) and exports the numbers as `qd_eval_…`
 //! metrics, with `qd_eval_version` saying which version they belong to; each result is
-//! also appended to `run_dir/eval.jsonl` when that folder is reachable. When the run
+//! also appended to `eval.jsonl` in `evaluator.results_dir` (default: the run folder)
+//! when that folder is reachable. When the run
 //! finishes it scores the final version (unless it has), then stops.
 
 use std::io::Write;
@@ -132,7 +133,11 @@ fn evaluations(
             "evaluated"
         );
         let line = serde_json::json!({"version": student.version, "step": step, "seconds": seconds, "report": r});
-        let path = paths.run_dir.join("eval.jsonl");
+        let dir = match e.results_dir.as_str() {
+            "" => paths.run_dir.clone(),
+            d => d.into(),
+        };
+        let path = dir.join("eval.jsonl");
         // A learner that resumed from a checkpoint takes steps again: their earlier
         // evaluations go, so that each step is logged once.
         if last_step.is_none_or(|l| step <= l) {
@@ -147,7 +152,7 @@ fn evaluations(
             .open(&path)
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(err) = written {
-            tracing::debug!(path = %path.display(), "eval.jsonl not written: {err}");
+            tracing::warn!(path = %path.display(), "eval.jsonl not written: {err}");
         }
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end with containers: builds the images locally (deploy/docker/build-local.sh),
-# starts docker-compose.yml with 2 actors on tiny models, sees the learner step and
+# starts docker-compose.yml (TLS and a token, as bootstrap generates them; actors and the
+# evaluator on a read-only state volume) with 2 actors on tiny models, sees the learner step and
 # Prometheus scrape it, scales to 3 actors, kills one actor container and sees training
 # go on, then stops the learner container (SIGTERM: checkpoint) and sees the restarted
 # one resume from that checkpoint. Needs a running Docker engine and Compose: the
@@ -119,9 +120,18 @@ wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are conn
 # (the logs into a variable first: grep -q would close the pipe early, and pipefail
 # would see the SIGPIPE)
 learner_log=$("${compose[@]}" logs --no-color learner)
-grep -q "learner listening.* auth=true" <<<"$learner_log" \
-  || { say "the learner serves without a token"; exit 1; }
-say "the learner requires the token bootstrap generated, and the actors send it"
+grep -q "learner listening.* tls=true.* auth=true" <<<"$learner_log" \
+  || { say "the learner serves without TLS or without a token"; exit 1; }
+say "the learner serves TLS with the certificate bootstrap generated and requires its token; the actors verify the one and send the other"
+# Actors and the evaluator cannot write the state volume the learner reads.
+for svc in actor evaluator; do
+  c=$("${compose[@]}" ps -q "$svc" | sed -n 1p)
+  if docker exec "$c" touch /var/lib/qd/runs/planted 2>/dev/null; then
+    say "the $svc can write the learner's state volume"
+    exit 1
+  fi
+done
+say "the actors and the evaluator mount the state volume read-only"
 
 # Every healthcheck (qd health over gRPC and HTTP, Prometheus's /-/healthy) passes.
 await_states '{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' '=healthy$' 120 \
@@ -180,5 +190,8 @@ grep -q "run finished: telling the clients step=$budget " <<<"$("${compose[@]}" 
   || { say "the learner did not train to step $budget and announce the end of the run"; exit 1; }
 grep -q "evaluated .*step=$budget " <<<"$("${compose[@]}" logs --no-color evaluator)" \
   || { say "the evaluator did not score the final version (step $budget)"; exit 1; }
+# Its results went to its own volume.
+grep -q "\"step\":$budget" <<<"$(docker run --rm -v "${project}_qd-eval:/e:ro" --entrypoint cat "$QD_IMAGE" /e/eval.jsonl)" \
+  || { say "eval.jsonl in the qd-eval volume lacks step $budget"; exit 1; }
 say "the run finished: every qd container exited 0 ($(wc -l <<<"$states"))"
 say "PASSED"

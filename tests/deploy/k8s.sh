@@ -55,13 +55,29 @@ trap 'rm -rf "$tmp"' EXIT
 if git rev-parse --git-dir >/dev/null 2>&1 && git ls-files --error-unmatch deploy/k8s/base/auth.env >/dev/null 2>&1; then
   fail "deploy/k8s/base/auth.env is committed: the token must be the operator's"
 fi
+# So are the TLS certificate and key: none committed, nothing renders without them.
+if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git ls-files deploy/k8s/base/tls)" ]; then
+  fail "deploy/k8s/base/tls is committed: the learner's key must be the operator's"
+fi
 mkdir -p "$tmp/k8s"
 cp -r deploy/k8s/base deploy/k8s/overlays "$tmp/k8s/"
-rm -f "$tmp/k8s/base/auth.env"
+rm -rf "$tmp/k8s/base/auth.env" "$tmp/k8s/base/tls"
+qd=target/release/qd
+if [ -x "$qd" ]; then
+  "$qd" tls init --out "$tmp/k8s/base/tls" --name qd-learner >/dev/null || fail "qd tls init failed"
+else
+  mkdir -p "$tmp/k8s/base/tls"
+  for f in ca.pem learner.pem learner-key.pem; do echo "placeholder ($qd not built)" >"$tmp/k8s/base/tls/$f"; done
+fi
 if render "$tmp/k8s/base" >/dev/null 2>&1; then
   fail "the base renders without auth.env: a deployment could start without a token"
 fi
 echo "QD__AUTH__TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$tmp/k8s/base/auth.env"
+mv "$tmp/k8s/base/tls" "$tmp/tls"
+if render "$tmp/k8s/base" >/dev/null 2>&1; then
+  fail "the base renders without tls/: a deployment could start without TLS"
+fi
+mv "$tmp/tls" "$tmp/k8s/base/tls"
 
 for k in "${KUSTOMIZATIONS[@]}"; do
   out="$tmp/$(basename "$k").yaml"
@@ -110,8 +126,10 @@ EXPECTED = {
     ("Namespace", "qd"), ("PersistentVolumeClaim", "qd-state"), ("Job", "qd-bootstrap"),
     ("Service", "qd-learner"), ("Job", "qd-learner"), ("Job", "qd-actor"),
     ("Job", "qd-evaluator"), ("ConfigMap", "qd-config"), ("Secret", "qd-auth"),
+    ("Secret", "qd-tls"), ("PersistentVolumeClaim", "qd-eval"),
     ("NetworkPolicy", "qd-learner"), ("NetworkPolicy", "qd-workers"),
 }
+HEALTH = ["qd", "health", "grpcs://127.0.0.1:50051", "--ca", "/etc/qd-tls/ca.pem"]
 ROLES = {"qd-learner": "learner", "qd-actor": "actor", "qd-evaluator": "evaluator"}
 BOOTSTRAP_ARGS = ("QD_PRETRAIN_ARGS", "QD_EMBEDDER_ARGS", "QD_JUDGE_ARGS")
 GPU_ENV = {"qd-learner": ("QD__LEARNER__DEVICE",), "qd-actor": ("QD__ACTOR__DEVICE",), "qd-bootstrap": BOOTSTRAP_ARGS}
@@ -146,16 +164,19 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
             check(d["metadata"].get("namespace") == "qd", f"{at} {d['kind']}/{d['metadata']['name']} not in namespace qd")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("qd-auth")]
     check(set(secret.get("data", {})) == {"QD__AUTH__TOKEN"}, f"{at} the qd-auth Secret must hold QD__AUTH__TOKEN only")
+    (tls,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("qd-tls")]
+    check(set(tls.get("data", {})) == {"ca.pem", "learner.pem", "learner-key.pem"},
+          f"{at} the qd-tls Secret must hold ca.pem, learner.pem and learner-key.pem")
     toml = tomllib.loads(config["data"]["qd.toml"])
     (svc,) = [d for d in docs if d["kind"] == "Service"]
     svc_ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
     check(svc_ports == {"grpc": 50051, "metrics": 9100}, f"{at} qd-learner Service ports {svc_ports}")
     check(svc["spec"].get("clusterIP") == "None", f"{at} qd-learner must be headless (it resolves to the learner's pod)")
     check(toml["learner"]["listen"] == "0.0.0.0:50051", f"{at} learner.listen must be 0.0.0.0:50051")
-    check(toml["client"]["learner"] == f"http://{svc['metadata']['name']}:{svc_ports['grpc']}",
-          f"{at} client.learner {toml['client']['learner']!r} does not name the Service")
+    check(toml["client"]["learner"] == f"https://{svc['metadata']['name']}:{svc_ports['grpc']}",
+          f"{at} client.learner {toml['client']['learner']!r} does not name the Service over TLS")
 
     ws = workloads(docs)
     for wname, w in ws.items():
@@ -213,10 +234,34 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
               f"{at} {wname}: Prometheus scrape annotations")
         check(ann.get("prometheus.io/port") == str(ports.get("metrics")) and listen == f"0.0.0.0:{ports.get('metrics')}",
               f"{at} {wname}: annotation port, containerPort and {role}.metrics_listen ({listen}) disagree")
+        # TLS: the learner serves the Secret's certificate; every client verifies it with
+        # the CA and mounts nothing else of the Secret.
+        tls_vols = {v["name"]: v["secret"] for v in spec["volumes"] if v.get("secret", {}).get("secretName") == tls["metadata"]["name"]}
+        tls_mounts = [m for m in c["volumeMounts"] if m["name"] in tls_vols]
+        check(len(tls_mounts) == 1 and tls_mounts[0]["mountPath"] == "/etc/qd-tls" and tls_mounts[0].get("readOnly"),
+              f"{at} {wname}: the qd-tls Secret must be mounted read-only at /etc/qd-tls")
+        check(env(c).get("QD__AUTH__TLS_CA") == "/etc/qd-tls/ca.pem", f"{at} {wname}: QD__AUTH__TLS_CA must name the Secret's ca.pem")
+        if role == "learner":
+            check(env(c).get("QD__AUTH__TLS_CERT") == "/etc/qd-tls/learner.pem"
+                  and env(c).get("QD__AUTH__TLS_KEY") == "/etc/qd-tls/learner-key.pem",
+                  f"{at} {wname}: the learner must serve the Secret's certificate and key")
+        else:
+            items = [i["key"] for v in tls_vols.values() for i in v.get("items", [])]
+            check(items == ["ca.pem"], f"{at} {wname}: must mount the CA only, not the learner's key (got {items})")
+            # Nothing an actor or the evaluator can write is read by the learner.
+            for cc in spec.get("initContainers", []) + spec["containers"]:
+                st = [m for m in cc.get("volumeMounts", []) if m["mountPath"] == "/var/lib/qd"]
+                check(st and st[0].get("readOnly") is True, f"{at} {wname}/{cc['name']}: the state volume must be read-only")
+        if role == "evaluator":
+            res = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}.get("/var/lib/qd-eval")
+            check(env(c).get("QD__EVALUATOR__RESULTS_DIR") == "/var/lib/qd-eval"
+                  and vols.get(res, {}).get("persistentVolumeClaim", {}).get("claimName") == "qd-eval",
+                  f"{at} {wname}: eval.jsonl must go to the qd-eval volume")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             p = c.get(probe)
             if role == "learner":
-                check(p is not None and p.get("grpc", {}).get("port") == 50051, f"{at} {wname}: {probe} over gRPC health on 50051")
+                cmd = (p or {}).get("exec", {}).get("command", [])
+                check(cmd[:len(HEALTH)] == HEALTH, f"{at} {wname}: {probe} must be `qd health` over TLS, got {cmd}")
             else:
                 check(p is not None and p.get("httpGet", {}).get("path") == "/metrics", f"{at} {wname}: {probe} on /metrics")
 
@@ -287,7 +332,6 @@ PY
 echo "k8s: manifest checks passed (objects, references, probes, ports, GPU only in overlays/gpu, pod scripts)"
 
 # The effective settings of each role as the pods would load them, when qd is built.
-qd=target/release/qd
 if [ -x "$qd" ]; then
   "$VENV/bin/python" - "$tmp" "$qd" "$tmp/k8s/base/auth.env" <<'PY' || fail "qd refuses the pods' settings (above)"
 import os, subprocess, sys

@@ -60,6 +60,10 @@ pub struct EvaluatorSettings {
     pub max_new_tokens: usize,
     /// Prometheus `/metrics` address ("" to disable).
     pub metrics_listen: String,
+    /// The folder `eval.jsonl` is appended to ("": the run folder, `paths.run_dir`);
+    /// compose gives the evaluator a volume of its own, so that it writes nothing the
+    /// learner reads.
+    pub results_dir: String,
     pub threads: usize,
     pub device: String,
     pub seed: u64,
@@ -74,6 +78,7 @@ impl Default for EvaluatorSettings {
             samples_per_prompt: 2,
             max_new_tokens: 256,
             metrics_listen: "127.0.0.1:9101".into(),
+            results_dir: String::new(),
             threads: 0,
             device: "cpu".into(),
             seed: 7,
