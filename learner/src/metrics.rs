@@ -38,6 +38,10 @@ pub const STREAMS_REFUSED: &str = "qd_learner_streams_refused_total";
 pub const CONNECTIONS: &str = "qd_learner_connections";
 pub const FINISHED: &str = "qd_learner_finished";
 pub const RUN_INFO: &str = "qd_learner_run_info";
+pub const WRITE_FAILURES: &str = "qd_learner_write_failures_total";
+
+/// The files whose failed writes are counted (training goes on without them).
+pub const WRITTEN_FILES: [&str; 2] = ["train.jsonl", "checkpoint"];
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
 pub const STREAM_REFUSALS: [&str; 6] = [
@@ -153,6 +157,11 @@ pub const ALL: &[Metric] = &[
     )
     .labelled("reason", &STREAM_REFUSALS),
     Metric::gauge(CONNECTIONS, "open TCP connections to the gRPC port"),
+    Metric::counter(
+        WRITE_FAILURES,
+        "failed writes of the training log or a checkpoint (training went on), by file",
+    )
+    .labelled("file", &WRITTEN_FILES),
     Metric::gauge(
         RUN_INFO,
         "1, labelled with the run's method settings (beta, cfg_gamma, cfg_scope, cfg_plausibility, divergence)",

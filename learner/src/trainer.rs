@@ -86,6 +86,9 @@ pub struct Trainer {
     step: u64,
     version: u64,
     log: std::fs::File,
+    /// Failed writes so far: `train.jsonl` lines, checkpoints.
+    log_failures: u64,
+    checkpoint_failures: u64,
 }
 
 fn checkpoint_dir(run_dir: &Path) -> PathBuf {
@@ -114,13 +117,35 @@ fn published_file(run_dir: &Path) -> PathBuf {
     run_dir.join("published-version")
 }
 
-/// The highest version published from `run_dir` (0 when none was, or the file is
-/// unreadable: then the checkpoints' versions are all there is).
-fn last_published(run_dir: &Path) -> u64 {
-    std::fs::read_to_string(published_file(run_dir))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+/// The highest version published from `run_dir` (0 when none was). A file that cannot
+/// be read or holds no number is an error: guessing low could reuse a version number.
+fn last_published(run_dir: &Path) -> Result<u64> {
+    let path = published_file(run_dir);
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(text) => text.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{} holds {:?}, not a version number: restore it, or remove it to number versions from the newest checkpoint's (clients holding later numbers then skip the versions up to them)",
+                path.display(),
+                crate::server::clip(text.trim())
+            )
+        }),
+    }
+}
+
+/// Counts a failed write of `file` and logs it at ERROR (the first, then every
+/// hundredth of a kind: a full disk fails every step).
+fn write_failed(file: &'static str, failures: &mut u64, err: &dyn std::fmt::Display) {
+    metrics::counter!(m::WRITE_FAILURES, "file" => file).increment(1);
+    if *failures % 100 == 0 {
+        tracing::error!(
+            file,
+            failures = *failures + 1,
+            "writing failed, training goes on: {err}"
+        );
+    }
+    *failures += 1;
 }
 
 /// Checkpoints in `run_dir`, newest first.
@@ -212,7 +237,7 @@ impl Trainer {
         // Versions published after the checkpoint (or before the checkpoints were
         // removed) held other weights: the next one is above every number this run
         // folder ever published.
-        version = version.max(last_published(run_dir));
+        version = version.max(last_published(run_dir)?);
         std::fs::create_dir_all(checkpoint_dir(run_dir))
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let log_path = run_dir.join("train.jsonl");
@@ -244,6 +269,8 @@ impl Trainer {
             step,
             version,
             log,
+            log_failures: 0,
+            checkpoint_failures: 0,
         };
         t.publisher.trained(step);
         // A new version even after a resume: actors that got versions published after
@@ -309,6 +336,11 @@ impl Trainer {
     /// Writes a checkpoint (and the student alone), keeping the newest few.
     pub fn checkpoint(&self) -> Result<PathBuf> {
         self.check_finite()?;
+        self.write_checkpoint()
+    }
+
+    /// [`Self::checkpoint`] without the check: a failure here is the disk's.
+    fn write_checkpoint(&self) -> Result<PathBuf> {
         let dir = checkpoint_dir(&self.run_dir);
         let path = dir.join(format!("step-{:08}.safetensors", self.step));
         save(&path, &self.student_vs, Some(&self.opt), self.stamp())?;
@@ -453,7 +485,9 @@ impl Trainer {
                 loss: s,
             };
             if let Ok(json) = serde_json::to_string(&line) {
-                let _ = writeln!(self.log, "{json}");
+                if let Err(e) = writeln!(self.log, "{json}") {
+                    write_failed("train.jsonl", &mut self.log_failures, &e);
+                }
             }
             if self.step % 10 == 0 || self.step == 1 {
                 tracing::info!(
@@ -470,7 +504,17 @@ impl Trainer {
                 published_at = self.step;
             }
             if self.step % self.cfg.checkpoint_every == 0 {
-                last_checkpoint = Some(self.checkpoint()?);
+                // A checkpoint that cannot be written (a full disk) leaves the older
+                // ones as they are; training goes on and the next one is tried in turn.
+                self.check_finite()?;
+                match self.write_checkpoint() {
+                    Ok(p) => last_checkpoint = Some(p),
+                    Err(e) => write_failed(
+                        "checkpoint",
+                        &mut self.checkpoint_failures,
+                        &format!("{e:#}"),
+                    ),
+                }
             }
         };
         // The final version goes out, whatever `publish_every` is: clients that hear the

@@ -61,16 +61,22 @@ fn batches(base: &Path, task: &dyn Task) -> Vec<Vec<Pair>> {
 /// A trainer on `run_dir` fed `batches`, run until the budget or until the batches run
 /// out (as a learner whose actors are gone, told to stop).
 fn train(run_dir: &Path, base: &Path, task: &dyn Task, batches: &[Vec<Pair>]) -> Outcome {
-    let cfg = settings();
-    let trainer = Trainer::new(
-        cfg.clone(),
+    run(trainer(run_dir, base, task).unwrap(), batches).unwrap()
+}
+
+fn trainer(run_dir: &Path, base: &Path, task: &dyn Task) -> anyhow::Result<Trainer> {
+    Trainer::new(
+        settings(),
         base,
         run_dir,
         task,
         Arc::new(Publisher::default()),
         Device::Cpu,
     )
-    .unwrap();
+}
+
+fn run(trainer: Trainer, batches: &[Vec<Pair>]) -> anyhow::Result<Outcome> {
+    let cfg = settings();
     let (queue, rx) = Queue::new(1024, cfg.max_staleness);
     let rt = tokio::runtime::Runtime::new().unwrap();
     for batch in batches {
@@ -80,7 +86,7 @@ fn train(run_dir: &Path, base: &Path, task: &dyn Task, batches: &[Vec<Pair>]) ->
     // Once the queue is empty and closed the trainer stops, as on a signal.
     drop(queue);
     let (_stop_tx, stop_rx) = watch::channel(false);
-    trainer.run(rx, stop_rx, rt.handle().clone()).unwrap()
+    trainer.run(rx, stop_rx, rt.handle().clone())
 }
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
@@ -196,4 +202,42 @@ fn a_damaged_checkpoint_is_skipped_for_the_one_before() {
         resumed.version,
         done.version
     );
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_does_not_stop_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = SyntheticTask::default();
+    let base = dir.path().join("base.safetensors");
+    base_policy(&base, &task).unwrap();
+    let batches = batches(&base, &task);
+    let run_dir = dir.path().join("run");
+    let t = trainer(&run_dir, &base, &task).unwrap();
+    // The checkpoint folder becomes a file: every checkpoint write fails (as on a full
+    // disk), whoever runs the test.
+    let folder = run_dir.join("checkpoints");
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, b"not a folder").unwrap();
+    let e = run(t, &batches).unwrap_err();
+    // The checkpoint at step 3 failed and training went on to the budget; the last one,
+    // at the end, failing too, is the run's error: it names what could not be written.
+    assert_eq!(logged(&run_dir).len(), STEPS as usize);
+    assert!(format!("{e:#}").contains("step-00000006"), "{e:#}");
+}
+
+#[test]
+fn an_unreadable_published_version_stops_the_learner_before_it_reuses_a_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = SyntheticTask::default();
+    let base = dir.path().join("base.safetensors");
+    base_policy(&base, &task).unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("published-version"), "12\n7").unwrap();
+    let e = trainer(&run_dir, &base, &task).err().unwrap();
+    assert!(format!("{e:#}").contains("not a version number"), "{e:#}");
+    std::fs::write(run_dir.join("published-version"), "41\n").unwrap();
+    let t = trainer(&run_dir, &base, &task).unwrap();
+    let o = run(t, &[]).unwrap();
+    assert!(o.version > 41, "{}", o.version);
 }

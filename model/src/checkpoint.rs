@@ -18,7 +18,10 @@ use crate::fsutil::write_atomic;
 use crate::optim::AdamW;
 use crate::task::Task;
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// The previous format, still read: its checksum covers the tensors only.
+const FORMAT_TENSORS_ONLY: u32 = 1;
 const OPTIMIZER_PREFIX: &str = "optimizer.";
 
 /// Why a checkpoint was refused: a caller may skip a corrupt file (and take an older
@@ -89,7 +92,8 @@ pub struct CheckpointMeta {
     pub version: u64,
     /// The optimizer's step, when its moments are saved.
     pub optimizer_step: Option<i64>,
-    /// CRC32 over names and bytes of every tensor, in name order.
+    /// CRC32 over names and bytes of every tensor, in name order, then over this
+    /// metadata as JSON with `checksum` empty (format 1: the tensors only).
     pub checksum: String,
     /// Anything else the writer needs to resume (schedule, RNG state, …).
     #[serde(default)]
@@ -111,13 +115,24 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
     data
 }
 
-fn checksum<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+/// The checksum of tensors `items` (in name order) and, from format 2, of `meta`.
+fn checksum<'a>(
+    items: impl Iterator<Item = (&'a str, &'a [u8])>,
+    meta: &CheckpointMeta,
+) -> Result<String, serde_json::Error> {
     let mut h = crc32fast::Hasher::new();
     for (name, data) in items {
         h.update(name.as_bytes());
         h.update(data);
     }
-    format!("{:08x}", h.finalize())
+    if meta.format != FORMAT_TENSORS_ONLY {
+        let unsummed = CheckpointMeta {
+            checksum: String::new(),
+            ..meta.clone()
+        };
+        h.update(serde_json::to_string(&unsummed)?.as_bytes());
+    }
+    Ok(format!("{:08x}", h.finalize()))
 }
 
 /// What the writer of a checkpoint records about it.
@@ -156,7 +171,7 @@ pub fn serialize(vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> 
         }
     }
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let meta = CheckpointMeta {
+    let mut meta = CheckpointMeta {
         format: FORMAT,
         kind: stamp.kind,
         config: stamp.config.clone(),
@@ -164,9 +179,13 @@ pub fn serialize(vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> 
         step: stamp.step,
         version: stamp.version,
         optimizer_step: optimizer.map(|o| o.step),
-        checksum: checksum(named.iter().map(|(n, d, _)| (n.as_str(), d.as_slice()))),
+        checksum: String::new(),
         extra: stamp.extra,
     };
+    meta.checksum = checksum(
+        named.iter().map(|(n, d, _)| (n.as_str(), d.as_slice())),
+        &meta,
+    )?;
     let views = named
         .iter()
         .map(|(n, d, shape)| Ok((n.as_str(), TensorView::new(Dtype::F32, shape.clone(), d)?)))
@@ -201,21 +220,27 @@ impl Checkpoint {
             .ok_or_else(|| bad("no qd metadata".into()))?;
         let meta: CheckpointMeta =
             serde_json::from_str(json).map_err(|e| bad(format!("metadata: {e}")))?;
-        if meta.format != FORMAT {
+        if meta.format != FORMAT && meta.format != FORMAT_TENSORS_ONLY {
             return Err(bad(format!(
-                "format {} (this qd reads {FORMAT})",
+                "format {} (this qd reads {FORMAT_TENSORS_ONLY} and {FORMAT})",
                 meta.format
             )));
         }
         let mut views = st.tensors();
         views.sort_by(|a, b| a.0.cmp(&b.0));
-        let sum = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+        let sum = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())), &meta)
+            .map_err(|e| bad(format!("metadata: {e}")))?;
         if sum != meta.checksum {
             return Err(bad(format!(
                 "checksum {sum} does not match the recorded {}",
                 meta.checksum
             )));
         }
+        // A config that would build nothing, or divide by zero, is refused before any
+        // model is built from it.
+        meta.config
+            .validate()
+            .map_err(|e| bad(format!("metadata: {e}")))?;
         let mut tensors = Vec::with_capacity(views.len());
         for (name, v) in views {
             if v.dtype() != Dtype::F32 {

@@ -66,6 +66,9 @@ impl Preset {
     }
 }
 
+/// The largest size of any dimension of a model.
+pub const MAX_DIMENSION: i64 = 1 << 20;
+
 impl ModelConfig {
     /// Checks the shape is buildable; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
@@ -79,6 +82,13 @@ impl ModelConfig {
         ];
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v <= 0) {
             return Err(format!("model.{name} must be positive, got {v}"));
+        }
+        // Far beyond any model of this task, short of shapes whose allocation alone
+        // would exhaust memory.
+        if let Some((name, v)) = positive.iter().find(|(_, v)| *v > MAX_DIMENSION) {
+            return Err(format!(
+                "model.{name} is {v}, more than the {MAX_DIMENSION} qd accepts"
+            ));
         }
         if self.d_model % self.n_heads != 0 {
             return Err(format!(

@@ -62,3 +62,59 @@ fn refusals_say_whether_the_file_or_the_model_is_at_fault() {
     // A missing file says which commands write one.
     assert!(e.to_string().contains("qd pretrain"), "{e}");
 }
+
+/// `needle` replaced by `with` (the same length) in `bytes`, once.
+fn patched(bytes: &[u8], needle: &str, with: &str) -> Vec<u8> {
+    assert_eq!(needle.len(), with.len());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .unwrap_or_else(|| panic!("{needle} not in the file"));
+    let mut out = bytes.to_vec();
+    out[at..at + with.len()].copy_from_slice(with.as_bytes());
+    out
+}
+
+#[test]
+fn the_checksum_covers_the_metadata_and_a_config_is_checked_before_use() {
+    let (vs, _m) = tiny(1);
+    let config = Preset::Tiny.config(VOCAB);
+    let stamp = |config| Stamp {
+        kind: ModelKind::Policy,
+        config,
+        vocab_hash: "v1",
+        step: 31,
+        version: 27,
+        extra: serde_json::json!({"baseline": 0.5}),
+    };
+    let bytes = model::checkpoint::serialize(&vs, None, stamp(&config)).unwrap();
+    assert!(Checkpoint::from_bytes(&bytes, "ok").is_ok());
+    // One digit of the step, the version or the config flipped: refused as damaged.
+    for (needle, with) in [
+        ("\\\"step\\\":31", "\\\"step\\\":81"),
+        ("\\\"version\\\":27", "\\\"version\\\":97"),
+        ("\\\"n_heads\\\":2", "\\\"n_heads\\\":0"),
+    ] {
+        let e = Checkpoint::from_bytes(&patched(&bytes, needle, with), "flipped").unwrap_err();
+        assert!(
+            e.is_damaged() && e.to_string().contains("checksum"),
+            "{with}: {e}"
+        );
+    }
+    // A config no model can be built from, with a checksum to match: refused before a
+    // model is built (no division by zero), naming the field.
+    let broken = model::config::ModelConfig {
+        n_heads: 0,
+        ..config.clone()
+    };
+    let bytes = model::checkpoint::serialize(&vs, None, stamp(&broken)).unwrap();
+    let e = Checkpoint::from_bytes(&bytes, "broken").unwrap_err();
+    assert!(e.to_string().contains("n_heads"), "{e}");
+    let huge = model::config::ModelConfig {
+        vocab_size: 1 << 40,
+        ..config.clone()
+    };
+    let bytes = model::checkpoint::serialize(&vs, None, stamp(&huge)).unwrap();
+    let e = Checkpoint::from_bytes(&bytes, "huge").unwrap_err();
+    assert!(e.to_string().contains("vocab_size"), "{e}");
+}
