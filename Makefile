@@ -207,14 +207,18 @@ gpu-check: setup
 ## soak: the fault campaign (docs/reliability.md): 2,000 idle weight streams and 500
 ## silent trajectory streams, the heaviest messages on 128 streams and four of 63 MiB,
 ## 1,000 malformed messages, 10 actor and 20 learner SIGKILLs against a learner and two
-## actors on loopback (minutes). SOAK_PRESET=base measures with the base model.
+## actors on loopback (minutes; every client shares one address, so the per-address
+## limit is lifted to the global one). `make soak SOAK_PRESET=base SOAK_CONTEXT=1100`
+## measures with the base model and its full context (the largest messages).
 SOAK_PRESET ?= tiny
+SOAK_CONTEXT ?= 64
 soak: setup | data/folk/dataset.json
-	$(QD) pretrain --preset $(SOAK_PRESET) --steps 30 --context 64 --batch-size 8 --out runs/soak/$(SOAK_PRESET)/pretrain --no-progress
+	$(QD) pretrain --preset $(SOAK_PRESET) --steps 30 --context $(SOAK_CONTEXT) --batch-size 8 --out runs/soak/$(SOAK_PRESET)-$(SOAK_CONTEXT)/pretrain --no-progress
 	@test -f runs/soak/embedder.safetensors || $(QD) embedder train --steps 5 --out runs/soak/embedder.safetensors --no-progress
-	$(QD) bench faults --config configs/default.toml --set paths.base=runs/soak/$(SOAK_PRESET)/pretrain/last.safetensors \
+	$(QD) bench faults --config configs/default.toml --set paths.base=runs/soak/$(SOAK_PRESET)-$(SOAK_CONTEXT)/pretrain/last.safetensors \
 	  --set paths.embedder=runs/soak/embedder.safetensors --set learner.batch_prompts=4 \
-	  --set actor.batch_prompts=4 --set actor.max_new_tokens=64 --set learner.threads=1 --set actor.threads=1
+	  --set actor.batch_prompts=4 --set actor.max_new_tokens=64 --set learner.threads=1 --set actor.threads=1 \
+	  --set limits.max_connections_per_address=512
 
 ## mutants: the mutation score of the modules that hold the method and its safeguards
 ## (the loss, CFG guidance and sampling, merging, checkpoints, trajectory validation, the

@@ -112,10 +112,15 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the gRPC server to {}", cfg.listen))?;
     let grpc_addr = listener.local_addr()?;
+    let l = &settings.limits;
     let incoming = connections::incoming(
         listener,
-        settings.limits.max_connections,
-        Duration::from_secs(settings.limits.keepalive_s),
+        connections::ConnectionLimits {
+            max: l.max_connections,
+            per_address: l.max_connections_per_address,
+            handshake: Duration::from_secs(l.handshake_timeout_s),
+            keepalive: Duration::from_secs(l.keepalive_s),
+        },
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health

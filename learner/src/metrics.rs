@@ -44,13 +44,16 @@ pub const WRITE_FAILURES: &str = "qd_learner_write_failures_total";
 pub const WRITTEN_FILES: [&str; 2] = ["train.jsonl", "checkpoint"];
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
-pub const STREAM_REFUSALS: [&str; 6] = [
+pub const STREAM_REFUSALS: [&str; 9] = [
     "unregistered",
     "watcher_limit",
     "push_limit",
     "client_push_limit",
     "idle",
     "connection_limit",
+    "address_limit",
+    "evicted_silent",
+    "handshake_timeout",
 ];
 
 /// Why trajectories are dropped: stale (at intake or in the queue), the trainer's

@@ -112,36 +112,85 @@ fn streams_beyond_the_limits_are_refused_and_silent_ones_ended() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_closed() {
+fn connections_beyond_the_limit_are_closed_silent_ones_first() {
     let f = Fixture::new();
     let cfg = f.config("limits", "[limits]\nmax_connections = 2\n");
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
     let m = metrics_addr(&f);
     let rt = runtime();
-    // One gRPC client and one raw TCP connection hold both slots.
+    // One gRPC client and one raw TCP connection that never speaks hold both slots.
     let mut c = client(&rt, addr);
     status(&rt, &mut c, None);
-    let raw = std::net::TcpStream::connect(addr).unwrap();
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
     wait_until("the learner to count its connections", || {
         (scrape(m, "qd_learner_connections", &[]) == Some(2.0)).then_some(())
     });
-    // A third is closed at once: its call fails, the open ones go on.
-    let third = client_result(&rt, addr)
+    // A third takes the silent one's slot: served, and the silent one is closed.
+    let mut third = client(&rt, addr);
+    status(&rt, &mut third, None);
+    assert_eq!(refusals(m, "evicted_silent"), 1.0);
+    // (It reads the learner's HTTP/2 settings, then the end of the connection.)
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    match std::io::Read::read_to_end(&mut raw, &mut buf) {
+        Ok(_) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the silent connection is still open"
+        ),
+    }
+    // With both slots held by connections that speak, a fourth is closed at once: its
+    // call fails, the open ones go on.
+    let fourth = client_result(&rt, addr)
         .map_err(|e| e.to_string())
-        .and_then(|mut c3| {
-            rt.block_on(c3.status(StatusRequest {}))
+        .and_then(|mut c4| {
+            rt.block_on(c4.status(StatusRequest {}))
                 .map_err(|e| e.to_string())
         });
-    assert!(third.is_err(), "a connection beyond the limit was served");
+    assert!(fourth.is_err(), "a connection beyond the limit was served");
     assert!(refusals(m, "connection_limit") >= 1.0);
     status(&rt, &mut c, None);
     // Closing one frees its slot.
-    drop(raw);
+    drop(third);
     wait_until("a connection slot to be released", || {
-        let mut c3 = client_result(&rt, addr).ok()?;
-        rt.block_on(c3.status(StatusRequest {})).ok()
+        let mut c4 = client_result(&rt, addr).ok()?;
+        rt.block_on(c4.status(StatusRequest {})).ok()
     });
+}
+
+#[test]
+fn silent_sockets_cannot_lock_a_new_actor_out() {
+    let f = Fixture::new();
+    // The default limits (512 connections, 256 per address), a short handshake deadline.
+    let cfg = f.config("silent", "[limits]\nhandshake_timeout_s = 3\n");
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let m = metrics_addr(&f);
+    let rt = runtime();
+    // 600 TCP connections from this address that never send a byte.
+    let silent: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    wait_until("the learner to hold its share of them", || {
+        (scrape(m, "qd_learner_connections", &[]) == Some(256.0)).then_some(())
+    });
+    // A new client from the same address registers at once: a silent one makes room.
+    let t0 = Instant::now();
+    let mut c = client(&rt, addr);
+    register(&rt, &mut c, None);
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(refusals(m, "evicted_silent") >= 1.0);
+    // The rest are closed at the handshake deadline: the learner holds only the client.
+    wait_until("the silent connections to be closed", || {
+        (scrape(m, "qd_learner_connections", &[]) == Some(1.0)).then_some(())
+    });
+    assert!(refusals(m, "handshake_timeout") >= 200.0);
+    drop(silent);
+    status(&rt, &mut c, None);
 }
 
 /// A message on the `PushTrajectories` wire that does not decode as a TrajectoryBatch:

@@ -153,8 +153,14 @@ impl AuthSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
-    /// Open TCP connections; further ones are closed at once.
+    /// Open TCP connections; further ones are closed at once, unless a connection that
+    /// has sent nothing yet can be closed to make room (the oldest such).
     pub max_connections: usize,
+    /// Open TCP connections from one IP address.
+    pub max_connections_per_address: usize,
+    /// A connection that has sent nothing (no HTTP/2 preface, no TLS hello) for this
+    /// long is closed.
+    pub handshake_timeout_s: u64,
     /// Concurrent HTTP/2 streams (calls) per connection.
     pub max_streams_per_connection: u32,
     /// Open `WatchWeights` streams, all clients together (RESOURCE_EXHAUSTED beyond).
@@ -176,6 +182,8 @@ impl Default for LimitSettings {
     fn default() -> LimitSettings {
         LimitSettings {
             max_connections: 512,
+            max_connections_per_address: 256,
+            handshake_timeout_s: 10,
             max_streams_per_connection: 16,
             max_watchers: 128,
             max_push_streams: 128,
@@ -191,6 +199,11 @@ impl LimitSettings {
     pub(super) fn validate(&self, c: &mut Checks) {
         for (key, v) in [
             ("limits.max_connections", self.max_connections as u64),
+            (
+                "limits.max_connections_per_address",
+                self.max_connections_per_address as u64,
+            ),
+            ("limits.handshake_timeout_s", self.handshake_timeout_s),
             (
                 "limits.max_streams_per_connection",
                 u64::from(self.max_streams_per_connection),

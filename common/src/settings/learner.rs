@@ -100,7 +100,9 @@ pub struct LearnerSettings {
     pub queue_capacity: usize,
     /// Size of the chunks weights are streamed in. A version that fits in one chunk
     /// reaches an actor without being copied out of its message; larger ones are copied
-    /// together (at most one chunk per subscriber is held while being sent).
+    /// together. Each subscriber's sender holds one encoded chunk while it is sent, so a
+    /// subscriber that stops reading holds this much: `limits.max_watchers` × this is
+    /// what stalled subscribers can make the learner hold.
     pub chunk_bytes: usize,
     /// Largest gRPC message the learner sends (a weight chunk and its header). What it
     /// accepts is bounded by the batch shape instead (docs/reliability.md).
@@ -139,7 +141,7 @@ impl Default for LearnerSettings {
             max_steps: 150,
             finish_grace_s: 30,
             queue_capacity: 16,
-            chunk_bytes: 16 << 20,
+            chunk_bytes: 4 << 20,
             max_message_bytes: 64 << 20,
             threads: 0,
             device: "cpu".into(),
