@@ -37,6 +37,8 @@ pub struct Student {
     pub model: Transformer,
     pub version: u64,
     vocab_hash: String,
+    /// The last version that could not be loaded: not tried again.
+    refused: u64,
 }
 
 impl Student {
@@ -48,19 +50,37 @@ impl Student {
             model,
             version: 0,
             vocab_hash: vocab_hash.to_string(),
+            refused: 0,
         }
     }
 
-    /// Swaps in `w` if it is another version than the one held.
+    /// Swaps in `w` if it is another version than the one held; true when it did. A
+    /// version that cannot be loaded (damaged, another architecture or vocabulary) is
+    /// counted, logged and skipped: the weights held stay (loading checks every tensor
+    /// before it copies one), and the next version is tried in turn, so that a bad
+    /// version cannot make clients crash-loop.
     pub fn update(&mut self, w: Option<&Arc<Weights>>) -> Result<bool> {
-        let Some(w) = w.filter(|w| w.version != self.version) else {
+        let Some(w) = w.filter(|w| w.version != self.version && w.version != self.refused) else {
             return Ok(false);
         };
         let t0 = std::time::Instant::now();
-        let ck = w.checkpoint()?;
-        ck.check_compatible(&self.model.config, &self.vocab_hash)
-            .with_context(|| format!("weights version {}", w.version))?;
-        ck.load_into(&mut self.vs)?;
+        let loaded = w.checkpoint().map_err(anyhow::Error::from).and_then(|ck| {
+            ck.check_compatible(&self.model.config, &self.vocab_hash)?;
+            ck.load_into(&mut self.vs)?;
+            Ok(())
+        });
+        if let Err(e) = loaded {
+            self.refused = w.version;
+            ::metrics::counter!(m::VERSIONS_REFUSED).increment(1);
+            tracing::error!(
+                version = w.version,
+                held = self.version,
+                "weights version {} not loaded, keeping version {}: {e:#}",
+                w.version,
+                self.version
+            );
+            return Ok(false);
+        }
         let sync_seconds = w.sync_seconds + t0.elapsed().as_secs_f64();
         ::metrics::gauge!(m::WEIGHT_VERSION).set(w.version as f64);
         ::metrics::histogram!(m::WEIGHT_SYNC_SECONDS).record(sync_seconds);
@@ -216,4 +236,61 @@ where
     drop(batches);
     let computed = computing.await.context("the compute thread died")?;
     outcome.and(computed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::checkpoint::{serialize, ModelKind, Stamp};
+    use model::config::Preset;
+
+    fn weights(version: u64, blob: Vec<u8>) -> Arc<Weights> {
+        Arc::new(Weights {
+            version,
+            step: version,
+            blob: bytes::Bytes::from(blob),
+            sync_seconds: 0.0,
+        })
+    }
+
+    /// A checkpoint of a fresh model of `config` as the learner publishes it.
+    fn blob(config: &ModelConfig, version: u64) -> Vec<u8> {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _m = Transformer::new(&vs.root(), config);
+        let stamp = Stamp {
+            kind: ModelKind::Policy,
+            config,
+            vocab_hash: "v",
+            step: version,
+            version,
+            extra: serde_json::Value::Null,
+        };
+        serialize(&vs, None, stamp).unwrap()
+    }
+
+    #[test]
+    fn a_version_that_does_not_load_is_skipped_and_the_weights_held_stay() {
+        let config = Preset::Tiny.config(40);
+        let mut s = Student::new(&config, "v", tch::Device::Cpu);
+        assert!(s.update(Some(&weights(1, blob(&config, 1)))).unwrap());
+        let sums = |s: &Student| -> std::collections::BTreeMap<String, f64> {
+            s.vs.variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.sum(tch::Kind::Double).double_value(&[])))
+                .collect()
+        };
+        let held = sums(&s);
+        // Damaged bytes, then another architecture's weights: skipped, not an error.
+        let mut damaged = blob(&config, 2);
+        let n = damaged.len();
+        damaged[n - 3] ^= 0xff;
+        assert!(!s.update(Some(&weights(2, damaged))).unwrap());
+        let other = blob(&Preset::Tiny.config(41), 3);
+        assert!(!s.update(Some(&weights(3, other))).unwrap());
+        assert_eq!(s.version, 1);
+        assert_eq!(held, sums(&s));
+        // The next good version loads.
+        assert!(s.update(Some(&weights(4, blob(&config, 4)))).unwrap());
+        assert_eq!(s.version, 4);
+    }
 }

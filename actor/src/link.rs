@@ -204,7 +204,10 @@ async fn session_inner(
                     return Err(Status::unavailable("the learner ended the weight stream"));
                 };
                 known_version = known_version.max(c.version);
-                if let Some(w) = assembler.push(c, MAX_WEIGHT_BYTES)? {
+                // No more than the architecture's parameters can take, whatever size
+                // the learner announces.
+                let most = link.identity.model_config.max_blob_bytes().min(MAX_WEIGHT_BYTES);
+                if let Some(w) = assembler.push(c, most)? {
                     link.weights.send_replace(Some(Arc::new(w)));
                 }
             }

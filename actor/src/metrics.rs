@@ -9,6 +9,7 @@ pub const WEIGHT_VERSION: &str = "qd_actor_weight_version";
 pub const WEIGHT_SYNC_SECONDS: &str = "qd_actor_weight_sync_seconds";
 pub const WEIGHT_SYNC_BYTES: &str = "qd_actor_weight_sync_bytes_total";
 pub const RECONNECTS: &str = "qd_actor_reconnects_total";
+pub const VERSIONS_REFUSED: &str = "qd_actor_versions_refused_total";
 
 pub const TOKENS: &str = "qd_actor_tokens_total";
 pub const TOKENS_PER_SECOND: &str = "qd_actor_tokens_per_second";
@@ -40,6 +41,10 @@ pub const CLIENT: &[Metric] = &[
         &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
     ),
     Metric::counter(WEIGHT_SYNC_BYTES, "weight bytes received"),
+    Metric::counter(
+        VERSIONS_REFUSED,
+        "versions received whole that could not be loaded (kept the weights held)",
+    ),
     Metric::counter(
         RECONNECTS,
         "lost connections to the learner (each retried with back-off)",

@@ -113,6 +113,26 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The number of parameters of a [`crate::transformer::Transformer`] of this shape.
+    pub fn parameters(&self) -> u64 {
+        let (v, d, l, ff) = (
+            self.vocab_size as u64,
+            self.d_model as u64,
+            self.max_len as u64,
+            self.d_ff as u64,
+        );
+        let block = (d * 3 * d + 3 * d) + (d * d + d) + 4 * d + (d * ff + ff) + (ff * d + d);
+        let structure = self.structure.as_ref().map_or(0, |s| s.ids as u64 * d);
+        v * d + l * d + structure + self.n_layers as u64 * block + 2 * d + (d * v + v)
+    }
+
+    /// The most bytes a published version of this shape (its checkpoint without the
+    /// optimizer's state) can take: the parameters as float32 and 1 MiB for the header.
+    /// What a client reserves for a version at most, whatever size the learner announces.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.parameters().saturating_mul(4).saturating_add(1 << 20)
+    }
+
     /// A stable hash of the architecture (what actors and the learner compare).
     pub fn hash(&self) -> String {
         let mut h = Fnv::default();

@@ -118,3 +118,31 @@ fn the_checksum_covers_the_metadata_and_a_config_is_checked_before_use() {
     let e = Checkpoint::from_bytes(&bytes, "huge").unwrap_err();
     assert!(e.to_string().contains("vocab_size"), "{e}");
 }
+
+#[test]
+fn a_version_never_exceeds_the_size_its_config_implies() {
+    // The tiny model as trained, and the presets as built: the serialized blob fits the
+    // bound, within its 1 MiB of header room.
+    let (vs, m) = tiny(1);
+    let config = m.config.clone();
+    let stamp = Stamp {
+        kind: ModelKind::Policy,
+        config: &config,
+        vocab_hash: "v1",
+        step: 1,
+        version: 1,
+        extra: serde_json::Value::Null,
+    };
+    let blob = model::checkpoint::serialize(&vs, None, stamp).unwrap();
+    let params: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+    assert_eq!(params as u64, config.parameters());
+    let bound = config.max_blob_bytes();
+    assert!(blob.len() as u64 <= bound && bound - (blob.len() as u64) < 1 << 20);
+    for preset in [Preset::Small, Preset::Base] {
+        let c = preset.config(VOCAB);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _m = model::transformer::Transformer::new(&vs.root(), &c);
+        let n: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+        assert_eq!(n as u64, c.parameters(), "{preset:?}");
+    }
+}
