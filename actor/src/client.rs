@@ -168,6 +168,8 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
+    /// When a connection last had its streams accepted (or the client started).
+    connected: std::time::Instant,
 }
 
 impl Backoff {
@@ -177,6 +179,7 @@ impl Backoff {
             initial,
             max: Duration::from_millis(s.backoff_max_ms),
             current: initial,
+            connected: std::time::Instant::now(),
         }
     }
 
@@ -188,7 +191,14 @@ impl Backoff {
         Duration::from_secs_f64(rand::thread_rng().gen_range(lo..=c.as_secs_f64().max(lo)))
     }
 
+    /// A connection had its streams accepted: the delays start over.
     pub fn reset(&mut self) {
         self.current = self.initial;
+        self.connected = std::time::Instant::now();
+    }
+
+    /// Time since a connection last had its streams accepted (or the client started).
+    pub fn without_learner(&self) -> Duration {
+        self.connected.elapsed()
     }
 }

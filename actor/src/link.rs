@@ -42,8 +42,9 @@ pub struct Link {
 
 /// Keeps a connection to the learner until `stop` or the end of the run (then it sets
 /// `link.finished`): registers, streams weights into `link.weights`, and (for actors)
-/// sends `batches`; reconnects with back-off after any failure. Returns an error only
-/// when the learner refuses this client.
+/// sends `batches`; reconnects with back-off after any failure. Returns an error when
+/// the learner refuses this client, or when no connection has succeeded for
+/// `client.give_up_after_s` (so that a Job whose learner is gone for good fails).
 pub async fn maintain(
     link: &Link,
     mut batches: Option<&mut mpsc::Receiver<TrajectoryBatch>>,
@@ -69,6 +70,14 @@ pub async fn maintain(
         }
         if ended.code() == tonic::Code::Cancelled {
             return Ok(());
+        }
+        let give_up = link.settings.give_up_after_s;
+        if give_up > 0 && backoff.without_learner().as_secs() >= give_up {
+            bail!(
+                "no learner for {} s (client.give_up_after_s = {give_up}): giving up; the last attempt: {}",
+                backoff.without_learner().as_secs(),
+                ended.message()
+            );
         }
         ::metrics::counter!(m::RECONNECTS).increment(1);
         let delay = backoff.next_delay();

@@ -180,6 +180,8 @@ for name, tag in (("base", "qd"), ("cpu", "qd:cpu"), ("gpu", "qd:cuda")):
 
     ws = workloads(docs)
     for wname, w in ws.items():
+        check(w["spec"].get("ttlSecondsAfterFinished") == 86400,
+              f"{at} {wname}: a finished Job stays a day (ttlSecondsAfterFinished: 86400)")
         pod = w["spec"]["template"]
         spec = pod["spec"]
         labels = pod["metadata"]["labels"]

@@ -417,6 +417,35 @@ fn an_incompatible_actor_is_refused_at_register() {
     assert!(learner.child.try_wait().unwrap().is_none());
 }
 
+#[test]
+fn an_actor_whose_learner_is_gone_gives_up() {
+    let f = Fixture::new();
+    let cfg = f.config("gone", "");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut actor = f.spawn(
+        "actor-alone",
+        "actor",
+        &cfg,
+        &[
+            format!("client.learner=http://127.0.0.1:{port}"),
+            "client.give_up_after_s=2".into(),
+        ],
+    );
+    // It retries for two seconds, then exits with an error saying why.
+    let status = actor.wait();
+    assert!(!status.success());
+    let log = actor.log();
+    assert!(
+        log.contains("giving up") && log.contains("give_up_after_s"),
+        "{log}"
+    );
+}
+
 /// A CA and a `localhost` certificate it signed, as PEM files in `dir`: (ca, cert, key).
 fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

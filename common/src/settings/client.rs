@@ -22,6 +22,10 @@ pub struct ClientSettings {
     pub keepalive_s: u64,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
+    /// Exit with an error after this long without a learner (0: retry forever), so that
+    /// a Job whose learner is gone for good fails instead of waiting. The default
+    /// outlasts a learner's restart, its rescheduling on another node included.
+    pub give_up_after_s: u64,
 }
 
 impl Default for ClientSettings {
@@ -33,6 +37,7 @@ impl Default for ClientSettings {
             connect_timeout_ms: 5_000,
             keepalive_s: 10,
             max_message_bytes: 64 << 20,
+            give_up_after_s: 1800,
         }
     }
 }
