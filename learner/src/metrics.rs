@@ -44,9 +44,10 @@ pub const WRITE_FAILURES: &str = "qd_learner_write_failures_total";
 pub const WRITTEN_FILES: [&str; 2] = ["train.jsonl", "checkpoint"];
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
-pub const STREAM_REFUSALS: [&str; 9] = [
+pub const STREAM_REFUSALS: [&str; 10] = [
     "unregistered",
     "watcher_limit",
+    "client_watch_limit",
     "push_limit",
     "client_push_limit",
     "idle",

@@ -4,6 +4,7 @@
 //! transport, the bearer-token check and memory release are [`crate::transport`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,8 +45,8 @@ pub struct Shared {
     pub queue: Queue,
     pub publisher: Arc<Publisher>,
     pub limits: LimitSettings,
-    /// The next client id `Register` issues (ids below it were issued).
-    next_id: AtomicU64,
+    /// The client ids `Register` issued, and to which address.
+    issued: Mutex<Issued>,
     next_stream: AtomicU64,
     streams: Mutex<Streams>,
     /// Set when a stream ends: the memory its buffers held can go back to the system
@@ -60,6 +61,39 @@ struct Streams {
     watchers: HashMap<u64, (u64, Role, String)>,
     /// Open `PushTrajectories` streams per client id.
     pushers: HashMap<u64, usize>,
+}
+
+/// Client ids remembered: a client registered longer ago than this many registrations
+/// must register again (its calls are refused with PERMISSION_DENIED, which clients
+/// answer by reconnecting).
+pub const ISSUED_IDS: usize = 65_536;
+
+/// The client ids `Register` issued: random, so that none can be guessed, and bound to
+/// the IP address that registered, so that one seen elsewhere is refused.
+#[derive(Debug, Default)]
+struct Issued {
+    to: HashMap<u64, Option<IpAddr>>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Issued {
+    fn issue(&mut self, addr: Option<IpAddr>) -> u64 {
+        let id = loop {
+            // 63 bits, never 0.
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && !self.to.contains_key(&id) {
+                break id;
+            }
+        };
+        self.to.insert(id, addr);
+        self.order.push_back(id);
+        if self.order.len() > ISSUED_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.to.remove(&old);
+            }
+        }
+        id
+    }
 }
 
 /// Bytes of a client's string echoed back or logged; the rest is cut.
@@ -126,7 +160,7 @@ impl Shared {
             queue,
             publisher,
             limits,
-            next_id: AtomicU64::new(1),
+            issued: Mutex::new(Issued::default()),
             next_stream: AtomicU64::new(1),
             streams: Mutex::new(Streams::default()),
             streams_closed: Arc::new(AtomicBool::new(false)),
@@ -137,18 +171,21 @@ impl Shared {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The client id a call carries in `qd-actor-id`, if `Register` issued it.
+    /// The client id a call carries in `qd-actor-id`, if `Register` issued it to the
+    /// address the call comes from.
     fn issued_id<T>(&self, req: &Request<T>) -> Result<u64, Status> {
         let raw = req
             .metadata()
             .get("qd-actor-id")
             .and_then(|v| v.to_str().ok());
+        let from = req.remote_addr().map(|a| a.ip());
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
         raw.and_then(|v| v.parse::<u64>().ok())
-            .filter(|&id| id >= 1 && id < self.next_id.load(Ordering::SeqCst))
+            .filter(|id| issued.to.get(id) == Some(&from))
             .ok_or_else(|| {
                 refused("unregistered");
                 Status::permission_denied(format!(
-                    "qd-actor-id {} was not issued by this learner: call Register first",
+                    "qd-actor-id {} was not issued by this learner to this address: call Register first",
                     clip(raw.unwrap_or("(missing)"))
                 ))
             })
@@ -251,6 +288,7 @@ impl Learner for Service {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let from = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let s = &self.shared;
         for (field, len, max) in [
@@ -309,7 +347,11 @@ impl Learner for Service {
                 differs.join("; ")
             )));
         }
-        let id = s.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = s
+            .issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .issue(from);
         tracing::info!(id, name, role = ?role, "client registered");
         Ok(Response::new(RegisterResponse {
             actor_id: id,
@@ -385,6 +427,13 @@ impl Learner for Service {
                 return Err(Status::resource_exhausted(format!(
                     "the learner holds {} weight streams, its limit (limits.max_watchers)",
                     st.watchers.len()
+                )));
+            }
+            let mine = st.watchers.values().filter(|(c, _, _)| *c == id).count();
+            if mine >= shared.limits.max_watchers_per_client {
+                refused("client_watch_limit");
+                return Err(Status::resource_exhausted(format!(
+                    "client {id} already has {mine} weight streams open (limits.max_watchers_per_client)"
                 )));
             }
             st.watchers.insert(stream, (id, role, name));
@@ -526,6 +575,25 @@ fn undecodable(actor_id: u64, status: Status) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_random_bound_to_an_address_and_remembered_within_a_bound() {
+        let mut issued = Issued::default();
+        let here: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let ids: Vec<u64> = (0..1000).map(|_| issued.issue(here)).collect();
+        // Not a sequence: no two consecutive, none 0, all distinct.
+        assert!(ids.iter().all(|&id| id != 0 && id <= i64::MAX as u64));
+        assert!(ids.windows(2).all(|w| w[1] != w[0] + 1));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert_eq!(issued.to[&ids[0]], here);
+        // The oldest are forgotten beyond the bound.
+        for _ in 0..ISSUED_IDS {
+            issued.issue(None);
+        }
+        assert_eq!(issued.to.len(), ISSUED_IDS);
+        assert!(!issued.to.contains_key(&ids[999]));
+    }
 
     #[test]
     fn echoed_strings_are_escaped_and_cut() {

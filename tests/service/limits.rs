@@ -58,7 +58,7 @@ fn streams_beyond_the_limits_are_refused_and_silent_ones_ended() {
     let f = Fixture::new();
     let cfg = f.config(
         "limits",
-        "[limits]\nmax_watchers = 2\nmax_push_streams_per_client = 2\nidle_push_timeout_s = 1\n",
+        "[limits]\nmax_watchers = 2\nmax_watchers_per_client = 1\nmax_push_streams_per_client = 2\nidle_push_timeout_s = 1\n",
     );
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
@@ -92,12 +92,17 @@ fn streams_beyond_the_limits_are_refused_and_silent_ones_ended() {
     let e = rt.block_on(fifth.unwrap().message()).unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
 
-    // Two weight streams, all clients together; the third is refused, and a closed
-    // one makes room.
+    // One weight stream per client, two all clients together; beyond either, refused,
+    // and a closed one makes room.
     let (w1, _) = watch(&rt, &mut c, id).unwrap();
-    let (_w2, _) = watch(&rt, &mut c, other).unwrap();
     let e = watch(&rt, &mut c, id).unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_watchers_per_client"), "{e:?}");
+    let (_w2, _) = watch(&rt, &mut c, other).unwrap();
+    let third_client = register(&rt, &mut c, None);
+    let e = watch(&rt, &mut c, third_client).unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("limits.max_watchers)"), "{e:?}");
     drop(w1);
     let (_w3, chunk) = wait_until("a weight stream slot to be released", || {
         watch(&rt, &mut c, id).ok()
@@ -108,6 +113,7 @@ fn streams_beyond_the_limits_are_refused_and_silent_ones_ended() {
     assert!(refusals(m, "client_push_limit") >= 1.0);
     assert!(refusals(m, "idle") >= 4.0);
     assert!(refusals(m, "watcher_limit") >= 1.0);
+    assert!(refusals(m, "client_watch_limit") >= 1.0);
     assert!(!learner.log().contains("panicked"), "{}", learner.log());
 }
 

@@ -114,6 +114,13 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
         reward: 0.5,
         samples: vec![sample(vec![tune_id, 2]), sample(vec![tune_id, tune_id, 2])],
     };
+    // The same pair with another behaviour log-probability: another trajectory (the
+    // learner trains each one once).
+    let other = |k: u32| {
+        let mut t = good.clone();
+        t.samples[0].logprobs[0] = -1.0 - 0.001 * k as f32;
+        t
+    };
     let batch = |t: Trajectory, version: u64| TrajectoryBatch {
         version,
         sequence: 0,
@@ -240,6 +247,12 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     cases.push(("a log-probability no sampler records", batch(t, 1)));
     for (what, b) in cases {
         match push(&rt, &mut c, b, token, id) {
+            // 10,000 tokens also exceed the request limit the batch shape sets: refused
+            // at their length, before validation.
+            Err(e) if what == "sample longer than the context" => assert!(
+                matches!(e.code(), Code::InvalidArgument | Code::OutOfRange),
+                "{what}: {e:?}"
+            ),
             Err(e) => assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}"),
             Ok(ack) => panic!("{what} was accepted: {ack:?}"),
         }
@@ -263,10 +276,20 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     }
     // A well-formed batch of the current version from the same client is acknowledged.
     let now = status(&rt, &mut c, token).version;
-    let ack = push(&rt, &mut c, batch(good.clone(), now), token, id)
+    let ack = push(&rt, &mut c, batch(other(1), now), token, id)
         .unwrap()
         .unwrap();
     assert_eq!(ack.accepted, 1);
+    // The same trajectory again, on a new stream and under a new version: acknowledged,
+    // not queued (a `duplicate`).
+    let again = wait_until("a newer version", || {
+        let v = status(&rt, &mut c, token).version;
+        (v > now).then_some(v)
+    });
+    let ack = push(&rt, &mut c, batch(other(1), again), token, id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.accepted, 0);
     // One too old to train on is refused at intake (it never takes a queue slot), and
     // the stream goes on.
     let stale_before = status(&rt, &mut c, token).trajectories_stale;
@@ -284,7 +307,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
                     },
                     TrajectoryBatch {
                         sequence: 2,
-                        ..batch(good.clone(), old)
+                        ..batch(other(2), old)
                     },
                 ]),
                 token,
@@ -301,7 +324,7 @@ fn malformed_trajectories_and_missing_tokens_are_refused() {
     // The same batch twice on one stream: acknowledged once, the replay refused.
     let twice = TrajectoryBatch {
         sequence: 7,
-        ..batch(good.clone(), status(&rt, &mut c, token).version)
+        ..batch(other(3), status(&rt, &mut c, token).version)
     };
     let (first, second) = rt.block_on(async {
         let mut acks = c

@@ -170,6 +170,8 @@ pub struct LimitSettings {
     pub max_streams_per_connection: u32,
     /// Open `WatchWeights` streams, all clients together (RESOURCE_EXHAUSTED beyond).
     pub max_watchers: usize,
+    /// Open `WatchWeights` streams per registered client id.
+    pub max_watchers_per_client: usize,
     /// Open `PushTrajectories` streams, all clients together.
     pub max_push_streams: usize,
     /// Open `PushTrajectories` streams per registered client id.
@@ -191,6 +193,7 @@ impl Default for LimitSettings {
             handshake_timeout_s: 10,
             max_streams_per_connection: 16,
             max_watchers: 128,
+            max_watchers_per_client: 2,
             max_push_streams: 128,
             max_push_streams_per_client: 2,
             idle_push_timeout_s: 300,
@@ -214,6 +217,10 @@ impl LimitSettings {
                 u64::from(self.max_streams_per_connection),
             ),
             ("limits.max_watchers", self.max_watchers as u64),
+            (
+                "limits.max_watchers_per_client",
+                self.max_watchers_per_client as u64,
+            ),
             ("limits.max_push_streams", self.max_push_streams as u64),
             (
                 "limits.max_push_streams_per_client",

@@ -37,8 +37,9 @@ pub(super) async fn idle_streams(
         ..IdleReport::default()
     };
     let s0 = probe.status(StatusRequest {}).await?.into_inner();
-    // Streams spread over connections of 8, as many clients would open them; each
-    // client registers once.
+    // Streams spread over connections of 8, as many clients would open them; a client
+    // id for every two streams (the per-client limits: a client that wants more streams
+    // registers again).
     let mut held_watch = Vec::new();
     let mut held_push = Vec::new();
     let mut keep_tx = Vec::new();
@@ -46,16 +47,19 @@ pub(super) async fn idle_streams(
     let total = cfg.idle_watchers + cfg.idle_pushes;
     for n in 0..total {
         if n % 8 == 0 {
-            let Ok(mut c) = LearnerClient::connect(url.clone()).await else {
-                clients.push(None);
-                continue;
-            };
-            let id = register(&mut c, &s0).await.unwrap_or(0);
-            clients.push(Some((c, id)));
+            clients.push(
+                LearnerClient::connect(url.clone())
+                    .await
+                    .ok()
+                    .map(|c| (c, 0)),
+            );
         }
         let Some(Some((c, id))) = clients.last_mut() else {
             continue;
         };
+        if n % 2 == 0 {
+            *id = register(c, &s0).await.unwrap_or(0);
+        }
         if n < cfg.idle_watchers {
             if let Ok(s) = c
                 .watch_weights(tagged(WatchRequest { have_version: 0 }, *id))

@@ -92,8 +92,12 @@ pub const VOCAB: usize = 40;
 
 /// A randomly initialised `tiny` policy over [`VOCAB`] ids, seeded, that embeds the
 /// [`Toy`] structure (so that every path the tests run a policy through computes
-/// structure features).
+/// structure features). libtorch's generator is global and tests run on parallel
+/// threads: seeding and drawing happen under one lock, so that the same seed gives the
+/// same weights whatever other tests do meanwhile.
 pub fn tiny(seed: i64) -> (tch::nn::VarStore, model::transformer::Transformer) {
+    static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let mut config = model::config::Preset::Tiny.config(VOCAB);
