@@ -227,10 +227,17 @@ where
     let weights = link.weights.subscribe();
     let rt = tokio::runtime::Handle::current();
     let stop = stop_rx.clone();
-    let computing = tokio::task::spawn_blocking(move || compute(weights, stop, rt));
+    let mut computing = tokio::task::spawn_blocking(move || compute(weights, stop, rt));
     let outcome = tokio::select! {
         r = maintain(&link, batches.as_mut(), stop_rx) => r,
         _ = common::shutdown::termination() => Ok(()),
+        // The compute thread ended by itself (an error, a panic): the client ends with
+        // it rather than stay registered and connected doing nothing.
+        c = &mut computing => {
+            let _ = stop_tx.send(true);
+            let computed = c.context("the compute thread died")?;
+            return computed.context("the compute thread stopped");
+        }
     };
     let _ = stop_tx.send(true);
     drop(batches);
@@ -266,6 +273,45 @@ mod tests {
             extra: serde_json::Value::Null,
         };
         serialize(&vs, None, stamp).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_ends_when_its_compute_thread_fails() {
+        // A learner that never answers (give_up_after_s = 0: the link alone would retry
+        // forever) and a compute thread that fails at once, or panics.
+        let link = || Link {
+            settings: common::settings::ClientSettings {
+                learner: "http://127.0.0.1:1".into(),
+                give_up_after_s: 0,
+                ..Default::default()
+            },
+            credentials: Credentials::new(&common::settings::AuthSettings::default()).unwrap(),
+            identity: Identity {
+                role: Role::Evaluator,
+                name: "test".into(),
+                model_config: Preset::Tiny.config(40),
+                vocab_hash: "v".into(),
+            },
+            weights: watch::channel(None).0,
+            credits: Arc::new(tokio::sync::Semaphore::new(CREDITS)),
+            finished: Arc::new(AtomicBool::new(false)),
+        };
+        let limit = std::time::Duration::from_secs(20);
+        let failed = tokio::time::timeout(
+            limit,
+            run_client(link(), None, |_, _, _| {
+                anyhow::bail!("the judge failed to load")
+            }),
+        )
+        .await
+        .expect("the client outlived its compute thread");
+        let e = format!("{:#}", failed.unwrap_err());
+        assert!(e.contains("the judge failed to load"), "{e}");
+        let panicked =
+            tokio::time::timeout(limit, run_client(link(), None, |_, _, _| panic!("a bug")))
+                .await
+                .expect("the client outlived its compute thread");
+        assert!(format!("{:#}", panicked.unwrap_err()).contains("died"));
     }
 
     #[test]

