@@ -1,11 +1,12 @@
 //! The learner role: the gRPC service ([`server`]) over its transport and token check
-//! ([`transport`], [`connections`]), trajectory validation ([`validate`]) and the queue
-//! to the trainer ([`queue`]), the distillation and policy-gradient losses ([`loss`]),
+//! ([`transport`], [`connections`]), trajectory intake (`intake`), validation
+//! ([`validate`]) and the queue to the trainer ([`queue`]), the distillation and policy-gradient losses ([`loss`]),
 //! the compute thread that trains, publishes and checkpoints ([`trainer`]), and the
 //! weight broadcast ([`broadcast`]).
 
 pub mod broadcast;
 pub mod connections;
+mod intake;
 pub mod loss;
 pub mod metrics;
 pub mod queue;

@@ -1,5 +1,5 @@
 //! The `Learner` gRPC service: registration with the compatibility check, trajectory
-//! intake (validation, then [`crate::queue`]), weight subscriptions (the streaming
+//! intake (`crate::intake`: validation, then [`crate::queue`]), weight subscriptions (the streaming
 //! itself is [`crate::broadcast`]), status, and the per-client stream limits. The
 //! transport, the bearer-token check and memory release are [`crate::transport`].
 
@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use qd_proto::learner_server::{Learner, LearnerServer};
 use qd_proto::{
@@ -17,16 +16,16 @@ use qd_proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use common::settings::LimitSettings;
 use model::config::ModelConfig;
 
 use crate::broadcast::{self, Publisher};
 use crate::metrics as m;
-use crate::queue::{Pair, Queue};
-use crate::validate::{validate, Rules};
+use crate::queue::Queue;
+use crate::validate::Rules;
 
 /// The service's state: the rules and limits it applies, the intake's end of the queue,
 /// what the trainer published, and the clients and streams it issued.
@@ -398,7 +397,7 @@ impl Learner for Service {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(status) = intake(&shared, actor_id, inbound, &tx).await {
+            if let Err(status) = crate::intake::intake(&shared, actor_id, inbound, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -465,110 +464,6 @@ impl Learner for Service {
             vocab_hash: s.vocab_hash.clone(),
             finished: s.publisher.is_finished(),
         }))
-    }
-}
-
-/// Reads one trajectory stream into the queue until it ends; the error is the status the
-/// stream ends with.
-async fn intake(
-    shared: &Shared,
-    actor_id: u64,
-    mut inbound: Streaming<TrajectoryBatch>,
-    tx: &mpsc::Sender<Result<PushAck, Status>>,
-) -> Result<(), Status> {
-    let idle = Duration::from_secs(shared.limits.idle_push_timeout_s);
-    let mut last_sequence = None;
-    loop {
-        let msg = match tokio::time::timeout(idle, inbound.next()).await {
-            Err(_) => {
-                refused("idle");
-                return Err(Status::deadline_exceeded(format!(
-                    "no batch for {} s (limits.idle_push_timeout_s)",
-                    idle.as_secs()
-                )));
-            }
-            Ok(None) => return Ok(()),
-            Ok(Some(m)) => m,
-        };
-        let batch = match msg {
-            Ok(b) => b,
-            Err(status) => return Err(undecodable(actor_id, status)),
-        };
-        let current = shared.publisher.version();
-        if let Err(r) = validate(&batch, &shared.rules, current, last_sequence) {
-            shared
-                .queue
-                .rejected(batch.trajectories.len().max(1) as u64, r.reason);
-            tracing::warn!(
-                actor_id,
-                reason = r.reason,
-                "rejected a batch: {}",
-                r.message
-            );
-            return Err(Status::invalid_argument(r.message));
-        }
-        last_sequence = Some(batch.sequence);
-        let pairs: Vec<Pair> = batch
-            .trajectories
-            .into_iter()
-            .map(|t| Pair {
-                prompt: t.prompt,
-                samples: t
-                    .samples
-                    .into_iter()
-                    .map(|s| (s.tokens, s.logprobs))
-                    .collect(),
-                reward: t.reward,
-                version: batch.version,
-            })
-            .collect();
-        // Waits while the queue is full: back-pressure to this stream only.
-        let accepted = shared
-            .queue
-            .push(pairs, batch.version, current, actor_id)
-            .await
-            .map_err(|_| Status::unavailable("the learner is shutting down"))?
-            as u32;
-        let ack = PushAck {
-            sequence: batch.sequence,
-            accepted,
-            queue_depth: shared.queue.counts().depth as u32,
-            learner_version: shared.publisher.version(),
-        };
-        if tx.send(Ok(ack)).await.is_err() {
-            return Ok(());
-        }
-    }
-}
-
-/// The status a trajectory stream ends with when a message cannot be read: a message
-/// over the size limit (OUT_OF_RANGE), one that would decode too large
-/// (RESOURCE_EXHAUSTED) or one that does not decode (INVALID_ARGUMENT) is the client's
-/// fault and said so (and counted); a connection that went away ends the stream quietly.
-fn undecodable(actor_id: u64, status: Status) -> Status {
-    let reason = match status.code() {
-        Code::OutOfRange | Code::ResourceExhausted => "oversize",
-        Code::Internal => "malformed",
-        _ => {
-            tracing::debug!(actor_id, %status, "trajectory stream ended");
-            return status;
-        }
-    };
-    metrics::counter!(m::DROPPED, "reason" => reason).increment(1);
-    tracing::warn!(
-        actor_id,
-        reason,
-        "refused an unreadable message: {}",
-        status.message()
-    );
-    match status.code() {
-        Code::Internal => {
-            Status::invalid_argument(format!("unreadable TrajectoryBatch: {}", status.message()))
-        }
-        code => Status::new(
-            code,
-            format!("refused a TrajectoryBatch: {}", status.message()),
-        ),
     }
 }
 

@@ -18,7 +18,7 @@ use qd_proto::learner_client::LearnerClient;
 use qd_proto::{RegisterRequest, Role, Sample, Trajectory, TrajectoryBatch};
 
 use super::cluster::*;
-use super::malformed::RawCodec;
+use super::malformed::push_raw;
 use super::*;
 
 /// What was sent and what the learner's memory did.
@@ -63,21 +63,9 @@ async fn peak_during<F: std::future::Future>(pid: u32, work: F) -> (F::Output, f
 /// Sends `bytes` as one message on a new trajectory stream of client `id`; the code
 /// it is answered with.
 async fn send(channel: tonic::transport::Channel, id: u64, bytes: Vec<u8>) -> tonic::Code {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    if grpc.ready().await.is_err() {
-        return tonic::Code::Unavailable;
-    }
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/qd.v1.Learner/PushTrajectories");
-    match grpc
-        .streaming(tagged(tokio_stream::iter(vec![bytes]), id), path, RawCodec)
-        .await
-    {
+    match push_raw(channel, id, bytes).await {
+        Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
-        Ok(r) => match r.into_inner().message().await {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        },
     }
 }
 

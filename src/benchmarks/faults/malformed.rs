@@ -199,7 +199,7 @@ pub(super) async fn malformed(
     Ok(r)
 }
 
-/// Random bytes as one message on a `PushTrajectories` stream.
+/// Random bytes as one message on a `PushTrajectories` stream of a new connection.
 pub(super) async fn push_bytes(
     addr: SocketAddr,
     id: u64,
@@ -211,6 +211,16 @@ pub(super) async fn push_bytes(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    push_raw(channel, id, bytes).await
+}
+
+/// `bytes` as one message on a new `PushTrajectories` stream of client `id`: whether
+/// it was acknowledged, or the status it was answered with.
+pub(super) async fn push_raw(
+    channel: tonic::transport::Channel,
+    id: u64,
+    bytes: Vec<u8>,
+) -> Result<bool, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
