@@ -21,12 +21,19 @@ build:
 	$(CARGO) build --release --locked
 
 ## install: `qd` on the PATH: a link in $(BINDIR) (default ~/.local/bin) to this build
-## (the binary finds libtorch in the project's venv, so the checkout stays where it is)
+## (the binary finds libtorch in the project's venv, so the checkout stays where it is),
+## its manual pages in $(MANDIR) and bash's and zsh's completions under $(DATADIR)
 BINDIR ?= $(HOME)/.local/bin
+DATADIR ?= $(HOME)/.local/share
+MANDIR ?= $(DATADIR)/man/man1
 install: setup
-	@mkdir -p $(BINDIR)
+	@mkdir -p $(BINDIR) $(DATADIR)/bash-completion/completions $(DATADIR)/zsh/site-functions
 	@ln -sf $(CURDIR)/$(QD) $(BINDIR)/qd
 	@echo "qd → $(BINDIR)/qd"
+	@$(QD) man --out $(MANDIR)
+	@$(QD) completions bash > $(DATADIR)/bash-completion/completions/qd
+	@$(QD) completions zsh > $(DATADIR)/zsh/site-functions/_qd
+	@echo "completions: $(DATADIR)/bash-completion/completions/qd, $(DATADIR)/zsh/site-functions/_qd (add the folder to fpath); man qd"
 	@case ":$$PATH:" in *":$(BINDIR):"*) ;; \
 	  *) echo "$(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"";; esac
 
@@ -87,7 +94,7 @@ demo: install
 ## paper: the final word, on the test split, once the knobs are chosen: the same sweep on
 ## $(PAPER_PROMPTS) test prompts (runs/sweep/), copied to docs/figures/; then the
 ## side-by-side test (`qd compare`) of the merged model LERP(β = 0, the largest β,
-## λ = 0.5) against the teacher (runs/sweep/compare.txt). Every step is cached but the
+## λ = 0.5) of each seed against the teacher (runs/sweep/compare-seed-N.txt). Every step is cached but the
 ## comparison: trained models and finished runs are kept, and a sweep evaluates only the
 ## points whose inputs changed.
 BETAS := 0 1 2 4
@@ -118,13 +125,15 @@ paper-dev: paper-runs
 
 paper: paper-runs
 	$(QD) sweep --runs $(PAPER_RUNS) $(PAPER_SWEEP) --split test --out runs/sweep
-	$(QD) merge runs/rl/beta-0-seed-0/student.safetensors runs/rl/beta-$(lastword $(BETAS))-seed-0/student.safetensors \
-	  --lambda 0.5 --out runs/merged/paper-lerp.safetensors
-	$(QD) compare runs/merged/paper-lerp.safetensors $(BASE)@$(TEACHER) --prompts $(PAPER_PROMPTS) \
-	  --no-progress | tee runs/sweep/compare.txt
+	@for s in $(SEEDS); do \
+	  $(QD) merge runs/rl/beta-0-seed-$$s/student.safetensors runs/rl/beta-$(lastword $(BETAS))-seed-$$s/student.safetensors \
+	    --lambda 0.5 --out runs/merged/paper-lerp-seed-$$s.safetensors || exit 1; \
+	  $(QD) compare runs/merged/paper-lerp-seed-$$s.safetensors $(BASE)@$(TEACHER) --prompts $(PAPER_PROMPTS) \
+	    --no-progress | tee runs/sweep/compare-seed-$$s.txt || exit 1; \
+	done
 	@mkdir -p docs/figures
 	cp runs/sweep/{front,lerp,training}.{png,svg} runs/sweep/sweep.csv runs/sweep/summary.md \
-	  runs/sweep/compare.txt docs/figures/
+	  runs/sweep/compare-seed-*.txt docs/figures/
 	@echo "figures and tables: docs/figures/summary.md"
 
 ## curve: pre-training's learning curve with and without the metrical position, and with

@@ -12,7 +12,7 @@
 //! - here: the logging set-up and the dispatch of each command to its function.
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use common::telemetry::init_logging;
 
 use cli::{BenchCommand, Cli, Command, DataCommand, EmbedderCommand, JudgeCommand};
@@ -62,5 +62,10 @@ fn main() -> Result<()> {
         Command::Health(a) => service::health(&a),
         Command::Tls(c) => service::tls(c),
         Command::Info { json } => commands::info(json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "qd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => commands::man(&out),
     }
 }

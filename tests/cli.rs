@@ -29,6 +29,52 @@ fn runs_without_ld_library_path() {
     assert!(v["threads"].as_i64().unwrap() >= 1);
 }
 
+/// What `make install` installs beside the binary: completions that know the commands
+/// and their flags, a manual page per command, and the configuration reference.
+#[test]
+fn completions_manual_pages_and_the_configuration_reference() {
+    let bash = qd(&["completions", "bash"]);
+    assert!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let script = stdout(&bash);
+    for word in ["sweep", "learner", "--prompts", "--reference"] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    assert!(!qd(&["completions", "tcsh"]).status.success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = qd(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(
+        man.status.success(),
+        "{}",
+        String::from_utf8_lossy(&man.stderr)
+    );
+    for page in ["qd.1", "qd-run.1", "qd-bench-learner.1", "qd-config.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text:.80}"
+        );
+    }
+    let config = std::fs::read_to_string(dir.path().join("qd-config.1")).unwrap();
+    assert!(
+        config.contains("reference"),
+        "qd-config.1 lacks --reference"
+    );
+
+    let reference = qd(&["config", "--reference"]);
+    assert!(reference.status.success());
+    let text = stdout(&reference);
+    assert!(text.contains("## `[limits]`") && text.contains("| `handshake_timeout_s` |"));
+    // The reference describes the built-in defaults: a file or --set does not change it.
+    assert!(!qd(&["config", "--reference", "--set", "learner.beta=2"])
+        .status
+        .success());
+}
+
 /// `make gpu-check` where there is no GPU stops at its first step, saying why.
 #[test]
 fn gpu_check_without_a_gpu_says_so() {

@@ -32,7 +32,17 @@ pub struct SamplingConfig {
 }
 
 /// Which choices classifier-free guidance re-weighs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CfgScope {
     /// Every id: the standard formula.

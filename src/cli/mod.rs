@@ -86,8 +86,9 @@ pub enum Command {
     /// default): stops them all on Ctrl-C or when the learner reaches its step budget.
     Run(ServiceArgs),
     /// Print the effective configuration (defaults ← --config ← QD__… ← --set) as JSON,
-    /// or the error naming the key that is wrong.
-    Config(ServiceArgs),
+    /// or the error naming the key that is wrong; `--reference`: every key's type, unit,
+    /// default and meaning as markdown (docs/configuration.md).
+    Config(ConfigArgs),
     /// Merge policy checkpoints: LERP of two (`--lambda`) or the uniform average of all
     /// (`--average`). The output is an ordinary checkpoint.
     Merge(MergeArgs),
@@ -122,6 +123,18 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell's completion script for qd (`make install` installs bash's and
+    /// zsh's), e.g. `qd completions bash > ~/.local/share/bash-completion/completions/qd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write qd's manual pages (qd.1 and one per command, qd-run.1 …) into a folder.
+    Man {
+        /// The folder (created if missing), e.g. ~/.local/share/man/man1.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -562,6 +575,16 @@ pub struct ServiceArgs {
     /// `run_dir/endpoints.json`).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Print the configuration reference instead: every key of every section with its
+    /// type, unit, built-in default and meaning, as markdown.
+    #[arg(long, conflicts_with_all = ["config", "set"])]
+    pub reference: bool,
 }
 
 impl ServiceArgs {

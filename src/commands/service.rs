@@ -10,7 +10,7 @@ use common::telemetry::init_logging;
 use folk::FolkTask;
 use model::task::Task;
 
-use crate::cli::{HealthArgs, LogFormat, ServiceArgs, TlsCommand};
+use crate::cli::{ConfigArgs, HealthArgs, LogFormat, ServiceArgs, TlsCommand};
 
 pub fn learner(args: &ServiceArgs, flag: Option<LogFormat>) -> Result<()> {
     service(args, flag, |s, f| {
@@ -45,8 +45,12 @@ pub fn run(args: &ServiceArgs, flag: Option<LogFormat>) -> Result<()> {
 }
 
 /// `qd config`: the effective configuration as JSON.
-pub fn config(args: &ServiceArgs) -> Result<()> {
-    let settings = args.settings()?;
+pub fn config(args: &ConfigArgs) -> Result<()> {
+    if args.reference {
+        print!("{}", common::settings::reference());
+        return Ok(());
+    }
+    let settings = args.service.settings()?;
     println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
     Ok(())
 }

@@ -1,22 +1,26 @@
 //! `[actor]` and `[evaluator]`: the clients' settings, their defaults and their checks.
 
 use model::task::Split;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Checks;
 
 /// `qd actor`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActorSettings {
     /// Prompts per rollout (two samples each).
     pub batch_prompts: usize,
+    /// The longest sample, in tokens (a sample ends earlier at the end-of-tune token).
     pub max_new_tokens: usize,
     /// Prometheus `/metrics` address ("" to disable).
     pub metrics_listen: String,
     /// Shown in the learner's logs (default: host name and process id).
     pub name: String,
+    /// libtorch threads (0: all cores).
     pub threads: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Seeds prompt order and sampling, mixed with the actor's name (replicas of one
     /// config roll out different data).
@@ -44,7 +48,7 @@ impl Default for ActorSettings {
 }
 
 /// `qd evaluator`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvaluatorSettings {
     /// Evaluate a version when it is at least this many past the last one evaluated.
@@ -57,6 +61,7 @@ pub struct EvaluatorSettings {
     pub prompts: usize,
     /// Samples per prompt (at least 2).
     pub samples_per_prompt: usize,
+    /// The longest sample, in tokens.
     pub max_new_tokens: usize,
     /// Prometheus `/metrics` address ("" to disable).
     pub metrics_listen: String,
@@ -64,8 +69,11 @@ pub struct EvaluatorSettings {
     /// compose gives the evaluator a volume of its own, so that it writes nothing the
     /// learner reads.
     pub results_dir: String,
+    /// libtorch threads (0: all cores).
     pub threads: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Seeds the held-out prompts drawn and the sampling (the same at every version).
     pub seed: u64,
 }
 

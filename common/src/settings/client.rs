@@ -2,18 +2,20 @@
 //! the learner lets them make it hold — the settings, their defaults and their checks.
 
 use anyhow::{Context, Result};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Checks;
 
 /// How actors and evaluators reach the learner.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSettings {
     /// The learner's gRPC endpoint.
     pub learner: String,
     /// First reconnection delay; doubles up to `backoff_max_ms`, with jitter.
     pub backoff_initial_ms: u64,
+    /// The longest reconnection delay.
     pub backoff_max_ms: u64,
     /// Timeout of one connection attempt.
     pub connect_timeout_ms: u64,
@@ -61,7 +63,7 @@ impl ClientSettings {
     }
 }
 /// Optional bearer-token authentication of every RPC, and optional TLS.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// The shared token ("" disables authentication): at least 16 bytes, e.g.
@@ -89,8 +91,9 @@ pub struct AuthSettings {
     /// Mutual TLS (learner): the CA (PEM) every client's certificate must chain to; a
     /// client without one is refused in the handshake. Needs `tls_cert`.
     pub tls_client_ca: String,
-    /// Mutual TLS (clients): the certificate chain (PEM) they present, and its key.
+    /// Mutual TLS (clients): the certificate chain (PEM) they present.
     pub tls_client_cert: String,
+    /// Mutual TLS (clients): the private key (PEM) of `tls_client_cert`.
     pub tls_client_key: String,
 }
 
@@ -155,7 +158,7 @@ impl AuthSettings {
 /// What the learner lets its clients make it hold: connections, streams, time. Every
 /// client is treated as possibly hostile; an honest actor uses one connection with one
 /// weight stream and one trajectory stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
     /// Open TCP connections; further ones are closed at once, unless a connection that

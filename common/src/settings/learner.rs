@@ -1,12 +1,13 @@
 //! `[learner]`: the learner's settings, their defaults and their checks.
 
 use model::sampling::CfgScope;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Checks;
 
 /// The divergence between student and CFG teacher in the distillation term.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Divergence {
     /// `KL(π_θ ‖ π_cfg)` (mode seeking).
@@ -18,7 +19,7 @@ pub enum Divergence {
 }
 
 /// The baseline subtracted from the diversity reward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Baseline {
     None,
@@ -27,7 +28,7 @@ pub enum Baseline {
 }
 
 /// What gradient clipping bounds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GradClip {
     /// The whole gradient's global norm: when the policy-gradient term's gradient is the
@@ -41,7 +42,7 @@ pub enum GradClip {
 }
 
 /// `qd learner`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerSettings {
     /// gRPC address to serve on (port 0: any free port, written to the endpoints file).
@@ -71,11 +72,16 @@ pub struct LearnerSettings {
     pub divergence: Divergence,
     /// Student weight in the JSD mixture.
     pub jsd_alpha: f64,
+    /// The baseline subtracted from the diversity reward: `batch_mean` (the batch's mean
+    /// reward), `ema` (a running mean, `ema_decay`) or `none`.
     pub baseline: Baseline,
     /// Decay of the EMA baseline.
     pub ema_decay: f64,
+    /// AdamW's learning rate (after the warm-up; constant).
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up from 0.
     pub warmup_steps: u64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
     /// The largest global gradient norm (see `grad_clip_scope`).
     pub grad_clip: f64,
@@ -111,6 +117,8 @@ pub struct LearnerSettings {
     pub threads: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Seeds libtorch's generator when a run starts (a resumed run seeds it from its
+    /// checkpoint's seed and step).
     pub seed: u64,
 }
 

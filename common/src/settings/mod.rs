@@ -11,12 +11,14 @@
 mod actor;
 mod client;
 mod learner;
+mod reference;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use actor::{ActorSettings, EvaluatorSettings};
@@ -24,9 +26,10 @@ pub use client::{
     AuthSettings, ClientSettings, LimitSettings, MIN_TOKEN_BYTES, PLACEHOLDER_TOKENS,
 };
 pub use learner::{Baseline, Divergence, GradClip, LearnerSettings};
+pub use reference::reference;
 
 /// Every setting of every role.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub paths: Paths,
@@ -41,7 +44,7 @@ pub struct Settings {
 }
 
 /// Where the inputs and outputs live.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Paths {
     /// The prepared dataset (`qd data prepare`).
@@ -78,9 +81,10 @@ impl Default for Paths {
 }
 
 /// `qd run`: every role as local processes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSettings {
+    /// Actor processes to start.
     pub actors: usize,
     /// Start the evaluator too.
     pub evaluator: bool,
@@ -96,7 +100,7 @@ impl Default for RunSettings {
 }
 
 /// Log output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `text` or `json`.
@@ -114,7 +118,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
