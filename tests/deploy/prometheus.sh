@@ -187,11 +187,21 @@ for p in dash["panels"]:
     for t in p.get("targets", []):
         if "qd_" in t["expr"] and 'run=~"$run"' not in t["expr"]:
             bad.append(f"panel {p['title']!r}: {t['expr']} does not select the run variable")
+    if not p.get("targets"):
+        bad.append(f"panel {p['title']!r}: no queries")
+    # Every panel says its unit; a rate is drawn per second, not as a bare number.
+    unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+    if not unit:
+        bad.append(f"panel {p['title']!r}: no unit")
+    rates = [t["expr"] for t in p.get("targets", [])
+             if t["expr"].startswith(("rate(", "sum by", "sum(")) and "rate(" in t["expr"]
+             and "_sum" not in t["expr"] and "histogram_quantile" not in t["expr"]]
+    per_second = unit and (unit.endswith("/s") or unit in ("ops", "reqps", "percentunit", "Bps", "binBps"))
+    if rates and not per_second and p["type"] != "heatmap":
+        bad.append(f"panel {p['title']!r}: rates ({rates[0]}) in unit {unit!r}, not per second")
 names = {v["name"] for v in dash.get("templating", {}).get("list", [])}
 if names != {"datasource", "run"}:
     bad.append(f"dashboard variables {sorted(names)}, expected datasource and run")
-    if not p.get("targets"):
-        bad.append(f"panel {p['title']!r}: no queries")
 ids = [p["id"] for p in dash["panels"]]
 if len(ids) != len(set(ids)):
     bad.append("panel ids repeat")
