@@ -2,7 +2,8 @@
 //! once into an immutable buffer ([`Published`]) shared by every subscriber, and each
 //! `WatchWeights` stream sends it in chunks with the blob's CRC32. A subscriber that is
 //! slower than the learner skips to the newest version; it never blocks the learner or
-//! another subscriber. The actor side reassembles the chunks (`actor::broadcast`).
+//! another subscriber, and one that takes no chunk for a while is dropped. The actor side
+//! reassembles the chunks (`actor::broadcast`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ impl Published {
     }
 
     /// The chunks of this version, `chunk` bytes each (one empty chunk for an empty blob).
+    /// Each holds a copy of its bytes, not a slice of the blob: a chunk waiting for a
+    /// subscriber that does not read keeps `chunk` bytes alive, not the whole version.
     pub fn chunks(&self, chunk: usize) -> impl Iterator<Item = WeightChunk> + '_ {
         let total = self.blob.len();
         let starts = (0..total.max(1)).step_by(chunk.max(1));
@@ -46,7 +49,7 @@ impl Published {
             offset: offset as u64,
             total_len: total as u64,
             checksum: self.checksum.clone(),
-            data: self.blob.slice(offset..(offset + chunk.max(1)).min(total)),
+            data: Bytes::copy_from_slice(&self.blob[offset..(offset + chunk.max(1)).min(total)]),
         })
     }
 }
@@ -136,13 +139,16 @@ pub struct Endings {
 }
 
 /// Streams every version published from now on (and the current one, unless it is
-/// `have`) in chunks of `chunk` bytes, until the subscriber leaves or one of `endings`
-/// comes. `guard` lives as long as the stream.
+/// `have`) in chunks of `chunk` bytes, until the subscriber leaves, one of `endings`
+/// comes, or the subscriber takes no chunk for `send_timeout` (it is then dropped: it
+/// holds neither the version it stalled on nor its slot of `limits.max_watchers`, and
+/// it reconnects if it is alive). `guard` lives as long as the stream.
 pub fn stream<G: Send + 'static>(
     mut published: watch::Receiver<Option<Arc<Published>>>,
     mut endings: Endings,
     mut have: u64,
     chunk: usize,
+    send_timeout: std::time::Duration,
     guard: G,
 ) -> ReceiverStream<Result<WeightChunk, Status>> {
     let (tx, rx) = mpsc::channel::<Result<WeightChunk, Status>>(2);
@@ -153,8 +159,18 @@ pub fn stream<G: Send + 'static>(
             if let Some(p) = current.filter(|p| p.version != have) {
                 for msg in p.chunks(chunk) {
                     // A slow subscriber waits here alone; the learner never does.
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
+                    match tokio::time::timeout(send_timeout, tx.send(Ok(msg))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            metrics::counter!(m::STREAMS_REFUSED, "reason" => "stalled_watcher")
+                                .increment(1);
+                            tracing::warn!(
+                                version = p.version,
+                                "a weight subscriber took no chunk for {send_timeout:?}: dropped"
+                            );
+                            return;
+                        }
                     }
                 }
                 have = p.version;
@@ -186,6 +202,9 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::{stream, Endings, Published};
+
+    /// How long the tests' subscribers may take over a chunk (they read at once).
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// The learner's `finished` and `closing` flags, and the endings a stream watches.
     fn endings() -> (watch::Sender<bool>, watch::Sender<bool>, Endings) {
@@ -220,14 +239,53 @@ mod tests {
             .flatten()
     }
 
+    /// A subscriber that reads nothing is dropped after the send timeout: the version it
+    /// stalled on is no longer held by its stream (the chunks still queued are copies of
+    /// a chunk each), and the guard (its slot of `limits.max_watchers`) is released.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_stops_reading_is_dropped_and_pins_no_version() {
+        let (_f, _c, endings) = endings();
+        let first = Arc::new(Published::new(1, 10, vec![9; 64]));
+        let published = watch::channel(Some(first.clone())).0;
+        let guard = Arc::new(());
+        // Chunks of 4 bytes: 16 of them, more than the stream's queue holds.
+        let stalled = stream(published.subscribe(), endings, 0, 4, WAIT, guard.clone());
+        tokio::time::sleep(WAIT / 2).await;
+        assert_eq!(
+            Arc::strong_count(&first),
+            3,
+            "the stream holds the version while it waits"
+        );
+        assert_eq!(Arc::strong_count(&guard), 2);
+        tokio::time::sleep(WAIT).await;
+        assert_eq!(
+            Arc::strong_count(&first),
+            2,
+            "only the publisher and this test hold it"
+        );
+        assert_eq!(
+            Arc::strong_count(&guard),
+            1,
+            "the watcher's slot is released"
+        );
+        // What it had queued is a copy of two chunks, 4 bytes each, then the end.
+        let mut stalled = stalled;
+        let mut queued = 0;
+        while let Some(c) = stalled.next().await {
+            assert_eq!(c.expect("a chunk").data.len(), 4);
+            queued += 1;
+        }
+        assert_eq!(queued, 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_gets_the_current_version_unless_it_has_it_then_each_new_one() {
         let (published, _) = watch::channel(Some(Arc::new(Published::new(2, 20, vec![1, 2, 3]))));
         let (_finished, closing, endings) = endings();
         // Holding version 2 already: nothing until version 3.
-        let mut up_to_date = stream(published.subscribe(), endings.clone(), 2, 2, ());
+        let mut up_to_date = stream(published.subscribe(), endings.clone(), 2, 2, WAIT, ());
         // Holding nothing: version 2 at once.
-        let mut fresh = stream(published.subscribe(), endings, 0, 2, ());
+        let mut fresh = stream(published.subscribe(), endings, 0, 2, WAIT, ());
         assert_eq!(next_version(&mut fresh).await, Some((2, vec![1, 2, 3])));
         published.send_replace(Some(Arc::new(Published::new(3, 30, vec![4, 5, 6, 7, 8]))));
         assert_eq!(
@@ -255,7 +313,7 @@ mod tests {
     async fn a_finished_run_ends_each_stream_after_the_final_version() {
         let (published, _) = watch::channel(Some(Arc::new(Published::new(5, 50, vec![9; 5]))));
         let (finished, _closing, endings) = endings();
-        let mut watching = stream(published.subscribe(), endings.clone(), 5, 2, ());
+        let mut watching = stream(published.subscribe(), endings.clone(), 5, 2, WAIT, ());
         published.send_replace(Some(Arc::new(Published::new(6, 60, vec![7; 3]))));
         finished.send_replace(true);
         assert_eq!(next_version(&mut watching).await, Some((6, vec![7; 3])));
@@ -265,14 +323,14 @@ mod tests {
             "the stream did not end cleanly: {end:?}"
         );
         // A subscriber arriving after the end: the final version, then the end.
-        let mut late = stream(published.subscribe(), endings.clone(), 0, 2, ());
+        let mut late = stream(published.subscribe(), endings.clone(), 0, 2, WAIT, ());
         assert_eq!(next_version(&mut late).await, Some((6, vec![7; 3])));
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), late.next()).await;
         assert!(
             matches!(end, Ok(None)),
             "the late stream did not end cleanly: {end:?}"
         );
-        let mut has_it = stream(published.subscribe(), endings, 6, 2, ());
+        let mut has_it = stream(published.subscribe(), endings, 6, 2, WAIT, ());
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), has_it.next()).await;
         assert!(
             matches!(end, Ok(None)),

@@ -443,7 +443,15 @@ impl Learner for Service {
             stream,
         };
         let (published, endings) = shared.publisher.subscribe();
-        let rx = broadcast::stream(published, endings, have, shared.chunk_bytes, guard);
+        let send_timeout = std::time::Duration::from_secs(shared.limits.request_timeout_s);
+        let rx = broadcast::stream(
+            published,
+            endings,
+            have,
+            shared.chunk_bytes,
+            send_timeout,
+            guard,
+        );
         Ok(Response::new(Box::pin(rx)))
     }
 
