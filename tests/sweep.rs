@@ -402,6 +402,21 @@ fn sweep_families_cache_and_figures() {
         first.contains("The diversity reward against its baselines"),
         "{first}"
     );
+    // Its table has one column per baseline and one row per arm.
+    let md = std::fs::read_to_string(Path::new(&out).join("summary.md")).unwrap();
+    let header = md
+        .lines()
+        .find(|l| l.starts_with("| arm | quality | diversity |"))
+        .unwrap();
+    assert_eq!(header.matches('|').count() - 1, 3 + 5, "{header}");
+    let arms = md
+        .lines()
+        .filter(|l| {
+            l.starts_with("| β = 50 |") || l.starts_with("| LERP β = 0 → diverse, λ = 0.25 |")
+        })
+        .filter(|l| l.matches('|').count() - 1 == 3 + 5)
+        .count();
+    assert_eq!(arms, 2, "{md}");
 
     // Nothing changed: nothing is evaluated, and the table is the same. With --json the
     // report is summary.json's object plus the tables written.

@@ -266,8 +266,13 @@ impl Summary {
     /// baseline's at the arm's diversity, and the fronts over the range both cover.
     fn baselines_markdown(&self) -> String {
         let mut s = String::new();
-        let mut against: Vec<Family> = self.baseline_gains.iter().map(|g| g.against).collect();
-        against.dedup();
+        // Each baseline once, in the order of the first arm's (the gains run arm by arm).
+        let mut against: Vec<Family> = Vec::new();
+        for g in &self.baseline_gains {
+            if !against.contains(&g.against) {
+                against.push(g.against);
+            }
+        }
         let _ = writeln!(
             s,
             "\nThe diversity reward against its baselines: each arm's quality minus the \
