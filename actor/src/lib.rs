@@ -184,6 +184,7 @@ impl Setup {
             weights: watch::channel(None).0,
             credits: Arc::new(tokio::sync::Semaphore::new(CREDITS)),
             finished: Arc::new(AtomicBool::new(false)),
+            sent: Default::default(),
         })
     }
 }
@@ -241,6 +242,16 @@ where
     };
     let _ = stop_tx.send(true);
     drop(batches);
+    if link.identity.role == Role::Actor {
+        let [sent, acknowledged, declined, unacknowledged] = link.sent.counts();
+        tracing::info!(
+            sent,
+            acknowledged,
+            declined,
+            unacknowledged,
+            "trajectories: sent = acknowledged + declined + unacknowledged"
+        );
+    }
     let computed = computing.await.context("the compute thread died")?;
     outcome.and(computed)
 }
@@ -295,6 +306,7 @@ mod tests {
             weights: watch::channel(None).0,
             credits: Arc::new(tokio::sync::Semaphore::new(CREDITS)),
             finished: Arc::new(AtomicBool::new(false)),
+            sent: Default::default(),
         };
         let limit = std::time::Duration::from_secs(20);
         let failed = tokio::time::timeout(

@@ -1,10 +1,13 @@
 //! A client's link to the learner: one connection at a time (register, stream the
 //! weights in, send the trajectory batches out and count their acknowledgements), kept
 //! up with back-off until the run finishes, the learner refuses the client or the client
-//! stops.
+//! stops. Every trajectory sent is accounted for ([`Sent`]): the learner acknowledged
+//! it queued or declined, or its batch went unacknowledged (lost with a connection).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use qd_proto::{PushAck, Role, TrajectoryBatch, WatchRequest};
@@ -38,7 +41,93 @@ pub struct Link {
     /// Set when the learner has said the run finished (before the compute thread is
     /// told to stop): `weights` then holds the final version.
     pub finished: Arc<AtomicBool>,
+    /// What this client sent, as the learner answered it.
+    pub sent: Sent,
 }
+
+/// The trajectories a client sent: `trajectories = acknowledged + declined +
+/// unacknowledged` once no batch is in flight.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub trajectories: AtomicU64,
+    /// Queued by the learner: the sum of its acknowledgements.
+    pub acknowledged: AtomicU64,
+    /// Acknowledged but not queued (too stale, or sent before).
+    pub declined: AtomicU64,
+    /// In batches the learner never acknowledged: lost with a connection, or in a batch
+    /// it refused (which ends the stream).
+    pub unacknowledged: AtomicU64,
+}
+
+impl Sent {
+    /// `[trajectories, acknowledged, declined, unacknowledged]`.
+    pub fn counts(&self) -> [u64; 4] {
+        [
+            &self.trajectories,
+            &self.acknowledged,
+            &self.declined,
+            &self.unacknowledged,
+        ]
+        .map(|c| c.load(Ordering::SeqCst))
+    }
+}
+
+/// The batches of one trajectory stream awaiting their acknowledgement, oldest first (the
+/// learner answers in order): `(sequence, trajectories)`. What is left when the stream
+/// ends is counted unacknowledged, and its credits given back.
+struct InFlight<'a> {
+    link: &'a Link,
+    batches: VecDeque<(u64, u64)>,
+}
+
+impl InFlight<'_> {
+    fn sent(&mut self, sequence: u64, n: u64) {
+        self.batches.push_back((sequence, n));
+        self.link.sent.trajectories.fetch_add(n, Ordering::SeqCst);
+        ::metrics::counter!(m::TRAJECTORIES_SENT).increment(n);
+        ::metrics::counter!(m::BATCHES_SENT).increment(1);
+    }
+
+    fn acknowledged(&mut self, ack: &PushAck) -> Result<(), Status> {
+        let Some(&(sequence, n)) = self.batches.front() else {
+            return Err(Status::internal(format!(
+                "the learner acknowledged batch {} that was not sent",
+                ack.sequence
+            )));
+        };
+        let queued = u64::from(ack.accepted);
+        if ack.sequence != sequence || queued > n {
+            return Err(Status::internal(format!(
+                "the learner acknowledged {queued} trajectories of batch {}, expected batch {sequence} of {n}",
+                ack.sequence
+            )));
+        }
+        self.batches.pop_front();
+        let sent = &self.link.sent;
+        sent.acknowledged.fetch_add(queued, Ordering::SeqCst);
+        sent.declined.fetch_add(n - queued, Ordering::SeqCst);
+        ::metrics::counter!(m::TRAJECTORIES_ACKNOWLEDGED).increment(queued);
+        ::metrics::counter!(m::TRAJECTORIES_DECLINED).increment(n - queued);
+        self.link.credits.add_permits(1);
+        Ok(())
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let lost: u64 = self.batches.iter().map(|&(_, n)| n).sum();
+        self.link
+            .sent
+            .unacknowledged
+            .fetch_add(lost, Ordering::SeqCst);
+        ::metrics::counter!(m::TRAJECTORIES_UNACKNOWLEDGED).increment(lost);
+        self.link.credits.add_permits(self.batches.len());
+    }
+}
+
+/// How long a client waits, once the run has finished, for the acknowledgements of the
+/// batches it has in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps a connection to the learner until `stop` or the end of the run (then it sets
 /// `link.finished`): registers, streams weights into `link.weights`, and (for actors)
@@ -125,14 +214,16 @@ async fn session(
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
 ) -> Ended {
-    let mut in_flight = 0;
-    let ended = match session_inner(link, &mut batches, pending, backoff, &mut in_flight).await {
+    // Batches sent but never acknowledged are lost with the connection (`InFlight`
+    // counts them when it is dropped).
+    let mut in_flight = InFlight {
+        link,
+        batches: VecDeque::new(),
+    };
+    match session_inner(link, &mut batches, pending, backoff, &mut in_flight).await {
         Ok(version) => Ended::Finished { version },
         Err(s) => Ended::Lost(s),
-    };
-    // Batches sent but never acknowledged are lost with the connection.
-    link.credits.add_permits(in_flight);
-    ended
+    }
 }
 
 /// One connection; `Ok(final version)` when the learner says the run has finished.
@@ -141,7 +232,7 @@ async fn session_inner(
     batches: &mut Option<&mut mpsc::Receiver<TrajectoryBatch>>,
     pending: &mut Option<TrajectoryBatch>,
     backoff: &mut Backoff,
-    in_flight: &mut usize,
+    in_flight: &mut InFlight<'_>,
 ) -> Result<u64, Status> {
     let mut client = connect(&link.settings, &link.credentials).await?;
     let reg = link.identity.register(&mut client).await?;
@@ -188,16 +279,15 @@ async fn session_inner(
                 ::metrics::counter!(m::BATCHES_DROPPED, "reason" => "version_ahead").increment(1);
                 link.credits.add_permits(1);
             } else {
-                b.sequence = sequence;
+                let this = sequence;
+                b.sequence = this;
                 sequence += 1;
                 let n = b.trajectories.len() as u64;
                 out_tx
                     .send(b)
                     .await
                     .map_err(|_| Status::unavailable("trajectory stream closed"))?;
-                *in_flight += 1;
-                ::metrics::counter!(m::TRAJECTORIES_SENT).increment(n);
-                ::metrics::counter!(m::BATCHES_SENT).increment(1);
+                in_flight.sent(this, n);
             }
         }
         tokio::select! {
@@ -208,6 +298,8 @@ async fn session_inner(
                     let status = link.identity.tag(Request::new(qd_proto::StatusRequest {}), id);
                     let s = client.status(status).await?.into_inner();
                     if s.finished {
+                        drop(out_tx);
+                        drain(&mut acks, in_flight).await;
                         return Ok(s.version);
                     }
                     return Err(Status::unavailable("the learner ended the weight stream"));
@@ -222,10 +314,7 @@ async fn session_inner(
             }
             a = next_ack(&mut acks) => {
                 let a = a?.ok_or_else(|| Status::unavailable("the learner ended the trajectory stream"))?;
-                if *in_flight > 0 {
-                    *in_flight -= 1;
-                    link.credits.add_permits(1);
-                }
+                in_flight.acknowledged(&a)?;
                 known_version = known_version.max(a.learner_version);
                 ::metrics::gauge!(m::LEARNER_QUEUE_DEPTH).set(f64::from(a.queue_depth));
             }
@@ -234,4 +323,23 @@ async fn session_inner(
             }
         }
     }
+}
+
+/// The run has finished: reads the acknowledgements of the batches still in flight (the
+/// outbound stream is closed, so the learner ends the stream after them), for at most
+/// [`DRAIN_TIMEOUT`]; what is left counts as unacknowledged.
+async fn drain(acks: &mut Option<Streaming<PushAck>>, in_flight: &mut InFlight<'_>) {
+    let reading = async {
+        while !in_flight.batches.is_empty() {
+            match next_ack(acks).await {
+                Ok(Some(a)) => {
+                    if in_flight.acknowledged(&a).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, reading).await;
 }

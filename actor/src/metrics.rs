@@ -17,6 +17,9 @@ pub const ROLLOUT_SECONDS: &str = "qd_actor_rollout_seconds";
 pub const REWARD: &str = "qd_actor_reward";
 pub const REWARD_MEAN: &str = "qd_actor_reward_mean";
 pub const TRAJECTORIES_SENT: &str = "qd_actor_trajectories_sent_total";
+pub const TRAJECTORIES_ACKNOWLEDGED: &str = "qd_actor_trajectories_acknowledged_total";
+pub const TRAJECTORIES_DECLINED: &str = "qd_actor_trajectories_declined_total";
+pub const TRAJECTORIES_UNACKNOWLEDGED: &str = "qd_actor_trajectories_unacknowledged_total";
 pub const BATCHES_SENT: &str = "qd_actor_batches_sent_total";
 pub const BATCHES_DROPPED: &str = "qd_actor_batches_dropped_total";
 pub const LEARNER_QUEUE_DEPTH: &str = "qd_actor_learner_queue_depth";
@@ -67,6 +70,18 @@ pub const ROLLOUT: &[Metric] = &[
     ),
     Metric::gauge(REWARD_MEAN, "mean reward of the last rollout"),
     Metric::counter(TRAJECTORIES_SENT, "trajectories sent to the learner"),
+    Metric::counter(
+        TRAJECTORIES_ACKNOWLEDGED,
+        "trajectories the learner acknowledged as queued",
+    ),
+    Metric::counter(
+        TRAJECTORIES_DECLINED,
+        "trajectories the learner acknowledged but did not queue (too stale, or sent before)",
+    ),
+    Metric::counter(
+        TRAJECTORIES_UNACKNOWLEDGED,
+        "trajectories in batches never acknowledged (lost with a connection, or refused)",
+    ),
     Metric::counter(BATCHES_SENT, "batches sent to the learner"),
     Metric::counter(BATCHES_DROPPED, "batches not sent, by reason")
         .labelled("reason", &["version_ahead"]),

@@ -1,6 +1,7 @@
 //! Trajectory intake: one `PushTrajectories` stream read into the queue — each batch
 //! validated whole, its pairs queued (waiting while the queue is full), one
-//! acknowledgement per batch — and the status a stream ends with when a message cannot
+//! acknowledgement per batch, which the client must read within
+//! `limits.request_timeout_s` — and the status a stream ends with when a message cannot
 //! be read.
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub(crate) async fn intake(
     tx: &mpsc::Sender<Result<PushAck, Status>>,
 ) -> Result<(), Status> {
     let idle = Duration::from_secs(shared.limits.idle_push_timeout_s);
+    let unread = Duration::from_secs(shared.limits.request_timeout_s);
     let mut last_sequence = None;
     loop {
         let msg = match tokio::time::timeout(idle, inbound.next()).await {
@@ -82,8 +84,28 @@ pub(crate) async fn intake(
             queue_depth: shared.queue.counts().depth as u32,
             learner_version: shared.publisher.version(),
         };
-        if tx.send(Ok(ack)).await.is_err() {
+        if !acknowledge(tx, ack, unread).await? {
             return Ok(());
+        }
+    }
+}
+
+/// Sends one acknowledgement, waiting at most `wait` for room (a client that does not
+/// read its acknowledgements would otherwise hold its intake, and the batch it sends
+/// next, forever); false when the client is gone.
+pub(crate) async fn acknowledge(
+    tx: &mpsc::Sender<Result<PushAck, Status>>,
+    ack: PushAck,
+    wait: Duration,
+) -> Result<bool, Status> {
+    match tokio::time::timeout(wait, tx.send(Ok(ack))).await {
+        Ok(sent) => Ok(sent.is_ok()),
+        Err(_) => {
+            refused("unread_acks");
+            Err(Status::deadline_exceeded(format!(
+                "acknowledgements unread for {} s (limits.request_timeout_s)",
+                wait.as_secs()
+            )))
         }
     }
 }
@@ -116,5 +138,34 @@ fn undecodable(actor_id: u64, status: Status) -> Status {
             code,
             format!("refused a TrajectoryBatch: {}", status.message()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_its_acknowledgements_is_ended() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let wait = Duration::from_secs(30);
+        let ack = |sequence| PushAck {
+            sequence,
+            ..Default::default()
+        };
+        assert!(acknowledge(&tx, ack(0), wait).await.unwrap());
+        // The first is unread: the second waits `wait`, then the stream ends.
+        let t0 = tokio::time::Instant::now();
+        let e = acknowledge(&tx, ack(1), wait).await.unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        assert!(e.message().contains("limits.request_timeout_s"), "{e}");
+        assert_eq!(t0.elapsed(), wait);
+        // Read, there is room again; a client gone is no error.
+        assert_eq!(rx.recv().await.unwrap().unwrap().sequence, 0);
+        assert!(acknowledge(&tx, ack(2), wait).await.unwrap());
+        drop(rx);
+        assert!(!acknowledge(&tx, ack(3), wait).await.unwrap());
     }
 }

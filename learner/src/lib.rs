@@ -10,6 +10,7 @@ mod intake;
 pub mod loss;
 pub mod metrics;
 pub mod queue;
+mod seen;
 pub mod server;
 pub mod step;
 pub mod trainer;
@@ -222,6 +223,16 @@ pub async fn run(
     {
         tracing::warn!("the gRPC server did not stop in 3 s; leaving anyway");
     }
+    let q = shared.queue.counts();
+    tracing::info!(
+        accepted = q.accepted,
+        taken = q.taken,
+        expired = q.expired,
+        waiting = q.depth,
+        stale = q.stale,
+        rejected = q.rejected,
+        "trajectories: accepted = taken + expired + waiting (lost with the process)"
+    );
     let outcome = outcome?;
     tracing::info!(
         step = outcome.step,

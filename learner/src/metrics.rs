@@ -44,7 +44,7 @@ pub const WRITE_FAILURES: &str = "qd_learner_write_failures_total";
 pub const WRITTEN_FILES: [&str; 2] = ["train.jsonl", "checkpoint"];
 
 /// Why a call or a connection is refused by the stream plane's rules and limits.
-pub const STREAM_REFUSALS: [&str; 11] = [
+pub const STREAM_REFUSALS: [&str; 12] = [
     "unregistered",
     "watcher_limit",
     "client_watch_limit",
@@ -56,6 +56,7 @@ pub const STREAM_REFUSALS: [&str; 11] = [
     "evicted_silent",
     "handshake_timeout",
     "stalled_watcher",
+    "unread_acks",
 ];
 
 /// Why trajectories are dropped: stale (at intake or in the queue), the trainer's

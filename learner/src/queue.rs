@@ -6,18 +6,25 @@
 //! rejected and dropped as stale, for `Status` and the metrics. A pair is trained on
 //! once: one whose content the queue accepted before (within a batch or across batches,
 //! whatever its sequence number, version or reward) is dropped as a duplicate.
+//!
+//! Every accepted pair is accounted for: it waits (in the queue or in a batch not yet
+//! full), expired (grew too stale while waiting) or was taken by the trainer, so that
+//! `accepted = depth + expired + taken` whenever no push is under way. And no client
+//! holds more than its share of the queue: one with pairs waiting may add more only
+//! while it holds at most `capacity / clients with pairs waiting`, so a client that
+//! filled the queue waits behind a newcomer instead of ahead of it.
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use model::sampling::{sample, SamplingConfig, Vocabulary};
 use model::transformer::Transformer;
 
 use crate::metrics as m;
+use crate::seen::{Seen, REMEMBERED_PAIRS};
 
 /// One prompt's pair of samples as the learner trains on it.
 #[derive(Clone, Debug)]
@@ -77,64 +84,6 @@ pub struct Queue {
     seen: Mutex<Seen>,
 }
 
-/// How many accepted pairs the queue remembers to refuse again (about 40 bytes each:
-/// 40 MiB when full, reached after a million accepted pairs).
-pub const REMEMBERED_PAIRS: usize = 1 << 20;
-
-/// The pairs accepted so far (the last [`REMEMBERED_PAIRS`]), by a hash of their
-/// content keyed at random per process, so that a client cannot make another's pair
-/// collide with one it sent.
-#[derive(Debug)]
-struct Seen {
-    keys: RandomState,
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-    capacity: usize,
-}
-
-impl Seen {
-    fn new(capacity: usize) -> Seen {
-        Seen {
-            keys: RandomState::new(),
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    /// The content of a pair: its prompt and its two samples (tokens and behaviour
-    /// log-probabilities) in either order; not the reward, version or batch it came in.
-    fn key(&self, pair: &Pair) -> u64 {
-        let mut samples: Vec<u64> = pair
-            .samples
-            .iter()
-            .map(|(tokens, logprobs)| {
-                let mut h = self.keys.build_hasher();
-                tokens.hash(&mut h);
-                logprobs.iter().for_each(|l| l.to_bits().hash(&mut h));
-                h.finish()
-            })
-            .collect();
-        samples.sort_unstable();
-        self.keys.hash_one((&pair.prompt, samples))
-    }
-
-    /// Remembers `pair`; false when it was seen before.
-    fn first_time(&mut self, pair: &Pair) -> bool {
-        let key = self.key(pair);
-        if !self.set.insert(key) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 /// The trainer's end of the queue.
 #[derive(Debug)]
 pub struct Receiver {
@@ -142,14 +91,21 @@ pub struct Receiver {
     tally: Arc<Tally>,
 }
 
-/// The staleness rule and the counters, which both ends keep.
+/// The staleness rule, the counters and each client's share, which both ends keep.
 #[derive(Debug)]
 struct Tally {
     max_staleness: u64,
+    capacity: usize,
     depth: AtomicUsize,
     accepted: AtomicU64,
     rejected: AtomicU64,
     stale: AtomicU64,
+    expired: AtomicU64,
+    taken: AtomicU64,
+    /// Pairs in the queue (or about to be) per client.
+    held: Mutex<HashMap<u64, usize>>,
+    /// Signalled when a pair leaves the queue.
+    room: Notify,
 }
 
 impl Tally {
@@ -169,18 +125,65 @@ impl Tally {
             accepted: self.accepted.load(Ordering::SeqCst),
             rejected: self.rejected.load(Ordering::SeqCst),
             stale: self.stale.load(Ordering::SeqCst),
+            expired: self.expired.load(Ordering::SeqCst),
+            taken: self.taken.load(Ordering::SeqCst),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `client` may add `n` pairs within its share, and books them.
+    async fn reserve(&self, client: u64, n: usize) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut held = self.held();
+                let mine = held.get(&client).copied().unwrap_or(0);
+                let others = held.iter().filter(|&(&c, &h)| c != client && h > 0).count();
+                let share = self.capacity / (others + 1);
+                // A client with nothing waiting may always add a batch (the queue's
+                // capacity still bounds the whole).
+                if mine == 0 || mine + n <= share {
+                    *held.entry(client).or_insert(0) += n;
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// `n` of `client`'s pairs left the queue (or never entered it).
+    fn release(&self, client: u64, n: usize) {
+        let mut held = self.held();
+        if let Some(h) = held.get_mut(&client) {
+            *h = h.saturating_sub(n);
+            if *h == 0 {
+                held.remove(&client);
+            }
+        }
+        drop(held);
+        self.room.notify_waiters();
     }
 }
 
 /// What went through the queue so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Pairs waiting now.
+    /// Accepted pairs waiting now (in the queue or in a batch not yet full).
     pub depth: usize,
     pub accepted: u64,
+    /// Refused by validation or as duplicates.
     pub rejected: u64,
+    /// Refused as stale at intake, or expired.
     pub stale: u64,
+    /// Accepted, then dropped as they grew too stale while waiting.
+    pub expired: u64,
+    /// Handed to the trainer in batches.
+    pub taken: u64,
 }
 
 /// The queue closed: the trainer is gone (the learner is shutting down).
@@ -201,10 +204,15 @@ impl Queue {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let tally = Arc::new(Tally {
             max_staleness,
+            capacity: capacity.max(1),
             depth: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+            room: Notify::new(),
         });
         (
             Queue {
@@ -216,10 +224,11 @@ impl Queue {
         )
     }
 
-    /// Queues one batch's pairs, waiting while the queue is full; counts them accepted
-    /// and returns how many. A batch too stale for the learner's `current` version is
-    /// refused whole and counted stale: `Ok(0)`. A pair accepted before is dropped and
-    /// counted rejected as a `duplicate`.
+    /// Queues one batch's pairs, waiting while the queue is full or `actor_id` holds
+    /// its share of it; counts them accepted (the batch whole, once its last pair is
+    /// queued) and returns how many. A batch too stale for the learner's `current`
+    /// version is refused whole and counted stale: `Ok(0)`. A pair accepted before is
+    /// dropped and counted rejected as a `duplicate`.
     pub async fn push(
         &self,
         pairs: Vec<Pair>,
@@ -251,13 +260,19 @@ impl Queue {
             );
         }
         let n = pairs.len();
-        for pair in pairs {
+        if n == 0 {
+            return Ok(0);
+        }
+        t.reserve(actor_id, n).await;
+        for (i, pair) in pairs.into_iter().enumerate() {
             // Counted before it is queued, so that the trainer's decrement never comes
             // first.
             let depth = t.depth.fetch_add(1, Ordering::SeqCst) + 1;
             metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
             if self.tx.send(Queued { pair, actor_id }).await.is_err() {
-                t.depth.fetch_sub(1, Ordering::SeqCst);
+                // The trainer is gone, and with it what this batch had queued.
+                t.depth.fetch_sub(i + 1, Ordering::SeqCst);
+                t.release(actor_id, n - i);
                 return Err(Closed);
             }
         }
@@ -303,12 +318,14 @@ impl Receiver {
                 item = self.rx.recv() => item,
             }?;
             let t = &self.tally;
-            let depth = t.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-            metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
+            t.release(item.actor_id, 1);
             let staleness = current.saturating_sub(item.pair.version);
             metrics::histogram!(m::STALENESS).record(staleness as f64);
             if t.too_stale(current, item.pair.version) {
                 t.dropped_stale(1);
+                t.expired.fetch_add(1, Ordering::SeqCst);
+                let depth = t.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+                metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
                 tracing::debug!(
                     actor_id = item.actor_id,
                     staleness,
@@ -319,6 +336,14 @@ impl Receiver {
             staleness_sum += staleness as f64;
             pairs.push(item.pair);
         }
+        // Taken only as a whole batch: pairs of one not yet full still wait.
+        let t = &self.tally;
+        t.taken.fetch_add(pairs.len() as u64, Ordering::SeqCst);
+        let depth = t
+            .depth
+            .fetch_sub(pairs.len(), Ordering::SeqCst)
+            .saturating_sub(pairs.len());
+        metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
         pairs.sort_by(|a, b| {
             (&a.prompt, a.version, &a.samples[..])
                 .partial_cmp(&(&b.prompt, b.version, &b.samples[..]))
@@ -361,7 +386,9 @@ mod tests {
                 depth: 3,
                 accepted: 3,
                 rejected: 0,
-                stale: 1
+                stale: 1,
+                expired: 0,
+                taken: 0,
             }
         );
         // The learner moved to version 6 meanwhile: the pairs of version 3 grew stale in
@@ -378,7 +405,9 @@ mod tests {
                 depth: 1,
                 accepted: 5,
                 rejected: 0,
-                stale: 3
+                stale: 3,
+                expired: 2,
+                taken: 2,
             }
         );
         q.rejected(4, "malformed");
@@ -405,19 +434,6 @@ mod tests {
         assert_eq!((c.accepted, c.rejected, c.depth), (3, 3, 3));
         let b = rx.next_batch(3, 4, &mut stop).await.unwrap();
         assert_eq!(b.pairs.len(), 3);
-    }
-
-    #[test]
-    fn the_memory_of_pairs_is_bounded_and_forgets_the_oldest() {
-        let mut seen = Seen::new(2);
-        assert!(seen.first_time(&pair(1, 0)));
-        assert!(seen.first_time(&pair(2, 0)));
-        assert!(!seen.first_time(&pair(1, 0)));
-        assert!(seen.first_time(&pair(3, 0)));
-        assert_eq!((seen.set.len(), seen.order.len()), (2, 2));
-        // Pair 1 was the oldest remembered: forgotten.
-        assert!(seen.first_time(&pair(1, 0)));
-        assert!(!seen.first_time(&pair(3, 0)));
     }
 
     #[tokio::test]
@@ -458,5 +474,69 @@ mod tests {
         drop(rx);
         assert_eq!(q.push(vec![pair(1, 0)], 0, 0, 1).await, Err(Closed));
         assert_eq!(q.counts().depth, 0);
+    }
+
+    #[tokio::test]
+    async fn every_accepted_pair_is_waiting_expired_or_taken() {
+        let (q, mut rx) = Queue::new(16, 1);
+        let (stop_tx, mut stop) = watch::channel(false);
+        let balanced = |c: Counts| c.accepted == c.depth as u64 + c.expired + c.taken;
+        for v in 0..4 {
+            let batch = (0..3).map(|i| pair(10 * v + i, v as u64)).collect();
+            q.push(batch, v as u64, v as u64, 1).await.unwrap();
+        }
+        assert!(balanced(q.counts()), "{:?}", q.counts());
+        // At version 3 the pairs of versions 0 and 1 expire; a batch of 4 takes the rest
+        // but the last.
+        let b = rx.next_batch(5, 3, &mut stop).await.unwrap();
+        assert_eq!(b.pairs.len(), 5);
+        let c = q.counts();
+        assert_eq!((c.accepted, c.expired, c.taken, c.depth), (12, 6, 5, 1));
+        // A batch that the stop signal cuts short is not taken: its pair still waits.
+        let taking = async { rx.next_batch(2, 3, &mut stop).await.is_none() };
+        let stopping = async {
+            tokio::task::yield_now().await;
+            stop_tx.send(true).unwrap();
+        };
+        let (stopped, ()) = tokio::join!(taking, stopping);
+        assert!(stopped);
+        let c = q.counts();
+        assert_eq!((c.taken, c.depth), (5, 1));
+        assert!(balanced(c), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fills_the_queue_waits_for_its_share_behind_another() {
+        let (q, mut rx) = Queue::new(4, 10);
+        let q = Arc::new(q);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        // Client 1 fills the queue, and pushes two more; client 2 then pushes two.
+        q.push((0..4).map(|i| pair(i, 0)).collect(), 0, 0, 1)
+            .await
+            .unwrap();
+        let push = |client: u64, prompts: [u32; 2]| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let batch = prompts.iter().map(|&p| pair(p, 0)).collect();
+                q.push(batch, 0, 0, client).await
+            })
+        };
+        let more = push(1, [4, 5]);
+        tokio::task::yield_now().await;
+        let other = push(2, [20, 21]);
+        tokio::task::yield_now().await;
+        let b = rx.next_batch(4, 0, &mut stop).await.unwrap();
+        assert_eq!(b.pairs.len(), 4);
+        // Client 2 holds nothing: its pairs come first; client 1 holds the whole queue
+        // and waits until it is down to its half.
+        let b = rx.next_batch(2, 0, &mut stop).await.unwrap();
+        let prompts: Vec<u32> = b.pairs.iter().map(|p| p.prompt[0]).collect();
+        assert_eq!(prompts, [20, 21]);
+        assert_eq!(other.await.unwrap(), Ok(2));
+        let b = rx.next_batch(2, 0, &mut stop).await.unwrap();
+        let prompts: Vec<u32> = b.pairs.iter().map(|p| p.prompt[0]).collect();
+        assert_eq!(prompts, [4, 5]);
+        assert_eq!(more.await.unwrap(), Ok(2));
+        assert!(q.tally.held().is_empty());
     }
 }

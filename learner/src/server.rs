@@ -398,7 +398,9 @@ impl Learner for Service {
         tokio::spawn(async move {
             let _guard = guard;
             if let Err(status) = crate::intake::intake(&shared, actor_id, inbound, &tx).await {
-                let _ = tx.send(Err(status)).await;
+                // The end status, if there is room: a client that reads nothing is not
+                // waited for.
+                let _ = tx.try_send(Err(status));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -467,6 +469,8 @@ impl Learner for Service {
             trajectories_accepted: q.accepted,
             trajectories_rejected: q.rejected,
             trajectories_stale: q.stale,
+            trajectories_expired: q.expired,
+            trajectories_taken: q.taken,
             max_steps: s.max_steps,
             model_config_hash: s.model_config.hash(),
             vocab_hash: s.vocab_hash.clone(),

@@ -109,28 +109,27 @@ fn actors_may_die_and_join_at_any_time() {
         learner.log()
     );
 
-    // Every trajectory accepted is trained on at most once: with the actors gone and the
-    // learner idle, what the steps trained on is what was accepted, less what still waits
-    // (in the queue, in a batch not yet full, or in a step not yet logged).
+    // Every trajectory accepted is accounted for, exactly: with the actors gone and the
+    // learner idle, it still waits (in the queue or in a batch not yet full), or the
+    // trainer took it, and what it took is what the steps trained on.
     for a in [a2, a3] {
         a.signal(nix::sys::signal::Signal::SIGKILL);
     }
-    let (s, trained) = wait_until("the learner to go idle", || {
+    let (s, trained) = wait_until("the learner to go idle (taken == trained)", || {
         let s = status(&rt, &mut c, None);
         let log = train_log(&f.path("rl/train.jsonl"));
-        (s.actors_connected == 0 && s.queue_depth < 4 && log.len() as u64 == s.step).then(|| {
-            let pairs: u64 = log.iter().map(|l| l["pairs"].as_u64().unwrap()).sum();
-            (s, pairs)
-        })
+        let trained: u64 = log.iter().map(|l| l["pairs"].as_u64().unwrap()).sum();
+        (s.actors_connected == 0 && log.len() as u64 == s.step && trained == s.trajectories_taken)
+            .then_some((s, trained))
     });
-    // batch_prompts = 4: at most 3 wait in a batch not yet full, 4 in a step under way.
-    assert!(
-        trained <= s.trajectories_accepted
-            && s.trajectories_accepted <= trained + u64::from(s.queue_depth) + 3 + 4,
-        "trained {trained} vs accepted {} (queue {})",
+    assert!(trained > 0);
+    assert_eq!(
         s.trajectories_accepted,
-        s.queue_depth
+        u64::from(s.queue_depth) + s.trajectories_expired + s.trajectories_taken,
+        "{s:?}"
     );
+    // batch_prompts = 4: fewer than 4 wait in a batch not yet full.
+    assert!(s.queue_depth < 4, "{s:?}");
     assert_eq!(s.trajectories_stale, 0, "{s:?}");
     assert_eq!(s.trajectories_rejected, 0, "{s:?}");
     for line in learner.log().lines() {
@@ -139,6 +138,65 @@ fn actors_may_die_and_join_at_any_time() {
             "the learner warned: {line}"
         );
     }
+}
+
+/// The `key=value` fields of the first line of `log` that contains `what`.
+fn logged_counts(log: &str, what: &str) -> std::collections::HashMap<String, u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?}:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+#[test]
+fn every_trajectory_an_actor_sends_is_accounted_for_to_the_finish() {
+    let f = Fixture::new();
+    let cfg = f.config("run", "[learner]\nmax_steps = 8\n");
+    let mut learner = f.spawn("learner", "learner", &cfg, &[]);
+    let addr = f.learner_addr(&mut learner);
+    let mut actors: Vec<Proc> = (1..=2)
+        .map(|i| {
+            f.spawn(
+                &format!("actor-{i}"),
+                "actor",
+                &cfg,
+                &[
+                    format!("client.learner=http://{addr}"),
+                    format!("actor.seed={i}"),
+                ],
+            )
+        })
+        .collect();
+    assert!(learner.wait().success(), "{}", learner.log());
+    let mut acknowledged = 0;
+    for a in &mut actors {
+        assert!(a.wait().success(), "{}", a.log());
+        let c = logged_counts(&a.log(), "trajectories: sent");
+        assert!(c["sent"] > 0, "{c:?}");
+        assert_eq!(
+            c["sent"],
+            c["acknowledged"] + c["declined"] + c["unacknowledged"],
+            "{c:?}"
+        );
+        acknowledged += c["acknowledged"];
+    }
+    // What the actors were told was queued is what the learner accepted; each accepted
+    // pair was trained on once, expired, or was waiting when the run ended.
+    let l = logged_counts(&learner.log(), "trajectories: accepted");
+    assert_eq!(l["accepted"], acknowledged, "{l:?}");
+    assert_eq!(
+        l["accepted"],
+        l["taken"] + l["expired"] + l["waiting"],
+        "{l:?}"
+    );
+    let log = train_log(&f.path("rl/train.jsonl"));
+    assert_eq!(log.len(), 8);
+    let trained: u64 = log.iter().map(|line| line["pairs"].as_u64().unwrap()).sum();
+    assert_eq!(l["taken"], trained, "{l:?}");
 }
 
 /// The first version a learner streams to a new subscriber, reassembled.

@@ -184,8 +184,9 @@ pub struct LimitSettings {
     /// HTTP/2 keepalive ping interval (server and clients); a peer that does not answer
     /// within twice this is dropped. TCP keepalive uses the same interval.
     pub keepalive_s: u64,
-    /// Time limit for a unary call, for a stream's response to start, and for a weight
-    /// subscriber to take each chunk (one that does not is dropped and reconnects).
+    /// Time limit for a unary call, for a stream's response to start, for a weight
+    /// subscriber to take each chunk, and for a trajectory stream's client to read each
+    /// acknowledgement (one that does not is dropped and reconnects).
     pub request_timeout_s: u64,
 }
 
