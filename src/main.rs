@@ -1,14 +1,12 @@
 //! `qd`: one binary for every role and tool. The work lives in the library crates
-//! (`model`, `folk`, `eval`, `common`, `actor`, `learner`); this crate parses the command
-//! line and wires them together:
+//! (`model`, `folk`, `eval`, `common`, `actor`, `learner`, and `qd-bench` for the
+//! benchmarks); this crate parses the command line and wires them together:
 //!
 //! - `cli`: every clap definition (the `///` comments are the `--help` texts);
 //! - `commands`: the command bodies, by concern (`data`, `train`, `models`, `bench`,
 //!   `sweep`, `service`);
-//! - `run`, `health`, `tls`, `benchmarks`: the `qd run` supervisor, the health probe, the
-//!   deployment's certificates, and the
-//!   benchmarks that need the whole service (the learner step against PyTorch, the
-//!   running service);
+//! - `run`, `health`: the `qd run` supervisor and the health probe (`qd tls init`'s
+//!   certificates are `common::tls`);
 //! - here: the logging set-up and the dispatch of each command to its function.
 
 use anyhow::Result;
@@ -18,12 +16,10 @@ use common::telemetry::init_logging;
 use cli::{BenchCommand, Cli, Command, DataCommand, EmbedderCommand, JudgeCommand};
 use commands::{bench, data, models, service, sweep, train};
 
-mod benchmarks;
 mod cli;
 mod commands;
 mod health;
 mod run;
-mod tls;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

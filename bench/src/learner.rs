@@ -19,7 +19,7 @@ use model::sampling::{CfgScope, SamplingConfig, Vocabulary};
 use model::task::{Split, Task};
 use model::transformer::Transformer;
 
-use eval::bench::median;
+use crate::generate::median;
 
 use super::{
     forward_flop, interleaved, reference_tensor, rel_diff, start_reference, StepRate,

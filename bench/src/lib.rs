@@ -1,16 +1,18 @@
-//! The benchmarks of the binary: the learner step and the pre-training step against
-//! PyTorch ([`learner`], [`pretrain`]), how the cost grows ([`scaling`]), the running
-//! service ([`service`]) and the fault campaign ([`faults`]); and what the step
-//! benchmarks share: FLOPs counted from the shapes, this machine's matrix-product rate,
-//! running a PyTorch reference.
+//! qd's benchmarks (`qd bench …`): generation with and without CFG against PyTorch
+//! ([`generate`], which also runs the PyTorch references beside qd), the learner step
+//! and the pre-training step against PyTorch ([`learner`], [`pretrain`]), how the cost
+//! grows ([`scaling`]), the running service ([`service`]) and the fault campaign
+//! ([`faults`]); and what the step benchmarks share: FLOPs counted from the shapes,
+//! this machine's matrix-product rate.
 
 use std::time::Instant;
 
-pub(crate) use eval::bench::interleaved;
-use eval::bench::{median, Reference};
+pub use generate::interleaved;
+use generate::{median, Reference};
 use tch::{Device, Kind, Tensor};
 
 pub mod faults;
+pub mod generate;
 pub mod learner;
 pub mod pretrain;
 pub mod scaling;

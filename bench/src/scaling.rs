@@ -11,8 +11,8 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::Device;
 
+use crate::generate::{bench_generate, BenchConfig};
 use common::settings::LearnerSettings;
-use eval::bench::{bench_generate, BenchConfig};
 use eval::plot::{color, write, Panel, Series};
 use folk::metrical::Metrical;
 use folk::FolkTask;

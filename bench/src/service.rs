@@ -18,10 +18,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::generate::median;
 use actor::broadcast::Assembler;
 use actor::client::{Credentials, Identity};
 use common::settings::Settings;
-use eval::bench::median;
 use folk::dataset::Dataset;
 use learner::broadcast::Published;
 use learner::server::{Service, Shared};

@@ -10,9 +10,7 @@
 //! - [`stats`]: 95% intervals (bootstrap over prompts, paired; t over runs);
 //! - [`sweep`]: `qd sweep`, every family of operating points on shared prompts and seeds,
 //!   cached, with tables and figures;
-//! - [`bench`]: generation throughput with and without CFG, against PyTorch.
 
-pub mod bench;
 pub mod compare;
 pub mod curve;
 pub mod evaluate;

@@ -16,7 +16,7 @@ use crate::vocab::{Vocab, EOS};
 use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::ModelConfig;
 use model::optim::{AdamW, AdamWConfig};
-use model::train::{progress_bar, Schedule};
+use model::train::{fit, Plan};
 use model::transformer::Trunk;
 
 /// The embedder: encoder trunk under `encoder.`, projection `proj`.
@@ -182,54 +182,31 @@ pub fn train_embedder(cfg: &EmbedderConfig) -> Result<EmbedderReport> {
     let config = TuneEmbedder::default_config(ds.vocab.len());
     let e = TuneEmbedder::new(&vs.root(), &config, cfg.dim);
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
-    let schedule = Schedule {
-        lr: cfg.lr,
-        warmup: cfg.steps / 20,
-        steps: cfg.steps,
-    };
-    let bar = progress_bar(cfg.progress, cfg.steps, 0);
     let start = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    for step in 0..cfg.steps {
-        let picks: Vec<&[u32]> = (0..cfg.batch_size.min(bodies.len()))
-            .map(|_| bodies[rng.gen_range(0..bodies.len())])
-            .collect();
-        let v1: Vec<&[u32]> = picks
-            .iter()
-            .map(|b| crop(b, cfg.crop_min, cfg.crop_max, &mut rng))
-            .collect();
-        let v2: Vec<&[u32]> = picks
-            .iter()
-            .map(|b| crop(b, cfg.crop_min, cfg.crop_max, &mut rng))
-            .collect();
-        opt.zero_grad();
-        let (loss, acc) = info_nce(&e.embed(&v1, true), &e.embed(&v2, true), cfg.tau);
-        loss.backward();
-        opt.clip_grad_norm(1.0);
-        opt.step(schedule.lr_at(step));
-        if let Some(b) = &bar {
-            b.set_position(step + 1);
-            b.set_message(format!(
-                "loss {:.3} batch retrieval {acc:.2}",
-                loss.double_value(&[])
-            ));
-        }
-    }
-    if let Some(b) = bar {
-        b.finish();
-    }
+    fit(
+        &mut opt,
+        &Plan::encoder(cfg.lr, cfg.steps, cfg.progress),
+        |_| {
+            let picks: Vec<&[u32]> = (0..cfg.batch_size.min(bodies.len()))
+                .map(|_| bodies[rng.gen_range(0..bodies.len())])
+                .collect();
+            let mut views = || -> Vec<&[u32]> {
+                picks
+                    .iter()
+                    .map(|&b| crop(b, cfg.crop_min, cfg.crop_max, &mut rng))
+                    .collect()
+            };
+            let (v1, v2) = (views(), views());
+            info_nce(&e.embed(&v1, true), &e.embed(&v2, true), cfg.tau)
+        },
+        |s, acc, _| Ok(format!("loss {:.3} batch retrieval {acc:.2}", s.loss)),
+    )?;
     let val_retrieval = retrieval_accuracy(&e, &ds, Split::Val, cfg);
     tracing::info!(val_retrieval, "embedder trained");
     let extra = serde_json::json!({ "dim": cfg.dim, "val_retrieval": val_retrieval });
     let vocab_hash = ds.vocab.hash();
-    let stamp = Stamp {
-        kind: ModelKind::Embedder,
-        config: &config,
-        vocab_hash: &vocab_hash,
-        step: cfg.steps,
-        version: 0,
-        extra,
-    };
+    let stamp = Stamp::offline(ModelKind::Embedder, &config, &vocab_hash, cfg.steps, extra);
     save(&cfg.out, &vs, None, stamp)?;
     Ok(EmbedderReport {
         checkpoint: cfg.out.clone(),

@@ -21,7 +21,7 @@ use model::checkpoint::{save, Checkpoint, ModelKind, Stamp};
 use model::config::ModelConfig;
 use model::optim::{AdamW, AdamWConfig};
 use model::task::Score;
-use model::train::{progress_bar, Schedule};
+use model::train::{fit, Plan};
 use model::transformer::Trunk;
 
 /// Tokens of a tune the judge sees in one training example.
@@ -277,60 +277,43 @@ pub fn train_judge(cfg: &JudgeConfig) -> Result<JudgeReport> {
     let config = TuneJudge::default_config(ds.vocab.len());
     let judge = TuneJudge::new(&vs.root(), &config, classes);
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
-    let schedule = Schedule {
-        lr: cfg.lr,
-        warmup: cfg.steps / 20,
-        steps: cfg.steps,
-    };
-    let bar = progress_bar(cfg.progress, cfg.steps, 0);
     let start = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    for step in 0..cfg.steps {
-        let picks: Vec<_> = (0..cfg.batch_size)
-            .map(|_| train[rng.gen_range(0..train.len())])
-            .collect();
-        // Random windows keep batches short; the attributes show in any stretch of a tune.
-        let bodies: Vec<&[u32]> = picks
-            .iter()
-            .map(|r| {
-                let b = ds.vocab.body(&r.tune);
-                let start = rng.gen_range(0..=b.len().saturating_sub(TRAIN_WINDOW));
-                &b[start..b.len().min(start + TRAIN_WINDOW)]
-            })
-            .collect();
-        opt.zero_grad();
-        let lp = judge.log_probs(&bodies, true);
-        let loss = lp
-            .iter()
-            .zip(targets(&judge, &picks, cfg.device))
-            .map(|(l, t)| {
-                l.nll_loss_nd::<Tensor>(&t, None, tch::Reduction::Mean, -100)
-                    .nan_to_num(0.0, None, None)
-            })
-            .fold(Tensor::zeros([], (Kind::Float, cfg.device)), |a, b| a + b);
-        loss.backward();
-        opt.clip_grad_norm(1.0);
-        opt.step(schedule.lr_at(step));
-        if let Some(b) = &bar {
-            b.set_position(step + 1);
-            b.set_message(format!("loss {:.3}", loss.double_value(&[])));
-        }
-    }
-    if let Some(b) = bar {
-        b.finish();
-    }
+    fit(
+        &mut opt,
+        &Plan::encoder(cfg.lr, cfg.steps, cfg.progress),
+        |_| {
+            let picks: Vec<_> = (0..cfg.batch_size)
+                .map(|_| train[rng.gen_range(0..train.len())])
+                .collect();
+            // Random windows keep batches short; the attributes show in any stretch of a
+            // tune.
+            let bodies: Vec<&[u32]> = picks
+                .iter()
+                .map(|r| {
+                    let b = ds.vocab.body(&r.tune);
+                    let start = rng.gen_range(0..=b.len().saturating_sub(TRAIN_WINDOW));
+                    &b[start..b.len().min(start + TRAIN_WINDOW)]
+                })
+                .collect();
+            let lp = judge.log_probs(&bodies, true);
+            let loss = lp
+                .iter()
+                .zip(targets(&judge, &picks, cfg.device))
+                .map(|(l, t)| {
+                    l.nll_loss_nd::<Tensor>(&t, None, tch::Reduction::Mean, -100)
+                        .nan_to_num(0.0, None, None)
+                })
+                .fold(Tensor::zeros([], (Kind::Float, cfg.device)), |a, b| a + b);
+            (loss, ())
+        },
+        |s, (), _| Ok(format!("loss {:.3}", s.loss)),
+    )?;
     let val_accuracy = accuracy(&judge, &ds, Split::Val, cfg.device);
     tracing::info!(?val_accuracy, "judge trained");
     let extra = serde_json::json!({ "classes": judge.classes, "val_accuracy": val_accuracy });
     let vocab_hash = ds.vocab.hash();
-    let stamp = Stamp {
-        kind: ModelKind::Judge,
-        config: &config,
-        vocab_hash: &vocab_hash,
-        step: cfg.steps,
-        version: 0,
-        extra,
-    };
+    let stamp = Stamp::offline(ModelKind::Judge, &config, &vocab_hash, cfg.steps, extra);
     save(&cfg.out, &vs, None, stamp)?;
     Ok(JudgeReport {
         checkpoint: cfg.out.clone(),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::nn::VarStore;
@@ -23,7 +23,7 @@ use model::config::{ModelConfig, Preset};
 use model::optim::{AdamW, AdamWConfig};
 use model::sampling::Vocabulary;
 use model::structure::Structure;
-use model::train::{progress_bar, Schedule};
+use model::train::{descend, fit, Plan, Schedule};
 use model::transformer::Transformer;
 
 /// Settings of a pre-training run.
@@ -222,8 +222,8 @@ pub fn pretrain_loss(model: &Transformer, batch: &LmBatch, dropout: bool) -> Ten
 }
 
 /// One maximum-likelihood step on `batch`: the masked cross-entropy (with dropout when
-/// `dropout`), its gradient, clipping to the global norm `clip`, AdamW at `lr`. Returns
-/// the loss and the gradient norm before clipping.
+/// `dropout`), then [`descend`] (clipping to the global norm `clip`, AdamW at `lr`).
+/// Returns the loss and the gradient norm before clipping.
 pub fn train_step(
     model: &Transformer,
     opt: &mut AdamW,
@@ -232,11 +232,8 @@ pub fn train_step(
     lr: f64,
     dropout: bool,
 ) -> (f64, f64) {
-    opt.zero_grad();
     let loss = pretrain_loss(model, batch, dropout);
-    loss.backward();
-    let grad_norm = opt.clip_grad_norm(clip);
-    opt.step(lr);
+    let grad_norm = descend(opt, &loss, clip, lr);
     (loss.double_value(&[]), grad_norm)
 }
 
@@ -279,13 +276,18 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         .sum();
     tracing::info!(preset = ?cfg.preset, metrical = model_cfg.structure.is_some(), remi = cfg.remi, params, train = train.len(), steps = cfg.steps, "pre-training");
 
-    let end = cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps));
-    let bar = progress_bar(cfg.progress, end, step);
-    let schedule = Schedule {
-        lr: cfg.lr,
-        warmup: cfg.warmup,
-        steps: cfg.steps,
+    let plan = Plan {
+        schedule: Schedule {
+            lr: cfg.lr,
+            warmup: cfg.warmup,
+            steps: cfg.steps,
+        },
+        clip: cfg.clip,
+        from: step,
+        until: cfg.until.map_or(cfg.steps, |u| u.min(cfg.steps)),
+        progress: cfg.progress,
     };
+    let end = plan.until;
     let start = Instant::now();
     let max_len = model_cfg.max_len as usize - 1;
     let mut tokens_seen = 0usize;
@@ -293,14 +295,7 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
     let mut train_loss = f64::NAN;
     let write = |step: u64, opt: &AdamW, val: f64| {
         let extra = serde_json::json!({"val_loss": val, "seed": cfg.seed});
-        let stamp = Stamp {
-            kind: ModelKind::Policy,
-            config: &model_cfg,
-            vocab_hash: &vocab_hash,
-            step,
-            version: 0,
-            extra,
-        };
+        let stamp = Stamp::offline(ModelKind::Policy, &model_cfg, &vocab_hash, step, extra);
         save(&last, &vs, Some(opt), stamp)
     };
     let sampler = BatchSampler {
@@ -314,41 +309,39 @@ pub fn pretrain(cfg: &PretrainConfig) -> Result<PretrainReport> {
         seed: cfg.seed,
         device: cfg.device,
     };
-    while step < end {
-        let batch = sampler.batch(step);
-        tokens_seen += batch.valid.sum(tch::Kind::Int64).int64_value(&[]) as usize;
-        let lr = schedule.lr_at(step);
-        let (loss, grad_norm) = train_step(&model, &mut opt, &batch, cfg.clip, lr, true);
-        step += 1;
-        train_loss = loss;
-        if !loss.is_finite() {
-            bail!("training loss became {loss} at step {step}; lower --lr");
-        }
-        if step % cfg.eval_every == 0 || step == end {
-            val = val_loss(&model, &ds, &enc, 64, cfg.device);
-            tracing::info!(
-                step,
-                train_loss = loss,
-                val_loss = val,
-                lr,
-                grad_norm,
-                "eval"
-            );
-        }
-        if step % cfg.checkpoint_every == 0 || step == end {
-            write(step, &opt, val)?;
-        }
-        if let Some(b) = &bar {
-            b.set_position(step);
+    let last_step = fit(
+        &mut opt,
+        &plan,
+        |step| {
+            let batch = sampler.batch(step);
+            let tokens = batch.valid.sum(tch::Kind::Int64).int64_value(&[]) as usize;
+            (pretrain_loss(&model, &batch, true), tokens)
+        },
+        |s, tokens, opt| {
+            tokens_seen += tokens;
+            train_loss = s.loss;
+            if s.step % cfg.eval_every == 0 || s.step == end {
+                val = val_loss(&model, &ds, &enc, 64, cfg.device);
+                tracing::info!(
+                    step = s.step,
+                    train_loss = s.loss,
+                    val_loss = val,
+                    lr = s.lr,
+                    grad_norm = s.grad_norm,
+                    "eval"
+                );
+            }
+            if s.step % cfg.checkpoint_every == 0 || s.step == end {
+                write(s.step, opt, val)?;
+            }
             let tps = tokens_seen as f64 / start.elapsed().as_secs_f64();
-            b.set_message(format!(
-                "loss {loss:.3} val {val:.3} lr {lr:.1e} {tps:.0} tok/s"
-            ));
-        }
-    }
-    if let Some(b) = bar {
-        b.finish();
-    }
+            Ok(format!(
+                "loss {:.3} val {val:.3} lr {:.1e} {tps:.0} tok/s",
+                s.loss, s.lr
+            ))
+        },
+    )?;
+    let step = last_step.map_or(step, |s| s.step);
     if !last.exists() {
         write(step, &opt, val)?;
     }

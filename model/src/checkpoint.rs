@@ -146,6 +146,27 @@ pub struct Stamp<'a> {
     pub extra: serde_json::Value,
 }
 
+impl<'a> Stamp<'a> {
+    /// The stamp of a model trained offline (pre-training, the embedder, the judge): no
+    /// policy version.
+    pub fn offline(
+        kind: ModelKind,
+        config: &'a ModelConfig,
+        vocab_hash: &'a str,
+        step: u64,
+        extra: serde_json::Value,
+    ) -> Stamp<'a> {
+        Stamp {
+            kind,
+            config,
+            vocab_hash,
+            step,
+            version: 0,
+            extra,
+        }
+    }
+}
+
 /// Writes the model's variables (and the optimizer's moments) atomically to `path`.
 pub fn save(path: &Path, vs: &VarStore, optimizer: Option<&AdamW>, stamp: Stamp<'_>) -> Result<()> {
     write_atomic(path, &serialize(vs, optimizer, stamp)?)

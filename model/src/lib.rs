@@ -12,7 +12,8 @@
 //!   formula the sampler and the learner's teacher share);
 //! - [`batch`]: training sequences and the language-model loss;
 //! - [`optim`]: AdamW with savable state, gradient clipping;
-//! - [`train`]: the learning-rate schedule and progress bar every loop uses;
+//! - [`train`]: the training loop of the pre-training and the encoders (`fit`), its
+//!   descent step, schedule and progress bar;
 //! - [`checkpoint`]: safetensors checkpoints with metadata, and their errors;
 //! - [`merge`]: LERP and uniform averages of policy checkpoints;
 //! - [`device`]: libtorch facts (version, devices, threads);

@@ -3,23 +3,23 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use eval::bench::{bench_generate, BenchConfig};
 use folk::dataset::Dataset;
 use folk::FolkTask;
 use model::checkpoint::{load_policy, save, ModelKind, Stamp};
 use model::task::Task;
+use qd_bench::generate::{bench_generate, BenchConfig};
 
-use crate::benchmarks::faults::{bench_faults, FaultsConfig};
-use crate::benchmarks::learner::{bench_step, StepBenchConfig};
-use crate::benchmarks::pretrain::{bench_pretrain, PretrainBenchConfig};
-use crate::benchmarks::scaling::{bench_scaling, ScalingConfig};
-use crate::benchmarks::service::bench_service;
 use crate::cli::{
     BenchFaultsArgs, BenchGenerateArgs, BenchLearnerArgs, BenchPretrainArgs, BenchScalingArgs,
     BenchServiceArgs,
 };
 use folk::metrical::Metrical;
 use model::structure::Structure;
+use qd_bench::faults::{bench_faults, FaultsConfig};
+use qd_bench::learner::{bench_step, StepBenchConfig};
+use qd_bench::pretrain::{bench_pretrain, PretrainBenchConfig};
+use qd_bench::scaling::{bench_scaling, ScalingConfig};
+use qd_bench::service::bench_service;
 
 pub fn generate(a: BenchGenerateArgs) -> Result<()> {
     let device = a.compute.apply()?;

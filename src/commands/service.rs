@@ -74,7 +74,7 @@ pub fn health(a: &HealthArgs) -> Result<()> {
 pub fn tls(c: TlsCommand) -> Result<()> {
     match c {
         TlsCommand::Init { out, names } => {
-            if crate::tls::init(&out, &names)? {
+            if common::tls::init(&out, &names)? {
                 println!(
                     "wrote a CA, the learner's certificate ({} and localhost) and a client certificate into {}",
                     names.join(", "),

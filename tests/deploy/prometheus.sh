@@ -256,53 +256,10 @@ run_qd judge judge train --steps 3 --out "$WORK/judge.safetensors" "${COMMON[@]}
 # shows drops that grow (qd exports every reason's counter at 0 from the start, so its
 # series alone would prove nothing).
 # beta = 1: the policy-gradient term is at work, so its gradient norm leaves 0.
-TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat >"$WORK/qd.toml" <<EOF
-[paths]
-data = "$WORK/folk"
-base = "$WORK/pt/last.safetensors"
-embedder = "$WORK/emb.safetensors"
-judge = "$WORK/judge.safetensors"
-run_dir = "$WORK/rl"
-
-[auth]
-token = "$TOKEN"
-
-[limits]
-max_watchers = 3
-
-[learner]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-batch_prompts = 4
-beta = 1.0
-queue_capacity = 16
-max_staleness = 0
-lr = 0.001
-warmup_steps = 2
-max_steps = 0
-checkpoint_every = 1000
-threads = 1
-
-[client]
-backoff_initial_ms = 50
-backoff_max_ms = 500
-
-[actor]
-batch_prompts = 4
-max_new_tokens = 32
-metrics_listen = "127.0.0.1:0"
-threads = 1
-
-[evaluator]
-# The fixture corpus has no validation tunes.
-split = "test"
-prompts = 4
-every_versions = 5
-max_new_tokens = 32
-metrics_listen = "127.0.0.1:0"
-threads = 1
-EOF
+TOKEN=qd-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+sed "s|@DIR@|$WORK|g" "$ROOT/tests/support/service.toml" >"$WORK/qd.toml"
+export QD__AUTH__TOKEN=$TOKEN QD__LIMITS__MAX_WATCHERS=3 QD__LEARNER__BETA=1.0 \
+    QD__LEARNER__MAX_STALENESS=0 QD__LEARNER__CHECKPOINT_EVERY=1000
 
 start() {
     local name=$1

@@ -148,53 +148,11 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
-    /// Writes `name.toml`: the fixture's paths, loopback ports, tiny batches, and `extra`.
+    /// Writes `name.toml`: the fixture's paths, loopback ports, tiny batches
+    /// (`tests/support/service.toml`), and `extra`.
     fn config(&self, name: &str, extra: &str) -> PathBuf {
-        let p = |n: &str| self.path(n).to_str().unwrap().to_string();
-        let text = format!(
-            r#"[paths]
-data = "{}"
-base = "{}"
-embedder = "{}"
-judge = "{}"
-run_dir = "{}"
-
-[learner]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-batch_prompts = 4
-queue_capacity = 16
-lr = 0.001
-warmup_steps = 2
-max_steps = 0
-checkpoint_every = 5
-threads = 1
-
-[client]
-backoff_initial_ms = 50
-backoff_max_ms = 500
-
-[actor]
-batch_prompts = 4
-max_new_tokens = 32
-metrics_listen = "127.0.0.1:0"
-threads = 1
-
-[evaluator]
-# The fixture corpus has no validation tunes.
-split = "test"
-prompts = 4
-every_versions = 5
-max_new_tokens = 32
-metrics_listen = "127.0.0.1:0"
-threads = 1
-"#,
-            p("folk"),
-            p("pt/last.safetensors"),
-            p("emb.safetensors"),
-            p("judge.safetensors"),
-            p("rl"),
-        );
+        let dir = self.dir.path().to_str().unwrap();
+        let text = include_str!("../support/service.toml").replace("@DIR@", dir);
         let path = self.path(&format!("{name}.toml"));
         std::fs::write(&path, layered(&text, extra)).unwrap();
         path

@@ -33,8 +33,8 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::generate::median;
 use common::settings::Settings;
-use eval::bench::median;
 use folk::dataset::Dataset;
 
 use cluster::*;
