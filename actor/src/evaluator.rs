@@ -1,7 +1,7 @@
 //! `qd evaluator`: an actor that sends nothing back. Whenever the learner's newest
 //! version is at least `every_versions` past the last one scored, it evaluates those
-//! weights on held-out prompts (as `qd eval`) and exports the numbers as `qd_eval_…`
-//! metrics, with `qd_eval_version` saying which version they belong to; each result is
+//! weights on held-out prompts (as `qd eval`) and exports the numbers as `qd_evaluator_…`
+//! metrics, with `qd_evaluator_version` saying which version they belong to; each result is
 //! also appended to `eval.jsonl` in `evaluator.results_dir` (default: the run folder)
 //! when that folder is reachable. When the run
 //! finishes it scores the final version (unless it has), then stops.
@@ -63,7 +63,12 @@ fn evaluations(
     let paths = &setup.settings.paths;
     let embedder = setup.task.embedder(setup.device)?;
     let judge = setup.task.judge(setup.device)?;
-    let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
+    let mut student = Student::new(
+        &setup.model_config,
+        &setup.vocab_hash,
+        setup.device,
+        &m::EVALUATOR_CLIENT,
+    );
     let cfg = EvalConfig {
         split: e.split,
         k: e.samples_per_prompt,
@@ -117,11 +122,12 @@ fn evaluations(
             (m::EVAL_VALIDITY, r.validity),
             (m::EVAL_EMBED_DIVERSITY, r.embed_diversity),
             (m::EVAL_EDIT_DIVERSITY, r.edit_diversity),
-            (m::EVAL_TOKENS_PER_SECOND, r.tokens_per_s),
             (m::EVAL_SECONDS, seconds),
         ] {
             metrics::gauge!(name).set(v);
         }
+        metrics::counter!(m::EVAL_TOKENS)
+            .increment((r.mean_length * r.samples as f64).round() as u64);
         metrics::counter!(m::EVAL_RUNS).increment(1);
         tracing::info!(
             version = student.version,

@@ -39,10 +39,17 @@ pub struct Student {
     vocab_hash: String,
     /// The last version that could not be loaded: not tried again.
     refused: u64,
+    /// The names its metrics go under (its role's).
+    metrics: &'static m::Client,
 }
 
 impl Student {
-    pub fn new(config: &ModelConfig, vocab_hash: &str, device: tch::Device) -> Student {
+    pub fn new(
+        config: &ModelConfig,
+        vocab_hash: &str,
+        device: tch::Device,
+        metrics: &'static m::Client,
+    ) -> Student {
         let vs = VarStore::new(device);
         let model = Transformer::new(&vs.root(), config);
         Student {
@@ -51,6 +58,7 @@ impl Student {
             version: 0,
             vocab_hash: vocab_hash.to_string(),
             refused: 0,
+            metrics,
         }
     }
 
@@ -71,7 +79,7 @@ impl Student {
         });
         if let Err(e) = loaded {
             self.refused = w.version;
-            ::metrics::counter!(m::VERSIONS_REFUSED).increment(1);
+            ::metrics::counter!(self.metrics.versions_refused).increment(1);
             tracing::error!(
                 version = w.version,
                 held = self.version,
@@ -82,9 +90,9 @@ impl Student {
             return Ok(false);
         }
         let sync_seconds = w.sync_seconds + t0.elapsed().as_secs_f64();
-        ::metrics::gauge!(m::WEIGHT_VERSION).set(w.version as f64);
-        ::metrics::histogram!(m::WEIGHT_SYNC_SECONDS).record(sync_seconds);
-        ::metrics::counter!(m::WEIGHT_SYNC_BYTES).increment(w.blob.len() as u64);
+        ::metrics::gauge!(self.metrics.weight_version).set(w.version as f64);
+        ::metrics::histogram!(self.metrics.weight_sync_seconds).record(sync_seconds);
+        ::metrics::counter!(self.metrics.weight_sync_bytes).increment(w.blob.len() as u64);
         let first = self.version == 0;
         self.version = w.version;
         if first || w.version % 10 == 0 {
@@ -329,7 +337,7 @@ mod tests {
     #[test]
     fn a_version_that_does_not_load_is_skipped_and_the_weights_held_stay() {
         let config = Preset::Tiny.config(40);
-        let mut s = Student::new(&config, "v", tch::Device::Cpu);
+        let mut s = Student::new(&config, "v", tch::Device::Cpu, &m::ACTOR_CLIENT);
         assert!(s.update(Some(&weights(1, blob(&config, 1)))).unwrap());
         let sums = |s: &Student| -> std::collections::BTreeMap<String, f64> {
             s.vs.variables()

@@ -168,7 +168,7 @@ pub async fn maintain(
                 ended.message()
             );
         }
-        ::metrics::counter!(m::RECONNECTS).increment(1);
+        ::metrics::counter!(m::Client::of(link.identity.role).reconnects).increment(1);
         let delay = backoff.next_delay();
         tracing::warn!(
             code = ?ended.code(),

@@ -1,18 +1,69 @@
 //! The actor's and the evaluator's metrics: every name, its help text, histogram buckets
-//! and how it starts. Both roles hold weights ([`CLIENT`]); the actor adds [`ROLLOUT`],
-//! the evaluator [`EVAL`]. docs/metrics.md documents the same set (a test holds them
+//! and how it starts. Both roles hold weights ([`Client`], each under its own prefix);
+//! the actor adds [`ROLLOUT`], the evaluator [`EVAL`]. docs/metrics.md documents the same set (a test holds them
 //! equal).
 
 use common::telemetry::Metric;
+use qd_proto::Role;
 
-pub const WEIGHT_VERSION: &str = "qd_actor_weight_version";
-pub const WEIGHT_SYNC_SECONDS: &str = "qd_actor_weight_sync_seconds";
-pub const WEIGHT_SYNC_BYTES: &str = "qd_actor_weight_sync_bytes_total";
-pub const RECONNECTS: &str = "qd_actor_reconnects_total";
-pub const VERSIONS_REFUSED: &str = "qd_actor_versions_refused_total";
+/// What every client of the learner exports about its weights and its connection,
+/// under its role's prefix (`qd_actor_…`, `qd_evaluator_…`).
+#[derive(Debug)]
+pub struct Client {
+    pub weight_version: &'static str,
+    pub weight_sync_seconds: &'static str,
+    pub weight_sync_bytes: &'static str,
+    pub versions_refused: &'static str,
+    pub reconnects: &'static str,
+}
+
+pub const ACTOR_CLIENT: Client = Client {
+    weight_version: "qd_actor_weight_version",
+    weight_sync_seconds: "qd_actor_weight_sync_seconds",
+    weight_sync_bytes: "qd_actor_weight_sync_bytes_total",
+    versions_refused: "qd_actor_versions_refused_total",
+    reconnects: "qd_actor_reconnects_total",
+};
+
+pub const EVALUATOR_CLIENT: Client = Client {
+    weight_version: "qd_evaluator_weight_version",
+    weight_sync_seconds: "qd_evaluator_weight_sync_seconds",
+    weight_sync_bytes: "qd_evaluator_weight_sync_bytes_total",
+    versions_refused: "qd_evaluator_versions_refused_total",
+    reconnects: "qd_evaluator_reconnects_total",
+};
+
+impl Client {
+    /// The names of `role`'s process.
+    pub fn of(role: Role) -> &'static Client {
+        match role {
+            Role::Evaluator => &EVALUATOR_CLIENT,
+            _ => &ACTOR_CLIENT,
+        }
+    }
+
+    fn catalogue(&self) -> [Metric; 5] {
+        [
+            Metric::gauge(self.weight_version, "policy version the client holds"),
+            Metric::histogram(
+                self.weight_sync_seconds,
+                "first weight chunk received to weights loaded",
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            Metric::counter(self.weight_sync_bytes, "weight bytes received"),
+            Metric::counter(
+                self.versions_refused,
+                "versions received whole that could not be loaded (kept the weights held)",
+            ),
+            Metric::counter(
+                self.reconnects,
+                "lost connections to the learner (each retried with back-off)",
+            ),
+        ]
+    }
+}
 
 pub const TOKENS: &str = "qd_actor_tokens_total";
-pub const TOKENS_PER_SECOND: &str = "qd_actor_tokens_per_second";
 pub const ROLLOUT_SECONDS: &str = "qd_actor_rollout_seconds";
 pub const REWARD: &str = "qd_actor_reward";
 pub const REWARD_MEAN: &str = "qd_actor_reward_mean";
@@ -24,40 +75,20 @@ pub const BATCHES_SENT: &str = "qd_actor_batches_sent_total";
 pub const BATCHES_DROPPED: &str = "qd_actor_batches_dropped_total";
 pub const LEARNER_QUEUE_DEPTH: &str = "qd_actor_learner_queue_depth";
 
-pub const EVAL_VERSION: &str = "qd_eval_version";
-pub const EVAL_STEP: &str = "qd_eval_step";
-pub const EVAL_QUALITY: &str = "qd_eval_quality";
-pub const EVAL_ADHERENCE: &str = "qd_eval_adherence";
-pub const EVAL_VALIDITY: &str = "qd_eval_validity";
-pub const EVAL_EMBED_DIVERSITY: &str = "qd_eval_embed_diversity";
-pub const EVAL_EDIT_DIVERSITY: &str = "qd_eval_edit_diversity";
-pub const EVAL_TOKENS_PER_SECOND: &str = "qd_eval_tokens_per_second";
-pub const EVAL_SECONDS: &str = "qd_eval_seconds";
-pub const EVAL_RUNS: &str = "qd_eval_runs_total";
-
-/// What every client of the learner exports.
-pub const CLIENT: &[Metric] = &[
-    Metric::gauge(WEIGHT_VERSION, "policy version the client holds"),
-    Metric::histogram(
-        WEIGHT_SYNC_SECONDS,
-        "first weight chunk received to weights loaded",
-        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-    ),
-    Metric::counter(WEIGHT_SYNC_BYTES, "weight bytes received"),
-    Metric::counter(
-        VERSIONS_REFUSED,
-        "versions received whole that could not be loaded (kept the weights held)",
-    ),
-    Metric::counter(
-        RECONNECTS,
-        "lost connections to the learner (each retried with back-off)",
-    ),
-];
+pub const EVAL_VERSION: &str = "qd_evaluator_version";
+pub const EVAL_STEP: &str = "qd_evaluator_step";
+pub const EVAL_QUALITY: &str = "qd_evaluator_quality_ratio";
+pub const EVAL_ADHERENCE: &str = "qd_evaluator_adherence_ratio";
+pub const EVAL_VALIDITY: &str = "qd_evaluator_validity_ratio";
+pub const EVAL_EMBED_DIVERSITY: &str = "qd_evaluator_embed_diversity";
+pub const EVAL_EDIT_DIVERSITY: &str = "qd_evaluator_edit_diversity_ratio";
+pub const EVAL_TOKENS: &str = "qd_evaluator_tokens_total";
+pub const EVAL_SECONDS: &str = "qd_evaluator_duration_seconds";
+pub const EVAL_RUNS: &str = "qd_evaluator_evaluations_total";
 
 /// The actor's rollouts.
 pub const ROLLOUT: &[Metric] = &[
     Metric::counter(TOKENS, "tokens generated"),
-    Metric::gauge(TOKENS_PER_SECOND, "generation speed of the last rollout"),
     Metric::histogram(
         ROLLOUT_SECONDS,
         "time of one rollout (sampling and embedding)",
@@ -112,20 +143,17 @@ pub const EVAL: &[Metric] = &[
         EVAL_EDIT_DIVERSITY,
         "mean normalised edit distance between samples of the same prompt",
     ),
-    Metric::gauge(
-        EVAL_TOKENS_PER_SECOND,
-        "generation speed during the evaluation",
-    ),
-    Metric::gauge(EVAL_SECONDS, "duration of the evaluation"),
+    Metric::counter(EVAL_TOKENS, "tokens generated by the evaluations"),
+    Metric::gauge(EVAL_SECONDS, "duration of the last evaluation"),
     Metric::counter(EVAL_RUNS, "evaluations done"),
 ];
 
 /// The actor's catalogue.
 pub fn actor() -> Vec<Metric> {
-    [CLIENT, ROLLOUT].concat()
+    [&ACTOR_CLIENT.catalogue()[..], ROLLOUT].concat()
 }
 
 /// The evaluator's catalogue.
 pub fn evaluator() -> Vec<Metric> {
-    [CLIENT, EVAL].concat()
+    [&EVALUATOR_CLIENT.catalogue()[..], EVAL].concat()
 }

@@ -78,7 +78,12 @@ fn rollouts(
     rt: tokio::runtime::Handle,
 ) -> Result<()> {
     let a = &setup.settings.actor;
-    let mut student = Student::new(&setup.model_config, &setup.vocab_hash, setup.device);
+    let mut student = Student::new(
+        &setup.model_config,
+        &setup.vocab_hash,
+        setup.device,
+        &m::ACTOR_CLIENT,
+    );
     let vocabulary = setup.task.vocabulary();
     let mut prompts: Vec<Vec<u32>> = setup
         .task
@@ -165,7 +170,6 @@ fn rollouts(
             });
         }
         metrics::counter!(m::TOKENS).increment(tokens as u64);
-        metrics::gauge!(m::TOKENS_PER_SECOND).set(tokens as f64 / seconds.max(1e-9));
         metrics::gauge!(m::REWARD_MEAN)
             .set(rewards.iter().sum::<f64>() / rewards.len().max(1) as f64);
         metrics::histogram!(m::ROLLOUT_SECONDS).record(seconds);

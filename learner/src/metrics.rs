@@ -17,19 +17,18 @@ pub const BASELINE: &str = "qd_learner_baseline";
 pub const GRAD_NORM: &str = "qd_learner_grad_norm";
 pub const GRAD_NORM_DISTILL: &str = "qd_learner_grad_norm_distill";
 pub const GRAD_NORM_PG: &str = "qd_learner_grad_norm_pg";
-pub const CLIP_FRACTION: &str = "qd_learner_clip_fraction";
+pub const CLIPPED_PAIRS: &str = "qd_learner_clipped_pairs_ratio";
 pub const PAIR_WEIGHT_MEAN: &str = "qd_learner_pair_weight_mean";
 pub const PAIR_WEIGHT_MIN: &str = "qd_learner_pair_weight_min";
-pub const PAIR_WEIGHT_ESS: &str = "qd_learner_pair_weight_ess";
-pub const LR: &str = "qd_learner_lr";
-pub const SAMPLES_PER_SECOND: &str = "qd_learner_samples_per_second";
+pub const PAIR_WEIGHT_ESS: &str = "qd_learner_pair_weight_ess_ratio";
+pub const LR: &str = "qd_learner_learning_rate";
 pub const SAMPLES: &str = "qd_learner_samples_total";
 pub const STEP_SECONDS: &str = "qd_learner_step_seconds";
 pub const PUBLISH_SECONDS: &str = "qd_learner_publish_seconds";
 pub const PUBLISH_BYTES: &str = "qd_learner_publish_bytes";
-pub const STALENESS: &str = "qd_learner_staleness";
+pub const STALENESS: &str = "qd_learner_staleness_versions";
 pub const QUEUE_DEPTH: &str = "qd_learner_queue_depth";
-pub const ACTORS_CONNECTED: &str = "qd_learner_actors_connected";
+pub const CLIENTS_CONNECTED: &str = "qd_learner_clients_connected";
 pub const ACCEPTED: &str = "qd_learner_trajectories_accepted_total";
 pub const DROPPED: &str = "qd_learner_trajectories_dropped_total";
 pub const REFUSED: &str = "qd_learner_registrations_refused_total";
@@ -58,6 +57,11 @@ pub const STREAM_REFUSALS: [&str; 12] = [
     "stalled_watcher",
     "unread_acks",
 ];
+
+/// Why a client is refused at `Register`: a field over its size limit, or the first
+/// way it is incompatible with the learner.
+pub const REGISTRATION_REFUSALS: [&str; 5] =
+    ["oversize", "protocol", "model_config", "vocabulary", "role"];
 
 /// Why trajectories are dropped: stale (at intake or in the queue), the trainer's
 /// non-finite steps, a message that does not decode, then validation's (every reason
@@ -112,7 +116,7 @@ pub const ALL: &[Metric] = &[
         "gradient norm of beta * L_pg alone, before clipping (0 at beta = 0)",
     ),
     Metric::gauge(
-        CLIP_FRACTION,
+        CLIPPED_PAIRS,
         "share of pairs whose importance ratio exceeded rho_bar",
     ),
     Metric::gauge(
@@ -128,10 +132,6 @@ pub const ALL: &[Metric] = &[
         "effective sample size of the pair weights as a share of the pairs, (sum w)^2 / (n sum w^2)",
     ),
     Metric::gauge(LR, "learning rate of the last step"),
-    Metric::gauge(
-        SAMPLES_PER_SECOND,
-        "samples trained per second, waiting for data included",
-    ),
     Metric::counter(SAMPLES, "samples trained on"),
     Metric::histogram(
         STEP_SECONDS,
@@ -150,12 +150,13 @@ pub const ALL: &[Metric] = &[
         &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0],
     ),
     Metric::gauge(QUEUE_DEPTH, "trajectories waiting in the queue"),
-    Metric::gauge(ACTORS_CONNECTED, "clients with an open weight stream")
+    Metric::gauge(CLIENTS_CONNECTED, "clients with an open weight stream, by role")
         .labelled("role", &["actor", "evaluator"]),
     Metric::counter(ACCEPTED, "trajectories queued"),
     Metric::counter(DROPPED, "trajectories not trained on, by reason")
         .labelled("reason", &DROP_REASONS),
-    Metric::counter(REFUSED, "clients refused at Register"),
+    Metric::counter(REFUSED, "clients refused at Register, by reason")
+        .labelled("reason", &REGISTRATION_REFUSALS),
     Metric::counter(UNAUTHENTICATED, "calls without the right bearer token"),
     Metric::counter(
         STREAMS_REFUSED,

@@ -203,8 +203,8 @@ impl Shared {
 
     fn set_connected_gauges(&self) {
         let (actors, evaluators) = self.connected();
-        metrics::gauge!(m::ACTORS_CONNECTED, "role" => "actor").set(actors as f64);
-        metrics::gauge!(m::ACTORS_CONNECTED, "role" => "evaluator").set(evaluators as f64);
+        metrics::gauge!(m::CLIENTS_CONNECTED, "role" => "actor").set(actors as f64);
+        metrics::gauge!(m::CLIENTS_CONNECTED, "role" => "evaluator").set(evaluators as f64);
     }
 }
 
@@ -305,7 +305,7 @@ impl Learner for Service {
             ),
         ] {
             if len > max {
-                metrics::counter!(m::REFUSED).increment(1);
+                metrics::counter!(m::REFUSED, "reason" => "oversize").increment(1);
                 tracing::warn!(field, len, "refused a registration with an oversize field");
                 return Err(Status::invalid_argument(format!(
                     "Register.{field} holds {len} bytes, at most {max} are accepted"
@@ -313,37 +313,48 @@ impl Learner for Service {
             }
         }
         let name = clip(&r.name);
-        let mut differs = Vec::new();
+        // How it differs, each with the refusal's reason.
+        let mut differs: Vec<(&'static str, String)> = Vec::new();
         if r.protocol_version != qd_proto::PROTOCOL_VERSION {
-            differs.push(format!(
-                "protocol version {} (learner speaks {})",
-                r.protocol_version,
-                qd_proto::PROTOCOL_VERSION
+            differs.push((
+                "protocol",
+                format!(
+                    "protocol version {} (learner speaks {})",
+                    r.protocol_version,
+                    qd_proto::PROTOCOL_VERSION
+                ),
             ));
         }
         if r.model_config_hash != s.model_config.hash() {
             let fields = serde_json::from_str::<ModelConfig>(&r.model_config_json)
                 .map(|c| c.diff(&s.model_config).join(", "))
                 .unwrap_or_else(|_| "unreadable config".into());
-            differs.push(format!("model architecture: {fields} (client vs learner)"));
+            differs.push((
+                "model_config",
+                format!("model architecture: {fields} (client vs learner)"),
+            ));
         }
         if r.vocab_hash != s.vocab_hash {
-            differs.push(format!(
-                "vocabulary {} (learner {}): prepare the same dataset",
-                clip(&r.vocab_hash),
-                s.vocab_hash
+            differs.push((
+                "vocabulary",
+                format!(
+                    "vocabulary {} (learner {}): prepare the same dataset",
+                    clip(&r.vocab_hash),
+                    s.vocab_hash
+                ),
             ));
         }
         let role = Role::try_from(r.role).unwrap_or(Role::Unspecified);
         if role == Role::Unspecified {
-            differs.push("role unspecified".into());
+            differs.push(("role", "role unspecified".into()));
         }
-        if !differs.is_empty() {
-            metrics::counter!(m::REFUSED).increment(1);
-            tracing::warn!(name, "refused a client: {}", differs.join("; "));
+        if let Some(&(reason, _)) = differs.first() {
+            let how: Vec<&str> = differs.iter().map(|(_, d)| d.as_str()).collect();
+            metrics::counter!(m::REFUSED, "reason" => reason).increment(1);
+            tracing::warn!(name, reason, "refused a client: {}", how.join("; "));
             return Err(Status::failed_precondition(format!(
                 "incompatible with this learner: {}",
-                differs.join("; ")
+                how.join("; ")
             )));
         }
         let id = s

@@ -456,12 +456,11 @@ impl Trainer {
                 (m::GRAD_NORM, grad_norm.total),
                 (m::GRAD_NORM_DISTILL, grad_norm.distill),
                 (m::GRAD_NORM_PG, grad_norm.pg),
-                (m::CLIP_FRACTION, s.clip_fraction),
+                (m::CLIPPED_PAIRS, s.clip_fraction),
                 (m::PAIR_WEIGHT_MEAN, s.weight_mean),
                 (m::PAIR_WEIGHT_MIN, s.weight_min),
                 (m::PAIR_WEIGHT_ESS, s.weight_ess),
                 (m::LR, lr),
-                (m::SAMPLES_PER_SECOND, samples_per_second),
             ] {
                 metrics::gauge!(name).set(v);
             }

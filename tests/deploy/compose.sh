@@ -115,7 +115,7 @@ say "up: bootstrap, learner, 2 actors, evaluator, prometheus (project $project)"
 COMPOSE_PROFILES=monitoring "${compose[@]}" up -d --scale actor=2 learner actor evaluator prometheus
 wait_for 'max(qd_learner_step)' 'x >= 5' "the learner steps and Prometheus scrapes it"
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 2' "Prometheus scrapes 2 actors"
-wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 2' "2 actors are connected"
+wait_for 'qd_learner_clients_connected{role="actor"}' 'x == 2' "2 actors are connected"
 # With the token bootstrap generated: the learner listens beyond loopback only with one.
 # (the logs into a variable first: grep -q would close the pipe early, and pipefail
 # would see the SIGPIPE)
@@ -141,7 +141,7 @@ say "every container is healthy ($(wc -l <<<"$states") containers)"
 
 say "scale to 3 actors"
 deploy/scale-actors.sh 3 >/dev/null
-wait_for 'qd_learner_actors_connected{role="actor"}' 'x == 3' "3 actors are connected"
+wait_for 'qd_learner_clients_connected{role="actor"}' 'x == 3' "3 actors are connected"
 wait_for 'count(up{job="qd-actor"} == 1)' 'x == 3' "Prometheus scrapes 3 actors"
 
 # (sed, not head: head would close the pipe early and pipefail would see SIGPIPE)
