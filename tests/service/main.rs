@@ -180,6 +180,23 @@ impl Fixture {
         Proc { child, log }
     }
 
+    /// Actors `actor-1` … `actor-n` (seeded 1 … n) of the learner at `addr`.
+    fn actors(&self, n: usize, config: &Path, addr: SocketAddr) -> Vec<Proc> {
+        (1..=n)
+            .map(|i| {
+                self.spawn(
+                    &format!("actor-{i}"),
+                    "actor",
+                    config,
+                    &[
+                        format!("client.learner=http://{addr}"),
+                        format!("actor.seed={i}"),
+                    ],
+                )
+            })
+            .collect()
+    }
+
     /// The learner's gRPC address, once it listens.
     fn learner_addr(&self, learner: &mut Proc) -> SocketAddr {
         let path = self.path("rl/endpoints.json");

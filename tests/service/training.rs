@@ -9,19 +9,7 @@ fn learner_and_two_actors_train_publish_and_distil() {
     let cfg = f.config("run", "");
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
-    let actors: Vec<Proc> = (1..=2)
-        .map(|i| {
-            f.spawn(
-                &format!("actor-{i}"),
-                "actor",
-                &cfg,
-                &[
-                    format!("client.learner=http://{addr}"),
-                    format!("actor.seed={i}"),
-                ],
-            )
-        })
-        .collect();
+    let actors = f.actors(2, &cfg, addr);
     let rt = runtime();
     let mut c = client(&rt, addr);
     let s = wait_for_step(&rt, &mut c, None, 24, &mut learner);
@@ -158,19 +146,7 @@ fn every_trajectory_an_actor_sends_is_accounted_for_to_the_finish() {
     let cfg = f.config("run", "[learner]\nmax_steps = 8\n");
     let mut learner = f.spawn("learner", "learner", &cfg, &[]);
     let addr = f.learner_addr(&mut learner);
-    let mut actors: Vec<Proc> = (1..=2)
-        .map(|i| {
-            f.spawn(
-                &format!("actor-{i}"),
-                "actor",
-                &cfg,
-                &[
-                    format!("client.learner=http://{addr}"),
-                    format!("actor.seed={i}"),
-                ],
-            )
-        })
-        .collect();
+    let mut actors = f.actors(2, &cfg, addr);
     assert!(learner.wait().success(), "{}", learner.log());
     let mut acknowledged = 0;
     for a in &mut actors {
