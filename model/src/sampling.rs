@@ -281,6 +281,23 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Keeps the rows whose `keep` is true (with CFG, their unconditional rows too) and
+    /// drops the others from the batch: the cache, the structure cursors and the row
+    /// count. Call between [`Decoder::log_probs`] and [`Decoder::advance`].
+    fn retain(&mut self, keep: &[bool]) {
+        let kept: Vec<i64> = (0..self.b as i64).filter(|&i| keep[i as usize]).collect();
+        let mut rows = kept.clone();
+        if self.gamma.is_some() {
+            rows.extend(kept.iter().map(|i| i + self.b as i64));
+        }
+        let rows = Tensor::from_slice(&rows).to(self.model.device());
+        self.cache.retain_rows(&rows);
+        if let Some(c) = &mut self.cursors {
+            c.retain(keep);
+        }
+        self.b = kept.len();
+    }
+
     /// Feeds one id per row (`None`: a finished row, which feeds `<pad>`).
     fn advance(&mut self, next: &[Option<u32>], pad: u32) {
         let device = self.model.device();
@@ -333,6 +350,10 @@ fn sample_inner(
         logprobs: vec![Vec::new(); b],
     };
     let mut done = vec![false; b];
+    // The original rows the decoder's rows are, in order: finished rows leave the batch
+    // (see `COMPACT_AFTER`), and every row keeps its own random stream, so what a row
+    // samples does not depend on when the others finish.
+    let mut active: Vec<usize> = (0..b).collect();
     for _ in 0..steps {
         let mut l = decoder.log_probs() / cfg.temperature.max(1e-6);
         if let Some(k) = cfg.top_k.filter(|&k| k < v.allowed.len()) {
@@ -345,8 +366,8 @@ fn sample_inner(
         }
         let logp = l.log_softmax(-1, Kind::Float).to_device(Device::Cpu);
         let logp: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&logp)?;
-        let mut next = Vec::with_capacity(b);
-        for (i, row) in logp.iter().enumerate() {
+        let mut next = Vec::with_capacity(active.len());
+        for (&i, row) in active.iter().zip(&logp) {
             // Gumbel-max: argmax(log p + g) is a draw from p.
             let mut best = (f32::NEG_INFINITY, 0usize);
             for (j, &lp) in row.iter().enumerate() {
@@ -367,10 +388,22 @@ fn sample_inner(
         if done.iter().all(|&d| d) {
             break;
         }
+        let finished = active.iter().filter(|&&i| done[i]).count();
+        if finished * COMPACT_AFTER >= active.len() {
+            let keep: Vec<bool> = active.iter().map(|&i| !done[i]).collect();
+            decoder.retain(&keep);
+            active.retain(|&i| !done[i]);
+            next.retain(Option::is_some);
+        }
         decoder.advance(&next, v.pad);
     }
     Ok(out)
 }
+
+/// Finished rows leave the sampler's batch once they are at least one in this many of
+/// its rows: each compaction copies the cache, so rows finishing one by one are dropped
+/// a few at a time.
+const COMPACT_AFTER: usize = 8;
 
 /// The distribution each id of `continuations[i]` was drawn from, teacher-forced through
 /// the same KV-cache decoding as [`sample`] (temperature 1, no top-k): for row `i` and

@@ -137,6 +137,12 @@ impl Cursors {
         }
     }
 
+    /// Keeps the rows whose `keep` is true, in order (the batch dropped the others).
+    pub fn retain(&mut self, keep: &[bool]) {
+        let mut k = keep.iter();
+        self.cursors.retain(|_| k.next().copied().unwrap_or(false));
+    }
+
     /// Reads one id per row; `None` leaves a row as it is (a finished row).
     pub fn read(&mut self, ids: &[Option<u32>]) {
         for (c, id) in self.cursors.iter_mut().zip(ids) {

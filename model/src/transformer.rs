@@ -32,6 +32,19 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps the rows `rows` (`[B']` int64 indices, in their new order) and drops the
+    /// others: a batch whose finished rows stop paying for their attention. Copies the
+    /// filled positions only.
+    pub fn retain_rows(&mut self, rows: &Tensor) {
+        for c in self.layers.iter_mut().flatten() {
+            c.k = c.k.narrow(2, 0, c.len).index_select(0, rows);
+            c.v = c.v.narrow(2, 0, c.len).index_select(0, rows);
+        }
+        if let Some(k) = &self.key_valid {
+            self.key_valid = Some(k.index_select(0, rows));
+        }
+    }
 }
 
 /// One layer's keys and values, `[B, H, capacity, d_head]`, of which the first `len`

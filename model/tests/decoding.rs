@@ -86,3 +86,42 @@ fn cached_decoding_matches_full_forward_passes() {
         );
     }
 }
+
+/// Rows that finish leave the batch (their keys and values too): every row samples what
+/// it samples alone, whether the rows beside it finished early or not, plain and with
+/// CFG (whose unconditional rows leave with theirs).
+#[test]
+fn a_row_samples_the_same_whether_the_rows_beside_it_finish_or_not() {
+    let (_vs, m) = tiny(5);
+    let v = vocabulary();
+    let prompts: Vec<Vec<u32>> = (0..12).map(|i| vec![4 + i % 6, 5 + i % 4]).collect();
+    let seeds: Vec<u64> = (100..112).collect();
+    for gamma in [None, Some(3.0)] {
+        let cfg = SamplingConfig {
+            cfg_gamma: gamma,
+            max_new_tokens: 40,
+            temperature: 2.0,
+            ..SamplingConfig::default()
+        };
+        let batch = sample(&m, &prompts, &seeds, &v, &cfg).unwrap();
+        let lengths: Vec<usize> = batch.tokens.iter().map(Vec::len).collect();
+        let finished = batch
+            .tokens
+            .iter()
+            .filter(|t| t.last() == Some(&v.eos))
+            .count();
+        // Enough rows finish early, at different steps, for the batch to shrink.
+        assert!(finished >= 3, "{gamma:?}: lengths {lengths:?}");
+        assert!(
+            lengths.iter().max() > lengths.iter().min(),
+            "{gamma:?}: {lengths:?}"
+        );
+        for (i, (p, &seed)) in prompts.iter().zip(&seeds).enumerate() {
+            let alone = sample(&m, std::slice::from_ref(p), &[seed], &v, &cfg).unwrap();
+            assert_eq!(alone.tokens[0], batch.tokens[i], "{gamma:?}: row {i}");
+            for (a, b) in alone.logprobs[0].iter().zip(&batch.logprobs[i]) {
+                assert!((a - b).abs() < 1e-5, "{gamma:?}: row {i}: {a} vs {b}");
+            }
+        }
+    }
+}
