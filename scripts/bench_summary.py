@@ -43,6 +43,13 @@ def main():
         row(f"generation ({'no CFG' if kind == 'plain' else 'CFG'}): qd / PyTorch eager tokens/s",
             f"{gen[f'qd_{kind}']:.0f} tok/s", f"{torch:.0f} tok/s" if torch else "-",
             ratio, ">= 1.5", ratio is not None and ratio >= 1.5)
+    for kind in ("plain", "cfg"):
+        ratio = gen.get(f"qd_over_torch_{kind}_real")
+        torch = gen.get(f"torch_{kind}_real")
+        row(f"generation, real lengths ({'no CFG' if kind == 'plain' else 'CFG'}): qd / PyTorch eager tokens/s",
+            f"{gen[f'qd_{kind}_real']:.0f} tok/s", f"{torch:.0f} tok/s" if torch else "-",
+            ratio, ">= 2", ratio is not None and ratio >= 2,
+            f"mean length {gen[f'mean_length_{kind}']:.0f} of {gen['new_tokens']}")
     for d in svc["deliveries"]:
         ratio = d["delivery_over_copy"]
         row(f"weight delivery to {d['subscribers']}: qd / raw loopback copy time",

@@ -10,6 +10,9 @@ line on standard output (the first line, before any command, names the torch bui
 its threads):
 
 - `plain` or `cfg`: one timed generation, `{"seconds": s}`;
+- `plain_real` or `cfg_real`: the same for the request's `real_steps` (the length of
+  the longest row qd sampled with `<eos>` allowed): an eager sampler decodes the whole
+  batch until its last row finishes;
 - `score`: so that qd can check both implementations agree, the log-probability vector
   over the allowed ids at every step of every row when fed the tokens qd sampled (the
   request's `follow`, per mode), through the same KV-cache decoding:
@@ -104,13 +107,19 @@ def main():
     with open(args.request) as f:
         req = json.load(f)
     gammas = {"plain": None} if args.cfg is None else {"plain": None, "cfg": args.cfg}
+    # With real lengths: as many steps over the whole batch as qd's longest row took.
+    real_steps = req.get("real_steps", {})
     rows = (req["prompts"], req["sep"], req["pad"], req["allowed"], structure(req))
     generator = torch.Generator().manual_seed(0)
 
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     with torch.inference_mode():
         serve(
-            {m: (lambda g=g: generate(model, *rows, args.new_tokens, g, generator)) for m, g in gammas.items()},
+            {
+                **{m: (lambda g=g: generate(model, *rows, args.new_tokens, g, generator)) for m, g in gammas.items()},
+                **{f"{m}_real": (lambda g=g, n=real_steps[m]: generate(model, *rows, n, g, generator))
+                   for m, g in gammas.items() if m in real_steps},
+            },
             {"score": lambda: {"logprobs": {m: score(model, *rows, f, gammas[m]) for m, f in req.get("follow", {}).items() if m in gammas}}},
         )
 

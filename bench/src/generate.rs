@@ -2,7 +2,11 @@
 //! the same model, prompts and batch, against a PyTorch-eager reference of the
 //! architecture (`scripts/reference_generate.py`) that loads the same checkpoint and runs
 //! beside qd: each repetition times qd and then the reference ([`interleaved`]), the
-//! plain repetitions first, then those with CFG (medians).
+//! plain repetitions first, then those with CFG (medians). Then the same with real
+//! lengths: `<eos>` allowed, each row as long as it samples, qd's finished rows leaving
+//! the batch, against the reference decoding the whole batch for as many steps as the
+//! longest row (what an eager sampler that stops when every row has finished does);
+//! both rated by the tokens the rows sampled.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +24,8 @@ use model::transformer::Transformer;
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub batch: usize,
-    /// Tokens generated per row (`<eos>` is disallowed, so every row runs the full length).
+    /// Tokens generated per row (`<eos>` is disallowed, so every row runs the full
+    /// length); with real lengths, the most a row may take.
     pub new_tokens: usize,
     pub reps: usize,
     pub cfg_gamma: f64,
@@ -51,6 +56,16 @@ pub struct BenchReport {
     /// both fed the tokens qd sampled, same weights: plain, and with CFG.
     pub max_logprob_diff: Option<f64>,
     pub max_logprob_diff_cfg: Option<f64>,
+    /// With real lengths (`<eos>` allowed): the rows' mean length, plain and with CFG,
+    /// and the throughputs in tokens the rows sampled per second.
+    pub mean_length_plain: f64,
+    pub mean_length_cfg: f64,
+    pub qd_plain_real: f64,
+    pub qd_cfg_real: f64,
+    pub torch_plain_real: Option<f64>,
+    pub torch_cfg_real: Option<f64>,
+    pub qd_over_torch_plain_real: Option<f64>,
+    pub qd_over_torch_cfg_real: Option<f64>,
 }
 
 /// The median (the upper one of an even count; NaN when empty).
@@ -104,17 +119,25 @@ pub fn bench_generate(
         ..plain.clone()
     };
     let tokens = (cfg.batch * cfg.new_tokens) as f64;
-    // A warm-up of each, which also draws the tokens the reference is checked on.
+    // A warm-up of each, which also draws the tokens the reference is checked on, and
+    // the real lengths.
     let drawn = (
         sample(model, &prompts, &seeds, &v, &plain)?.tokens,
         sample(model, &prompts, &seeds, &v, &guided)?.tokens,
     );
+    let real = (
+        sample(model, &prompts, &seeds, task_vocabulary, &plain)?.tokens,
+        sample(model, &prompts, &seeds, task_vocabulary, &guided)?.tokens,
+    );
+    let longest = |rows: &[Vec<u32>]| rows.iter().map(Vec::len).max().unwrap_or(0);
+    let sampled = |rows: &[Vec<u32>]| rows.iter().map(Vec::len).sum::<usize>() as f64;
     let mut reference = match &cfg.python {
         Some(python) => {
             let structure = model.config.structure.as_ref().and(cfg.structure.as_ref());
             let body = serde_json::json!({
                 "prompts": prompts, "sep": v.sep, "pad": v.pad, "allowed": allowed,
                 "follow": {"plain": drawn.0, "cfg": drawn.1}, "structure": structure,
+                "real_steps": {"plain": longest(&real.0), "cfg": longest(&real.1)},
             });
             // Read by the reference before it says it is ready.
             let request = tempfile::Builder::new()
@@ -146,8 +169,29 @@ pub fn bench_generate(
     };
     let (t_plain, r_plain) = interleaved(cfg.reps, "plain", || timed(&plain), reference.as_mut())?;
     let (t_cfg, r_cfg) = interleaved(cfg.reps, "cfg", || timed(&guided), reference.as_mut())?;
+    let timed_real = |s: &SamplingConfig| -> Result<f64> {
+        let start = Instant::now();
+        sample(model, &prompts, &seeds, task_vocabulary, s)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let (t_plain_real, r_plain_real) = interleaved(
+        cfg.reps,
+        "plain_real",
+        || timed_real(&plain),
+        reference.as_mut(),
+    )?;
+    let (t_cfg_real, r_cfg_real) = interleaved(
+        cfg.reps,
+        "cfg_real",
+        || timed_real(&guided),
+        reference.as_mut(),
+    )?;
     let rate = |seconds: f64| tokens / seconds;
     let (qd_plain, qd_cfg) = (rate(t_plain), rate(t_cfg));
+    let (plain_real, cfg_real) = (sampled(&real.0), sampled(&real.1));
+    let (qd_plain_real, qd_cfg_real) = (plain_real / t_plain_real, cfg_real / t_cfg_real);
+    let torch_plain_real = r_plain_real.map(|s| plain_real / s);
+    let torch_cfg_real = r_cfg_real.map(|s| cfg_real / s);
     let mut report = BenchReport {
         batch: cfg.batch,
         new_tokens: cfg.new_tokens,
@@ -162,6 +206,14 @@ pub fn bench_generate(
         qd_over_torch_cfg: None,
         max_logprob_diff: None,
         max_logprob_diff_cfg: None,
+        mean_length_plain: plain_real / cfg.batch as f64,
+        mean_length_cfg: cfg_real / cfg.batch as f64,
+        qd_plain_real,
+        qd_cfg_real,
+        torch_plain_real,
+        torch_cfg_real,
+        qd_over_torch_plain_real: torch_plain_real.map(|t| qd_plain_real / t),
+        qd_over_torch_cfg_real: torch_cfg_real.map(|t| qd_cfg_real / t),
     };
     let (Some(mut r), Some(r_plain), Some(r_cfg)) = (reference, r_plain, r_cfg) else {
         return Ok(report);
@@ -306,7 +358,10 @@ impl BenchReport {
              {:<10} {:>12} {:>12} {:>9}\n\
              {:<10} {:>12.0} {:>12} {:>9}\n\
              {:<10} {:>12.0} {:>12} {:>9}\n\
+             {:<10} {:>12.0} {:>12} {:>9}\n\
+             {:<10} {:>12.0} {:>12} {:>9}\n\
              CFG / plain throughput (qd): {:.3}\n\
+             real lengths (`<eos>` allowed): mean {:.1} tokens plain, {:.1} with CFG\n\
              max |Δ log p| qd vs PyTorch, every id, step and row: plain {}, CFG {}\n",
             self.batch,
             self.new_tokens,
@@ -324,7 +379,17 @@ impl BenchReport {
             self.qd_cfg,
             opt(self.torch_cfg, 0),
             opt(self.qd_over_torch_cfg, 2),
+            "plain real",
+            self.qd_plain_real,
+            opt(self.torch_plain_real, 0),
+            opt(self.qd_over_torch_plain_real, 2),
+            "cfg real",
+            self.qd_cfg_real,
+            opt(self.torch_cfg_real, 0),
+            opt(self.qd_over_torch_cfg_real, 2),
             self.cfg_over_plain,
+            self.mean_length_plain,
+            self.mean_length_cfg,
             self.max_logprob_diff
                 .map_or("-".to_string(), |d| format!("{d:.1e}")),
             self.max_logprob_diff_cfg
