@@ -231,12 +231,17 @@ soak: setup | data/folk/dataset.json
 
 ## mutants: the mutation score of the modules that hold the method and its safeguards
 ## (the loss, CFG guidance and sampling, merging, checkpoints, trajectory validation, the
-## weight broadcast), each mutant tested by its own crate's tests; cargo-mutants is
+## queue, the trainer and the service, the optimizer and the training loop, the reward,
+## the rollout, the weight broadcast, the statistics, comparisons and fronts), each
+## mutant tested by its own crate's tests; cargo-mutants is
 ## installed by this target when missing. Hours on 2 cores: not part of `make test`.
 ## Results in runs/mutants/mutants.out/ (caught.txt, missed.txt, …); docs/testing.md.
 ## `make mutants MUTATED=model/src/merge.rs` runs one module.
 MUTATED ?= learner/src/loss.rs learner/src/validate.rs learner/src/broadcast.rs \
-	model/src/sampling.rs model/src/merge.rs model/src/checkpoint.rs actor/src/broadcast.rs
+	learner/src/queue.rs learner/src/seen.rs learner/src/intake.rs learner/src/trainer.rs \
+	learner/src/server.rs model/src/optim.rs model/src/train.rs model/src/task.rs \
+	model/src/sampling.rs model/src/merge.rs model/src/checkpoint.rs actor/src/broadcast.rs \
+	actor/src/rollout.rs eval/src/stats.rs eval/src/compare.rs eval/src/front.rs
 mutants: setup
 	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked
 	mkdir -p runs

@@ -539,4 +539,32 @@ mod tests {
         assert_eq!(more.await.unwrap(), Ok(2));
         assert!(q.tally.held().is_empty());
     }
+
+    #[tokio::test]
+    async fn a_client_holds_at_most_its_share_while_another_has_pairs_waiting() {
+        let (q, mut rx) = Queue::new(8, 10);
+        let q = Arc::new(q);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        q.push((0..4).map(|i| pair(i, 0)).collect(), 0, 0, 1)
+            .await
+            .unwrap();
+        q.push(vec![pair(10, 0)], 0, 0, 2).await.unwrap();
+        // Two clients have pairs waiting: client 1's share is 8 / 2 = 4, which it holds,
+        // so its next batch waits although the queue has room for three more.
+        let more = {
+            let q = q.clone();
+            tokio::spawn(async move { q.push(vec![pair(4, 0), pair(5, 0)], 0, 0, 1).await })
+        };
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!more.is_finished());
+        // Client 2 may still add up to its share.
+        assert_eq!(q.push(vec![pair(11, 0), pair(12, 0)], 0, 0, 2).await, Ok(2));
+        // Once the trainer takes client 1's first four, its batch goes in.
+        let b = rx.next_batch(4, 0, &mut stop).await.unwrap();
+        let prompts: Vec<u32> = b.pairs.iter().map(|p| p.prompt[0]).collect();
+        assert_eq!(prompts, [0, 1, 2, 3]);
+        assert_eq!(more.await.unwrap(), Ok(2));
+    }
 }
